@@ -1,0 +1,299 @@
+"""The checks: each compares what a strategy returned with the oracle's truth.
+
+A check is a function from a :class:`CheckContext` to :class:`CheckResult` rows; it is
+named in :data:`CHECKS`. Per-layer checks give one row per requested layer; request-wide
+checks (``keys``, ``model_output``, ``weights``) give one row with layer ``*``.
+A ``values`` failure carries a diagnosis where the oracle's records explain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .oracle import OracleCapture
+
+__all__ = [
+    "ALL_LAYERS",
+    "CHECKS",
+    "DEFAULT_CHECKS",
+    "CheckContext",
+    "CheckResult",
+    "Comparison",
+    "compare",
+    "tensor_digests",
+    "tolerance",
+]
+
+ALL_LAYERS = "*"  # the layer of a request-wide row
+STATUSES = ("pass", "fail", "error", "unsupported", "skipped")
+
+
+@dataclass
+class CheckResult:
+    """One verdict: a future row of the results table."""
+
+    check: str
+    layer: str
+    status: str
+    diagnosis: str = ""
+    detail: str = ""
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    bitwise: bool | None = None
+
+
+@dataclass
+class CheckContext:
+    """What the checks see of one extraction request."""
+
+    layers: list[str]
+    truth: OracleCapture  # for the input the features were extracted from
+    previous_truth: OracleCapture  # for the input of the call before it
+    features: Mapping[str, Any]
+    returned_output: Any  # the model output the strategy returned, or None
+    attached_output: Any  # the model called directly while the strategy was attached
+    model_digests: dict[str, str]  # the model's state-dict tensors, by name
+    strategy_digests: dict[str, str]  # the strategy's module state-dict tensors, by name
+    replayed: Mapping[str, Any] = field(default_factory=dict)  # values when the children are replayed in order
+    locate: Callable[[Any], list[str]] = lambda value: []  # modules that produce a value, for the input
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+# (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
+_TOLERANCE = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}
+
+
+def tolerance(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """``(rtol, atol)`` for comparing values of ``dtype`` computed on ``device``."""
+    rtol, atol = _TOLERANCE.get(dtype, (0.0, 0.0))
+    scale = 10.0 if device.type == "cuda" else 1.0
+    return rtol * scale, atol * scale
+
+
+@dataclass
+class Comparison:
+    """How an actual value compares with an expected one."""
+
+    close: bool
+    bitwise: bool
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    mismatch: str = ""  # "structure" or "shape" when the values cannot be compared element-wise
+    detail: str = ""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    return type(value).__name__
+
+
+def compare(actual: Any, expected: Any) -> Comparison:
+    """Compare two values (tensors or nested structures of tensors) with dtype/device tolerances."""
+    actual_leaves, actual_spec = tree_flatten(actual)
+    expected_leaves, expected_spec = tree_flatten(expected)
+    if actual_spec != expected_spec:
+        return Comparison(False, False, mismatch="structure", detail=f"got {_describe(actual)}, expected {_describe(expected)}")
+    close = bitwise = True
+    max_abs = max_rel = 0.0
+    for got, want in zip(actual_leaves, expected_leaves):
+        if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
+            same = type(got) is type(want) and got == want
+            close, bitwise = close and same, bitwise and same
+            continue
+        if got.shape != want.shape:
+            return Comparison(False, False, mismatch="shape", detail=f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        got = got.detach().to(want.device)
+        bitwise = bitwise and got.dtype == want.dtype and torch.equal(got, want)
+        if not want.is_floating_point():
+            close = close and torch.equal(got, want)
+            continue
+        diff = (got.double() - want.double()).abs()
+        if diff.numel():
+            max_abs = max(max_abs, diff.max().item())
+            max_rel = max(max_rel, (diff / want.double().abs().clamp_min(1e-12)).max().item())
+        rtol, atol = tolerance(want.dtype, want.device)
+        close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    return Comparison(close, bitwise, max_abs, max_rel)
+
+
+def _as_token_map(value: Any, truth: Any) -> Any:
+    """``truth`` (N, tokens, C) laid out like ``value`` (N, C, H, W), prefix tokens dropped; else None."""
+    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dim() == 4 and truth.dim() == 3):
+        return None
+    batch, channels, height, width = value.shape
+    if truth.shape[0] != batch or truth.shape[2] != channels or truth.shape[1] < height * width:
+        return None
+    return truth[:, truth.shape[1] - height * width:, :].transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def _diagnose_shape(value: Any, truth: Any) -> tuple[str, str]:
+    """A shape mismatch that is the same values in another layout."""
+    token_map = _as_token_map(value, truth)
+    if token_map is not None and compare(value, token_map).close:
+        return "reformatted", "the true tokens, prefix tokens dropped, laid out as an NCHW map"
+    return "", ""
+
+
+def _diagnose(ctx: CheckContext, layer: str, value: Any) -> tuple[str, str]:
+    """Why a value differs from the truth, when the oracle's records say."""
+    truth = ctx.truth.layers[layer]
+    count = len(truth.calls)
+    if compare(value, truth.after_forward[-1]).close:
+        return "inplace_aliasing", "equals the output after a later in-place op overwrote it"
+    for index in range(count - 1):
+        if compare(value, truth.calls[index]).close:
+            return "reused_module", f"matches call {index + 1} of {count}"
+        if compare(value, truth.after_forward[index]).close:
+            return "reused_module", f"matches call {index + 1} of {count} after a later in-place op"
+    for other, other_truth in ctx.truth.layers.items():
+        if other != layer and other_truth.calls and compare(value, other_truth.value).close:
+            return "wrong_layer", f"matches layer {other!r}"
+    previous = ctx.previous_truth.layers[layer].value
+    if previous is not None and compare(value, previous).close:
+        return "stale", "matches this layer's value for the previous input"
+    if layer in ctx.replayed and ctx.truth.chain_break and compare(value, ctx.replayed[layer]).close:
+        return "children_not_chained", f"matches the children replayed in registration order; {ctx.truth.chain_break.reason}"
+    if isinstance(value, torch.Tensor):
+        modules = ctx.locate(value)
+        if modules:
+            return "wrong_layer", f"matches module {', '.join(repr(m) for m in modules[:3])}"
+    return "", ""
+
+
+def check_values(ctx: CheckContext) -> list[CheckResult]:
+    """The strategy's value for each layer is the true activation (last call of the module)."""
+    results = []
+    for layer in ctx.layers:
+        truth = ctx.truth.layers[layer]
+        if layer not in ctx.features:
+            results.append(CheckResult("values", layer, "fail", "missing", f"no feature named {layer!r} returned"))
+            continue
+        value = ctx.features[layer]
+        if not truth.calls:
+            results.append(CheckResult("values", layer, "fail", "not_called", "the module never runs, yet a value was returned"))
+            continue
+        comparison = compare(value, truth.value)
+        row = CheckResult(
+            "values", layer, "pass" if comparison.close else "fail",
+            max_abs_err=comparison.max_abs_err, max_rel_err=comparison.max_rel_err, bitwise=comparison.bitwise,
+        )
+        if not comparison.close:
+            diagnosis, why = _diagnose_shape(value, truth.value) if comparison.mismatch == "shape" else ("", "")
+            if not diagnosis:
+                diagnosis, why = _diagnose(ctx, layer, value)
+            if not diagnosis and comparison.mismatch:
+                diagnosis = f"{comparison.mismatch}_mismatch"
+            row.diagnosis, row.detail = diagnosis, "; ".join(filter(None, [comparison.detail, why]))
+        elif not comparison.bitwise:
+            row.detail = "within tolerance, not bitwise equal"
+        results.append(row)
+    return results
+
+
+def _leaf_property(ctx: CheckContext, check: str, describe: Callable[[torch.Tensor], Any]) -> list[CheckResult]:
+    results = []
+    for layer in ctx.layers:
+        truth = ctx.truth.layers[layer].value
+        if layer not in ctx.features:
+            results.append(CheckResult(check, layer, "fail", "missing", f"no feature named {layer!r} returned"))
+            continue
+        if truth is None:
+            results.append(CheckResult(check, layer, "skipped", "not_called", "the module never runs"))
+            continue
+        got = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(ctx.features[layer])[0]]
+        want = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(truth)[0]]
+        ok = got == want
+        detail = "" if ok else f"got {', '.join(map(str, got))}; expected {', '.join(map(str, want))}"
+        results.append(CheckResult(check, layer, "pass" if ok else "fail", "" if ok else f"{check}_mismatch", detail))
+    return results
+
+
+def check_shape(ctx: CheckContext) -> list[CheckResult]:
+    """Each feature has the true activation's shape."""
+    return _leaf_property(ctx, "shape", lambda t: tuple(t.shape))
+
+
+def check_dtype(ctx: CheckContext) -> list[CheckResult]:
+    """Each feature has the true activation's dtype."""
+    return _leaf_property(ctx, "dtype", lambda t: str(t.dtype).removeprefix("torch."))
+
+
+def check_keys(ctx: CheckContext) -> list[CheckResult]:
+    """Features come back under the requested names, in the requested order."""
+    got, want = list(ctx.features.keys()), list(ctx.layers)
+    if got == want:
+        return [CheckResult("keys", ALL_LAYERS, "pass")]
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    if missing or extra:
+        diagnosis = "missing" if missing else "extra"
+        detail = "; ".join(filter(None, [
+            f"missing: {', '.join(map(str, missing))}" if missing else "",
+            f"extra: {', '.join(map(str, extra))}" if extra else "",
+        ]))
+    else:
+        diagnosis, detail = "order", f"returned in the order {', '.join(map(str, got))}"
+    return [CheckResult("keys", ALL_LAYERS, "fail", diagnosis, detail)]
+
+
+def check_model_output(ctx: CheckContext) -> list[CheckResult]:
+    """The model's output is unchanged while attached, and equals the plain output where returned."""
+    problems = []
+    attached = compare(ctx.attached_output, ctx.truth.output)
+    if not attached.close:
+        problems.append(f"the model called while attached differs ({attached.detail or f'max abs err {attached.max_abs_err:.3g}'})")
+    if ctx.returned_output is not None:
+        returned = compare(ctx.returned_output, ctx.truth.output)
+        if not returned.close:
+            problems.append(f"the returned output differs ({returned.detail or f'max abs err {returned.max_abs_err:.3g}'})")
+    detail = "; ".join(problems) or ("output returned and equal" if ctx.returned_output is not None else "no output returned; model unaffected")
+    return [CheckResult("model_output", ALL_LAYERS, "fail" if problems else "pass", "output_changed" if problems else "", detail,
+                        max_abs_err=attached.max_abs_err)]
+
+
+def tensor_digests(module: nn.Module) -> dict[str, str]:
+    """A content hash of every state-dict tensor, by name."""
+    digests = {}
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"", digest_size=16)
+        digest.update(f"{data.dtype}{tuple(tensor.shape)}".encode())
+        digests[name] = digest.hexdigest()
+    return digests
+
+
+def check_weights(ctx: CheckContext) -> list[CheckResult]:
+    """The strategy runs on the model's own weights: every tensor it holds is one of the model's."""
+    known = set(ctx.model_digests.values())
+    foreign = [name for name, digest in ctx.strategy_digests.items() if digest not in known]
+    if not ctx.strategy_digests:
+        return [CheckResult("weights", ALL_LAYERS, "fail", "no_weights", "the strategy's module holds no tensors")]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return [CheckResult("weights", ALL_LAYERS, "fail", "weights_differ", f"{len(foreign)} of {len(ctx.strategy_digests)} tensors are not the model's: {shown}")]
+    return [CheckResult("weights", ALL_LAYERS, "pass", "", f"{len(ctx.strategy_digests)} tensors, all identical to the model's")]
+
+
+CHECKS: dict[str, Callable[[CheckContext], list[CheckResult]]] = {
+    "values": check_values,
+    "shape": check_shape,
+    "dtype": check_dtype,
+    "keys": check_keys,
+    "model_output": check_model_output,
+    "weights": check_weights,
+}
+#: Checks that give one row per layer (the others give one row per request).
+PER_LAYER_CHECKS = ("values", "shape", "dtype")
+DEFAULT_CHECKS = tuple(CHECKS)

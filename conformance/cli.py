@@ -1,0 +1,162 @@
+"""The ``conformance`` command line.
+
+    conformance run                                   # the quick zoo, every strategy
+    conformance run --model torchvision:resnet18 --layers layer1 bn1 --out runs/r18
+    conformance list models|layers MODEL|strategies|checks
+
+Bad input prints a message and a hint and exits 2; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import secrets
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from strategies import CORE_STRATEGIES, available_strategies, list_strategies
+
+from .checks import CHECKS, DEFAULT_CHECKS
+from .errors import ConformanceError
+from .layers import LAYER_SETS, resolve_layers
+from .environment import run_metadata
+from .results import ResultsWriter, summary_table
+from .runner import RunConfig, make_deterministic, run
+from .zoo import build_model, list_models, parse_input_shape, resolve_model
+
+__all__ = ["main"]
+
+
+def _choose(kind: str, requested: Sequence[str], known: Sequence[str]) -> list[str]:
+    import difflib
+
+    chosen = []
+    for name in requested:
+        if name == "all":
+            chosen.extend(known)
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(known)}"
+            raise ConformanceError(f"unknown {kind} {name!r}", hint=hint)
+        chosen.append(name)
+    return list(dict.fromkeys(chosen))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conformance", description="Which feature-extraction strategy returns the true activations?")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_ = commands.add_parser("run", help="run the conformance checks and write tidy results")
+    run_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable)")
+    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, timm or all")
+    run_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="fnmatch patterns selecting zoo models")
+    run_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="fnmatch patterns excluding zoo models")
+    run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
+    run_.add_argument("--layers", nargs="+", default=["@children", "@stages"], metavar="LAYER", help="module paths or @children, @stages, @leaves (default: @children @stages)")
+    run_.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
+    run_.add_argument("--checks", nargs="+", default=list(DEFAULT_CHECKS), metavar="NAME", help="check names, or all")
+    run_.add_argument("--device", default="cpu", help="cpu or cuda")
+    run_.add_argument("--input-shape", default=None, metavar="N,C,H,W", help="input shape for every model")
+    run_.add_argument("--seed", type=int, default=0)
+    run_.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    run_.add_argument("--cell-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one model-strategy unit")
+    run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
+    run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
+    run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+
+    list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
+    list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
+    list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
+    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, timm or all")
+    return parser
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConformanceError(f"--device {args.device}: CUDA is not available here", hint=f"torch {torch.__version__} sees no GPU; run with --device cpu")
+    if args.device.split(":")[0] not in ("cpu", "cuda"):
+        raise ConformanceError(f"unknown device {args.device!r}", hint="use cpu or cuda")
+    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    strategies = _choose("strategy", args.strategies, list_strategies())
+    checks = _choose("check", args.checks, list(CHECKS))
+    references = args.model or list_models(zoo=args.zoo or "quick", include=args.include, exclude=args.exclude)
+    if not references:
+        raise ConformanceError("no model selected", hint="loosen --include/--exclude, or name one with --model")
+    models = [resolve_model(ref, input_shape=input_shape) for ref in references]
+    for layer in args.layers:
+        if layer.startswith("@") and layer not in LAYER_SETS:
+            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
+
+    threads = args.threads or torch.get_num_threads()
+    make_deterministic(seed=args.seed, threads=threads)
+    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    metadata = run_metadata(device=args.device, command=["conformance", *sys.argv[1:]], seed=args.seed, threads=threads)
+    metadata["run_id"] = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
+    config = RunConfig(
+        models=models, layers=args.layers, strategies=strategies, checks=checks, device=args.device,
+        seed=args.seed, cell_timeout=args.cell_timeout, include_big=args.include_big,
+    )
+    from tqdm import tqdm
+
+    total = len(models) * len(strategies) - len(writer.done)
+    with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
+        try:
+            split = run(config, writer=writer, progress=progress)
+        except KeyboardInterrupt:
+            writer.finish(extra={"interrupted": True})
+            print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
+            return 130
+    frame = writer.finish(extra={"timings": split})
+    summary = summary_table(frame)
+    text = summary.to_string()
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
+    fence = "```"
+    (out / "summary.md").write_text(
+        f"# Conformance summary\n\n{len(frame)} rows, {frame['model'].nunique()} models, device {args.device}\n\n"
+        f"{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
+    )
+    print(text)
+    print(f"\nwall time: {timing}")
+    print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
+    return 0
+
+
+def _command_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        for reference in list_models(zoo=args.zoo):
+            print(reference)
+    elif args.what == "strategies":
+        for name, status in available_strategies().items():
+            core = "" if name in CORE_STRATEGIES else "  (variant)"
+            print(f"{name:22s} {status}{core}")
+    elif args.what == "checks":
+        for name, function in CHECKS.items():
+            print(f"{name:14s} {(function.__doc__ or '').strip().splitlines()[0]}")
+    else:
+        if not args.model:
+            raise ConformanceError("'list layers' needs a model", hint="conformance list layers torchvision:resnet18")
+        spec = resolve_model(args.model)
+        model = build_model(spec=spec, seed=0)
+        for layer_set in LAYER_SETS:
+            print(f"{layer_set}: {' '.join(resolve_layers(model, spec, [layer_set]))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``conformance`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _command_run(args) if args.command == "run" else _command_list(args)
+    except ConformanceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The run: models are built, the oracle captures, strategies extract, checks judge.
+
+For each model (one resident at a time): build it once, capture the truth for two inputs,
+then for each strategy run one isolated *unit*: attach to a deep copy, call it on the
+previous input and then on the input, run the checks, write the rows. A unit that fails
+or runs past its time limit becomes rows with a reason; it never ends the run. A request
+that fails as a whole is retried one layer at a time, so each layer gets its own verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from strategies import StrategyUnavailable, Unsupported, get_strategy
+
+from .checks import ALL_LAYERS, CHECKS, PER_LAYER_CHECKS, CheckContext, CheckResult, tensor_digests
+from .errors import ConformanceError
+from .layers import resolve_layers
+from .checks import compare
+from .oracle import OracleCapture, capture, locate, replay_children
+from .results import ResultsWriter
+from .zoo import BIG_MODEL_PARAMS, ModelSpec, build_model
+
+__all__ = ["RunConfig", "Timings", "evaluate", "make_deterministic", "run"]
+
+
+@dataclass
+class RunConfig:
+    """What to run."""
+
+    models: list[ModelSpec]
+    layers: list[str]
+    strategies: list[str]
+    checks: list[str]
+    device: str = "cpu"
+    seed: int = 0
+    cell_timeout: float = 300.0
+    include_big: bool = False
+
+
+@dataclass
+class Timings:
+    """Wall time of a run by phase; ``rest`` is the harness's own overhead."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def split(self, total: float) -> dict[str, float]:
+        measured = {k: round(v, 3) for k, v in self.seconds.items()}
+        measured["rest"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
+        measured["total"] = round(total, 3)
+        return measured
+
+
+class CellTimeout(Exception):
+    """A unit ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`CellTimeout` in the main thread after ``seconds`` (no limit elsewhere)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise CellTimeout(f"ran past the {seconds:g} s cell time limit")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def make_deterministic(*, seed: int, threads: int) -> None:
+    """Fixed seed and thread count, deterministic kernels where torch has them, no TF32."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _inputs(shape: Sequence[int], *, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous input and the input, from fixed seeds."""
+    generator = torch.Generator().manual_seed(seed)
+    previous = torch.randn(*shape, generator=generator)
+    current = torch.randn(*shape, generator=generator)
+    return previous.to(device), current.to(device)
+
+
+def _rows_for(layers: Sequence[str], checks: Sequence[str], status: str, diagnosis: str, detail: str, *, per_layer: bool = True, request_wide: bool = True) -> list[CheckResult]:
+    rows = []
+    for check in checks:
+        if check in PER_LAYER_CHECKS and per_layer:
+            rows.extend(CheckResult(check, layer, status, diagnosis, detail) for layer in layers)
+        elif check not in PER_LAYER_CHECKS and request_wide:
+            rows.append(CheckResult(check, ALL_LAYERS, status, diagnosis, detail))
+    return rows
+
+
+@dataclass
+class _Attempt:
+    """One extraction request: the context for the checks, or why there is none."""
+
+    layers: list[str]
+    context: CheckContext | None = None
+    status: str = ""
+    diagnosis: str = ""
+    detail: str = ""
+    unsupported_layers: list[str] | None = None
+
+
+class _ModelRun:
+    """One built model, its truth, and the units of its strategies."""
+
+    def __init__(self, *, spec: ModelSpec, model: nn.Module, layers: list[str], config: RunConfig, timings: Timings) -> None:
+        self.spec, self.model, self.layers, self.config, self.timings = spec, model, layers, config, timings
+        self.previous_input, self.input = _inputs(spec.input_shape, seed=config.seed, device=config.device)
+        with timings.phase("forward"):
+            self.previous_truth = capture(model, self.previous_input, layers=layers)
+            self.truth: OracleCapture = capture(model, self.input, layers=layers)
+            self.replayed = replay_children(model, self.input, layers=layers) if self.truth.chain_break else {}
+        with timings.phase("hashing"):
+            self.model_digests = tensor_digests(model)
+
+    def locate(self, value: torch.Tensor) -> list[str]:
+        """Modules of the model whose output, for the input, is ``value``."""
+        with self.timings.phase("forward"):
+            return locate(self.model, self.input, value, close=lambda a, b: compare(a, b).close)
+
+    def attempt(self, strategy_name: str, layers: list[str]) -> _Attempt:
+        strategy = get_strategy(strategy_name)
+        with self.timings.phase("copy"):
+            model = copy.deepcopy(self.model)
+        try:
+            with self.timings.phase("tracing"):
+                extractor = strategy.attach(model, layers=layers)
+        except Unsupported as exc:
+            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers)
+        except CellTimeout:
+            raise
+        except Exception as exc:
+            return _Attempt(layers, status="error", diagnosis="build_failed", detail=f"{type(exc).__name__}: {exc}")
+        try:
+            with self.timings.phase("forward"), torch.no_grad():
+                attached_output = model(self.input)
+                extractor(self.previous_input)
+                extraction = extractor(self.input)
+        except CellTimeout:
+            raise
+        except Exception as exc:
+            return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            extractor.close()
+        with self.timings.phase("hashing"):
+            strategy_digests = tensor_digests(extractor.module)
+        context = CheckContext(
+            layers=layers, truth=self.truth, previous_truth=self.previous_truth,
+            features=extraction.features, returned_output=extraction.output, attached_output=attached_output,
+            model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed,
+            locate=self.locate, device=torch.device(self.config.device),
+        )
+        return _Attempt(layers, context=context)
+
+    def unit(self, strategy_name: str) -> list[CheckResult]:
+        """Every row of one (model, strategy) unit.
+
+        A request the strategy can express for some layers only is narrowed to those (the
+        others are ``unsupported``); a request that fails as a whole is retried one layer
+        at a time, so that each layer gets its own verdict.
+        """
+        checks = self.config.checks
+        try:
+            get_strategy(strategy_name)
+        except StrategyUnavailable as exc:
+            return _rows_for(self.layers, checks, "skipped", "unavailable", str(exc))
+        rows: list[CheckResult] = []
+        try:
+            with time_limit(self.config.cell_timeout):
+                combined = self.attempt(strategy_name, self.layers)
+                left_out = set(combined.unsupported_layers or ()) & set(self.layers)
+                if combined.status == "unsupported" and left_out and left_out != set(self.layers):
+                    left = [layer for layer in self.layers if layer in left_out]
+                    rows += _rows_for(left, checks, "unsupported", "", f"{', '.join(left)}: {combined.detail}", request_wide=False)
+                    combined = self.attempt(strategy_name, [layer for layer in self.layers if layer not in left_out])
+                alone = []
+                if combined.context is None and combined.status == "error" and len(combined.layers) > 1:
+                    alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
+        except CellTimeout as exc:
+            return _rows_for(self.layers, checks, "error", "timeout", str(exc))
+        with self.timings.phase("checks"):
+            rows += self._rows(combined, checks, per_layer=not alone, request_wide=True)
+            for attempt in alone:
+                for row in self._rows(attempt, checks, per_layer=True, request_wide=False):
+                    row.detail = f"requested alone, as the whole request failed; {row.detail}".rstrip("; ")
+                    rows.append(row)
+        return rows
+
+    def _rows(self, attempt: _Attempt, checks: Sequence[str], *, per_layer: bool, request_wide: bool) -> list[CheckResult]:
+        if attempt.context is not None:
+            return [
+                row
+                for check in checks
+                if (per_layer if check in PER_LAYER_CHECKS else request_wide)
+                for row in _run_check(check, attempt)
+            ]
+        rows = _rows_for(attempt.layers, checks, attempt.status, attempt.diagnosis, attempt.detail, per_layer=per_layer, request_wide=request_wide)
+        if attempt.status == "error" and self.truth.chain_break is not None:
+            for row in rows:
+                if row.layer != ALL_LAYERS and self.truth.after_chain_break(row.layer):
+                    row.detail = f"{row.detail}; the model is no plain chain of its children: {self.truth.chain_break.reason}"
+        return rows
+
+
+def _run_check(check: str, attempt: _Attempt) -> list[CheckResult]:
+    try:
+        return CHECKS[check](attempt.context)
+    except Exception as exc:  # a check that crashes is a row, not the end of the run
+        return _rows_for(attempt.layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
+
+
+def run(config: RunConfig, *, writer: ResultsWriter, progress: object = None) -> dict[str, float]:
+    """Run every (model, strategy) unit not already in ``writer``; return the wall-time split."""
+    timings = Timings()
+    started = time.perf_counter()
+    for spec in config.models:
+        pending = [s for s in config.strategies if (spec.id, s) not in writer.done]
+        if not pending:
+            continue
+        for strategy_name, results in _units(spec, pending, config, timings):
+            writer.write_unit(model=spec.id, family=spec.family, strategy=strategy_name, results=results)
+            if progress is not None:
+                progress.update(1)
+        gc.collect()
+    return timings.split(time.perf_counter() - started)
+
+
+def _units(spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
+    """``(strategy, rows)`` for one model, one unit at a time; a model that cannot run gives rows saying why."""
+    def everywhere(status: str, diagnosis: str, detail: str) -> Iterator[tuple[str, list[CheckResult]]]:
+        for strategy_name in strategies:
+            yield strategy_name, _rows_for([ALL_LAYERS], config.checks, status, diagnosis, detail)
+
+    if not config.include_big and spec.is_big:
+        yield from everywhere("skipped", "big_model", f"{spec.param_count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
+        return
+    try:
+        with timings.phase("model_build"):
+            model = build_model(spec=spec, seed=config.seed).to(config.device)
+    except ConformanceError:
+        raise
+    except Exception as exc:
+        yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        layers = resolve_layers(model, spec, config.layers)
+    except ConformanceError as exc:
+        if len(config.models) == 1:
+            raise
+        yield from everywhere("skipped", "no_such_layer", str(exc).replace("\n", "; "))
+        return
+    try:
+        model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)
+    except Exception as exc:
+        yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
+        return
+    for strategy_name in strategies:
+        yield strategy_name, model_run.unit(strategy_name)
+
+
+def evaluate(
+    model: nn.Module,
+    *,
+    layers: Sequence[str],
+    strategies: Sequence[str],
+    checks: Sequence[str] = tuple(CHECKS),
+    input_shape: Sequence[int] = (2, 3, 224, 224),
+    device: str = "cpu",
+    seed: int = 0,
+    name: str = "model",
+) -> pd.DataFrame:
+    """Check ``strategies`` on one model in memory and return the tidy rows.
+
+    The model is deep-copied first; the caller's instance is left as it is.
+
+    Example::
+
+        >>> import torchvision
+        >>> rows = evaluate(torchvision.models.resnet18(), layers=["bn1", "layer1"], strategies=["hooks", "fx"])
+        >>> rows.query("check == 'values'")[["strategy", "layer", "status", "diagnosis"]]
+    """
+    pristine = copy.deepcopy(model)
+    spec = ModelSpec("user", name, tuple(input_shape), lambda: pristine)
+    config = RunConfig(models=[spec], layers=list(layers), strategies=list(strategies), checks=list(checks), device=device, seed=seed)
+    records = [
+        {"model": name, "family": spec.family, "strategy": strategy_name, "device": device, **asdict(result)}
+        for strategy_name, results in _units(spec, config.strategies, config, Timings())
+        for result in results
+    ]
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,250 @@
+"""The model zoo: what can be run, how it is built, and at what input size.
+
+A model is named ``source:name``: ``torchvision:resnet18``, ``timm:convnext_tiny``,
+``path/to/file.py:factory`` or ``package.module:factory`` (a callable returning an
+``nn.Module``). Weights are always random, from a fixed seed; nothing is downloaded.
+
+Example::
+
+    >>> from conformance.zoo import resolve_model, build_model
+    >>> spec = resolve_model("torchvision:resnet18")
+    >>> model = build_model(spec=spec, seed=0)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .errors import ConformanceError
+
+__all__ = [
+    "BIG_MODEL_PARAMS",
+    "DEFAULT_INPUT_SHAPE",
+    "QUICK_ZOO",
+    "TIMM_ZOO",
+    "ModelSpec",
+    "build_model",
+    "list_models",
+    "parse_input_shape",
+    "resolve_model",
+]
+
+#: Models with more parameters than this (counted on the meta device) run only with ``--include-big``.
+BIG_MODEL_PARAMS = 150_000_000
+DEFAULT_INPUT_SHAPE = (2, 3, 224, 224)
+
+#: The built-in default run: small models from both libraries, covering CNNs and a ViT.
+QUICK_ZOO = (
+    "torchvision:resnet18",
+    "torchvision:mobilenet_v3_small",
+    "torchvision:squeezenet1_1",
+    "timm:resnet18",
+    "timm:efficientnet_b0",
+    "timm:vit_tiny_patch16_224",
+    "timm:convnext_atto",
+)
+
+#: Curated timm models, covering the main families.
+TIMM_ZOO = (
+    "resnet18", "resnet50", "seresnext26d_32x4d", "resnext26ts", "efficientnet_b0", "tf_efficientnetv2_b0",
+    "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "regnetx_002", "regnety_002",
+    "regnetz_b16", "densenet121", "convnext_atto", "convnext_tiny", "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "maxvit_nano_rw_256", "eva02_tiny_patch14_224",
+    "beit_base_patch16_224", "coatnet_nano_rw_224", "levit_128s", "mixer_s16_224", "cspdarknet53", "dla34",
+    "dpn68", "ghostnet_100", "hrnet_w18_small", "inception_v3", "mobilevit_xxs", "poolformer_s12",
+    "efficientformer_l1", "edgenext_xx_small", "repvgg_a0", "xception41", "fastvit_t8", "nfnet_l0",
+    "caformer_s18", "tiny_vit_5m_224", "efficientvit_b0",
+)
+
+# torchvision models whose input must differ from DEFAULT_INPUT_SHAPE.
+_TORCHVISION_INPUT_SIZE = {"inception_v3": 299}
+_FAMILY_PREFIXES = ("wide_resnet", "tf_efficientnet")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model of the zoo, or a user's model, before it is built."""
+
+    source: str  # "torchvision", "timm" or "user"
+    name: str  # torchvision/timm model name, or the factory reference
+    input_shape: tuple[int, ...]
+    factory: Callable[[], nn.Module]
+
+    @property
+    def id(self) -> str:
+        return self.name if self.source == "user" else f"{self.source}:{self.name}"
+
+    @property
+    def family(self) -> str:
+        if self.source == "user":
+            return "user"
+        for prefix in _FAMILY_PREFIXES:
+            if self.name.startswith(prefix):
+                return prefix
+        match = re.match(r"[a-z]+(?:_?v\d+)?", self.name)
+        return match.group(0) if match else self.name
+
+    @cached_property
+    def param_count(self) -> int:
+        """Parameters, counted on the meta device where the constructor allows it, else on the CPU."""
+        try:
+            with torch.device("meta"):
+                model = self.factory()
+        except (NotImplementedError, RuntimeError):  # constructors that compute with tensors (RegNet)
+            model = self.factory()
+        return sum(p.numel() for p in model.parameters())
+
+    @property
+    def is_big(self) -> bool:
+        return self.source != "user" and self.param_count > BIG_MODEL_PARAMS
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"2,3,224,224"`` -> ``(2, 3, 224, 224)``, with a clear error for anything else."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or any(size <= 0 for size in shape):
+        raise ConformanceError(
+            f"malformed input shape {text!r}", hint="give positive integers separated by commas, e.g. 2,3,224,224"
+        )
+    return shape
+
+
+def _torchvision_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise _unknown_model(f"torchvision:{name}", [f"torchvision:{n}" for n in _torchvision_names()])
+    size = _TORCHVISION_INPUT_SIZE.get(name)
+    default = (*DEFAULT_INPUT_SHAPE[:2], size, size) if size else DEFAULT_INPUT_SHAPE
+
+    def factory() -> nn.Module:
+        return torchvision.models.get_model(name, weights=None)
+
+    return ModelSpec("torchvision", name, input_shape or default, factory)
+
+
+def _timm_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
+    import timm
+
+    if not timm.is_model(name):
+        raise _unknown_model(f"timm:{name}", [f"timm:{n}" for n in timm.list_models()])
+    cfg_size = timm.get_pretrained_cfg(name).input_size if timm.get_pretrained_cfg(name) else None
+    default = (DEFAULT_INPUT_SHAPE[0], *cfg_size) if cfg_size else DEFAULT_INPUT_SHAPE
+
+    def factory() -> nn.Module:
+        return timm.create_model(name, pretrained=False)
+
+    return ModelSpec("timm", name, input_shape or default, factory)
+
+
+def _user_spec(reference: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
+    location, _, attribute = reference.rpartition(":")
+    if not location or not attribute.isidentifier():
+        raise ConformanceError(
+            f"cannot read model reference {reference!r}",
+            hint="use torchvision:NAME, timm:NAME, path/to/file.py:factory or package.module:factory",
+        )
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise ConformanceError(f"model file {location!r} does not exist", hint="check the path, relative to here")
+        module_name = f"conformance_user_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ConformanceError(f"importing {location!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as exc:
+            raise ConformanceError(
+                f"cannot import module {location!r} ({exc})", hint="is the package installed, or on PYTHONPATH?"
+            ) from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        public = [n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])]
+        raise ConformanceError(
+            f"{location!r} has no callable {attribute!r}",
+            hint=f"callables there: {', '.join(sorted(public)) or 'none'}",
+        )
+    shape = input_shape or tuple(getattr(factory, "input_shape", DEFAULT_INPUT_SHAPE))
+    return ModelSpec("user", reference, shape, factory)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _unknown_model(reference: str, known: Iterable[str]) -> ConformanceError:
+    import difflib
+
+    close = difflib.get_close_matches(reference, list(known), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "'conformance list models' prints the zoo"
+    return ConformanceError(f"unknown model {reference!r}", hint=hint)
+
+
+def resolve_model(reference: str, *, input_shape: tuple[int, ...] | None = None) -> ModelSpec:
+    """A :class:`ModelSpec` for ``torchvision:NAME``, ``timm:NAME``, ``file.py:factory`` or ``pkg.mod:factory``."""
+    source, sep, name = reference.partition(":")
+    if sep and source == "torchvision":
+        return _torchvision_spec(name, input_shape)
+    if sep and source == "timm":
+        return _timm_spec(name, input_shape)
+    if not sep:
+        raise ConformanceError(
+            f"model {reference!r} names no source",
+            hint=f"write torchvision:{reference} or timm:{reference}, or path/to/file.py:factory",
+        )
+    return _user_spec(reference, input_shape)
+
+
+def list_models(
+    *, zoo: str = "quick", include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()
+) -> list[str]:
+    """Model references in a zoo (``quick``, ``torchvision``, ``timm`` or ``all``), fnmatch-filtered."""
+    zoos = {
+        "quick": lambda: list(QUICK_ZOO),
+        "torchvision": lambda: [f"torchvision:{n}" for n in _torchvision_names()],
+        "timm": lambda: [f"timm:{n}" for n in TIMM_ZOO],
+    }
+    zoos["all"] = lambda: zoos["torchvision"]() + zoos["timm"]()
+    if zoo not in zoos:
+        raise ConformanceError(f"unknown zoo {zoo!r}", hint=f"choose one of {', '.join(zoos)}")
+    includes = [include] if isinstance(include, str) else list(include)
+    excludes = [exclude] if isinstance(exclude, str) else list(exclude)
+    return [
+        ref for ref in zoos[zoo]()
+        if any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in includes)
+        and not any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in excludes)
+    ]
+
+
+def build_model(*, spec: ModelSpec, seed: int) -> nn.Module:
+    """Build the model with random weights from ``seed``, in eval mode."""
+    torch.manual_seed(seed)
+    model = spec.factory()
+    if not isinstance(model, nn.Module):
+        raise ConformanceError(
+            f"{spec.id} returned {type(model).__name__}, not an nn.Module",
+            hint="the factory must return the model instance (torch.nn.Module)",
+        )
+    return model.eval()

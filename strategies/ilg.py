@@ -1,0 +1,40 @@
+"""``ilg``: torchvision's ``IntermediateLayerGetter``.
+
+It rebuilds the model from its direct children, run in registration order, and stops
+after the last requested one. Only direct children can be requested.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from .base import Extraction, Extractor, Strategy, Unsupported
+
+__all__ = ["IntermediateLayerGetterStrategy"]
+
+
+class _IlgExtractor(Extractor):
+    def __init__(self, module: IntermediateLayerGetter) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> Extraction:
+        return Extraction(features=self.module(x))
+
+
+class IntermediateLayerGetterStrategy(Strategy):
+    """``IntermediateLayerGetter(model, return_layers={layer: layer})``."""
+
+    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+        children = [name for name, _ in model.named_children()]
+        nested = [name for name in layers if name not in children]
+        if nested:
+            raise Unsupported(
+                f"IntermediateLayerGetter takes direct children only; {', '.join(nested)} "
+                f"{'is' if len(nested) == 1 else 'are'} not among them",
+                layers=nested,
+            )
+        return _IlgExtractor(IntermediateLayerGetter(model, return_layers={name: name for name in layers}))

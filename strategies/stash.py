@@ -1,0 +1,68 @@
+"""``stash``: the feature saved on the module as an attribute during ``forward``.
+
+This is the classic tutorial pattern (``self.feature = x.detach()`` inside ``forward``),
+applied generically: the module's ``forward`` is wrapped by an instance attribute, no hooks
+and no source edits, and both the wrapper and the attribute are removed on ``close``.
+``detach`` shares storage with the output, so in-place ops after the module show through;
+``stash+clone`` stores ``x.detach().clone()`` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .base import Extraction, Extractor, Strategy
+
+__all__ = ["Stash", "StashClone"]
+
+ATTRIBUTE = "stashed_feature"
+
+
+class _StashExtractor(Extractor):
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, clone: bool) -> None:
+        self.module = model
+        self.layers = list(layers)
+        self.patched = [model.get_submodule(name) for name in self.layers]
+        for module in self.patched:
+            original_forward = module.forward
+
+            def forward(*args: Any, _module: nn.Module = module, _forward: Any = original_forward, **kwargs: Any) -> Any:
+                out = _forward(*args, **kwargs)
+                if isinstance(out, torch.Tensor):
+                    saved = out.detach()
+                    object.__setattr__(_module, ATTRIBUTE, saved.clone() if clone else saved)
+                return out
+
+            module.forward = forward
+
+    def __call__(self, x: torch.Tensor) -> Extraction:
+        output = self.module(x)
+        features = {
+            name: getattr(module, ATTRIBUTE)
+            for name, module in zip(self.layers, self.patched)
+            if hasattr(module, ATTRIBUTE)
+        }
+        return Extraction(features=features, output=output)
+
+    def close(self) -> None:
+        for module in self.patched:
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop(ATTRIBUTE, None)
+
+
+class Stash(Strategy):
+    """Attribute stashing with ``detach()`` as in the tutorials."""
+
+    clone = False
+
+    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+        return _StashExtractor(model, layers, clone=self.clone)
+
+
+class StashClone(Stash):
+    """Attribute stashing with ``detach().clone()``."""
+
+    clone = True

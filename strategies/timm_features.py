@@ -1,0 +1,82 @@
+"""``timm``: timm's ``features_only`` wrapper, on the very same weights as the model.
+
+The architecture is rebuilt with ``timm.create_model(arch, features_only=True,
+out_indices=...)``, so timm itself picks its wrapper (FeatureListNet, FeatureHookNet or
+FeatureGetterNet), and the model's own tensors are then loaded into it. The wrappers
+rename parameters (``stages.0`` -> ``stages_0`` when flattening, a ``body.`` or ``model.``
+prefix), which :func:`match_state_dict` undoes. Only the taps in the model's
+``feature_info`` can be requested; features come back as a list, named here by the
+``feature_info`` module of each position.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import timm
+import torch
+from torch import nn
+
+from .base import Extraction, Extractor, Strategy, Unsupported
+
+__all__ = ["TimmFeaturesOnly", "match_state_dict"]
+
+
+def _candidate_names(key: str) -> list[str]:
+    """Names ``key`` of a features_only wrapper may have had in the plain model."""
+    head, _, rest = key.partition(".")
+    candidates = [key]
+    if head in ("body", "model") and rest:
+        candidates.append(rest)
+    parts = head.split("_")
+    for cut in range(1, len(parts)):  # FeatureListNet flattens "stages.0" into "stages_0"
+        candidates.append(f"{'_'.join(parts[:cut])}.{'_'.join(parts[cut:])}.{rest}".rstrip("."))
+    return candidates
+
+
+def match_state_dict(target: nn.Module, source: nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict for ``target`` holding ``source``'s tensors, matched by name and shape."""
+    source_state = source.state_dict()
+    matched = {}
+    for key, tensor in target.state_dict().items():
+        hits = [c for c in _candidate_names(key) if c in source_state and source_state[c].shape == tensor.shape]
+        if len(hits) != 1:
+            raise RuntimeError(f"cannot match timm features_only parameter {key!r} to the model ({len(hits)} candidates)")
+        matched[key] = source_state[hits[0]]
+    return matched
+
+
+class _TimmExtractor(Extractor):
+    def __init__(self, module: nn.Module, names: list[str]) -> None:
+        self.module = module
+        self.names = names
+
+    def __call__(self, x: torch.Tensor) -> Extraction:
+        out = self.module(x)
+        if isinstance(out, dict):
+            return Extraction(features=out)
+        return Extraction(features=dict(zip(self.names, out)))
+
+
+class TimmFeaturesOnly(Strategy):
+    """``timm.create_model(arch, features_only=True, out_indices=...)`` with the model's weights."""
+
+    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        feature_info = getattr(model, "feature_info", None)
+        if not arch or not feature_info:
+            raise Unsupported("not a timm model: timm features_only needs a timm architecture with feature_info")
+        taps = [info["module"] for info in feature_info]
+        missing = [name for name in layers if name not in taps]
+        if missing:
+            raise Unsupported(
+                f"not in timm feature_info; timm can tap only: {', '.join(taps)}", layers=missing
+            )
+        out_indices = tuple(taps.index(name) for name in layers)
+        features = timm.create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
+        features.load_state_dict(match_state_dict(features, model))
+        param = next(model.parameters(), None)
+        if param is not None:
+            features.to(param.device)
+        features.train(model.training)
+        return _TimmExtractor(features, list(features.feature_info.module_name()))

@@ -1,0 +1,112 @@
+"""Tiny models, each with one planted pitfall of feature extraction.
+
+They double as examples of user models: ``conformance run --model tests/pitfalls.py:inplace_after_tap``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INPUT_SHAPE = (2, 3, 8, 8)
+
+
+class InplaceAfterTap(nn.Module):
+    """``bn`` is followed by an in-place ReLU, as in torchvision's ResNet stem."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.bn(self.conv(x))))
+
+
+class ReusedModule(nn.Module):
+    """``act`` is called twice; its last call is the reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.Tanh()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(x))))
+
+
+class ReorderedChildren(nn.Module):
+    """Children are registered as ``second, first`` but run as ``first, second``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.second(self.first(x)))
+
+
+class FunctionalBetween(nn.Module):
+    """A functional op runs between two children; replaying the children skips it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.sigmoid(self.first(x)) * 2.0)
+
+
+class DataDependentControlFlow(nn.Module):
+    """A branch on a tensor's value, which symbolic tracing cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        if x.sum() > 0:
+            x = x * 2.0
+        return self.second(x)
+
+
+class Plain(nn.Module):
+    """No pitfall: every strategy that can express the request should pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def _factory(cls: type[nn.Module]):
+    def build() -> nn.Module:
+        return cls()
+
+    build.input_shape = INPUT_SHAPE
+    build.__name__ = cls.__name__
+    return build
+
+
+inplace_after_tap = _factory(InplaceAfterTap)
+reused_module = _factory(ReusedModule)
+reordered_children = _factory(ReorderedChildren)
+functional_between = _factory(FunctionalBetween)
+data_dependent_control_flow = _factory(DataDependentControlFlow)
+plain = _factory(Plain)
+
+
+def not_a_module() -> str:
+    """A factory that returns the wrong thing, for the CLI's error path."""
+    return "not a module"

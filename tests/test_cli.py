@@ -1,0 +1,105 @@
+"""The command line: bad input gives a message, a hint and exit 2; runs write, resume and summarise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PITFALLS = str(Path(__file__).parent / "pitfalls.py")
+
+
+def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--model", "torchvision:resnet181"], "unknown model 'torchvision:resnet181'"),
+        (["run", "--model", "resnet18"], "names no source"),
+        (["run", "--model", "missing/file.py:build"], "does not exist"),
+        (["run", "--model", f"{PITFALLS}:nope"], "has no callable 'nope'"),
+        (["run", "--model", f"{PITFALLS}:not_a_module"], "not an nn.Module"),
+        (["run", "--model", "no_such_package.models:build"], "cannot import module"),
+        (["run", "--model", f"{PITFALLS}:plain", "--layers", "frist"], "has no module 'frist'"),
+        (["run", "--model", f"{PITFALLS}:plain", "--layers", "@everything"], "unknown layer set"),
+        (["run", "--model", f"{PITFALLS}:plain", "--strategies", "hook"], "unknown strategy 'hook'"),
+        (["run", "--model", f"{PITFALLS}:plain", "--checks", "valeus"], "unknown check 'valeus'"),
+        (["run", "--model", f"{PITFALLS}:plain", "--input-shape", "2,3,x"], "malformed input shape"),
+        (["run", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
+        (["list", "layers"], "needs a model"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, message, tmp_path):
+    result = conformance(*args, "--out", str(tmp_path / "out")) if args[0] == "run" else conformance(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "hint:" in result.stderr or args[0] == "list"
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_unknown_layer_suggests_close_names(tmp_path):
+    result = conformance("run", "--model", f"{PITFALLS}:plain", "--layers", "secnod", "--out", str(tmp_path))
+    assert "did you mean second" in result.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without CUDA")
+def test_cuda_without_a_gpu_says_so(tmp_path):
+    result = conformance("run", "--model", f"{PITFALLS}:plain", "--device", "cuda", "--out", str(tmp_path))
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr
+
+
+def test_run_writes_tidy_rows_metadata_and_summary(tmp_path):
+    out = tmp_path / "run"
+    result = conformance("run", "--model", f"{PITFALLS}:inplace_after_tap", "--layers", "bn", "head", "--strategies", "hooks", "hooks+clone", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    for column in ("model", "strategy", "layer", "check", "status", "diagnosis", "detail", "max_abs_err", "run_id", "device"):
+        assert column in rows.columns
+    assert set(rows["status"]) <= {"pass", "fail", "error", "unsupported", "skipped"}
+    aliasing = rows.query("strategy == 'hooks' and layer == 'bn' and check == 'values'").iloc[0]
+    assert (aliasing.status, aliasing.diagnosis) == ("fail", "inplace_aliasing")
+    document = json.loads((out / "results.json").read_text())
+    assert len(document["rows"]) == len(rows)
+    for key in ("datetime", "command", "versions", "machine_info", "commit_info", "timings"):
+        assert key in document
+    assert {"python", "torch", "torchvision", "timm", "torchextractor"} <= set(document["versions"])
+    assert "hooks+clone" in (out / "summary.md").read_text() and "hooks+clone" in result.stdout
+
+
+def test_existing_results_are_kept_and_a_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--layers", "@children", "--strategies", "hooks", "fx", "--out", str(out)]
+    assert conformance(*args).returncode == 0
+    complete = (out / "results.csv").read_text()
+
+    again = conformance(*args)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert (out / "results.csv").read_text() == complete
+
+    # Simulate a run killed while writing its last unit: a short last line.
+    lines = complete.splitlines()
+    last_unit = lines[-1].split(",")[1:4:2]
+    (out / "results.csv").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:15] + "\n")
+    resumed = conformance(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    before, after = pd.read_csv(pd.io.common.StringIO(complete)), pd.read_csv(out / "results.csv")
+    key = ["model", "strategy", "layer", "check", "status"]
+    assert sorted(map(tuple, before[key].values)) == sorted(map(tuple, after[key].values)), last_unit
+    assert after["run_id"].nunique() == 1
+
+
+def test_list_commands():
+    models = conformance("list", "models", "--zoo", "all").stdout.split()
+    assert "torchvision:resnet18" in models and "timm:convnext_tiny" in models and len(models) >= 80 + 25
+    strategies = conformance("list", "strategies").stdout
+    for name in ("stash", "hooks", "ilg", "torchextractor", "timm", "fx"):
+        assert f"{name} " in strategies
+    layers = conformance("list", "layers", "torchvision:resnet18").stdout
+    assert "@stages: layer1 layer2 layer3 layer4" in layers and "@children: conv1 bn1 relu maxpool" in layers

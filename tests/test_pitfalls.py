@@ -1,0 +1,82 @@
+"""Each planted pitfall gets the verdict, and the diagnosis, that explains it."""
+
+import pytest
+
+import pitfalls
+from conformance.runner import evaluate
+
+STRATEGIES = ["stash", "stash+clone", "hooks", "hooks+clone", "ilg", "torchextractor", "torchextractor+clone", "fx"]
+
+
+def verdicts(model, layers, strategies=STRATEGIES):
+    rows = evaluate(model, layers=layers, strategies=strategies, checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    return {(r.strategy, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+
+
+def test_inplace_op_after_tap_is_diagnosed_as_aliasing():
+    got = verdicts(pitfalls.InplaceAfterTap(), ["bn", "head"])
+    for strategy in ("stash", "hooks", "torchextractor", "fx"):
+        assert got[(strategy, "bn")][:2] == ("fail", "inplace_aliasing"), strategy
+    for strategy in ("stash+clone", "hooks+clone", "torchextractor+clone"):
+        assert got[(strategy, "bn")][0] == "pass", strategy
+
+
+def test_inplace_op_after_tap_is_harmless_when_the_strategy_prunes_after_it():
+    got = verdicts(pitfalls.InplaceAfterTap(), ["bn"], strategies=["ilg", "fx", "hooks"])
+    assert got[("ilg", "bn")][0] == "pass"
+    assert got[("fx", "bn")][0] == "pass"
+    assert got[("hooks", "bn")][:2] == ("fail", "inplace_aliasing")
+
+
+def test_reused_module_names_the_call_that_was_returned():
+    got = verdicts(pitfalls.ReusedModule(), ["act"])
+    assert got[("fx", "act")] == ("fail", "reused_module", "matches call 1 of 2")
+    for strategy in ("stash", "hooks", "torchextractor"):
+        assert got[(strategy, "act")][0] == "pass", strategy
+
+
+def test_children_registered_out_of_order_break_replaying_strategies():
+    got = verdicts(pitfalls.ReorderedChildren(), ["first", "second"])
+    assert got[("ilg", "second")][:2] == ("error", "call_failed")
+    assert "registration order is second, first, head" in got[("ilg", "second")][2]
+    for strategy in ("hooks", "fx", "torchextractor", "stash"):
+        assert got[(strategy, "second")][0] == "pass", strategy
+
+
+def test_functional_op_between_children_is_skipped_by_ilg():
+    got = verdicts(pitfalls.FunctionalBetween(), ["first", "second"])
+    assert got[("ilg", "first")][0] == "pass"
+    assert got[("ilg", "second")][:2] == ("fail", "children_not_chained")
+    assert got[("fx", "second")][0] == "pass"
+
+
+def test_data_dependent_control_flow_defeats_fx_tracing_only():
+    got = verdicts(pitfalls.DataDependentControlFlow(), ["first", "second"])
+    status, diagnosis, detail = got[("fx", "second")]
+    assert (status, diagnosis) == ("error", "build_failed") and "TraceError" in detail
+    for strategy in ("hooks", "stash", "torchextractor"):
+        assert got[(strategy, "second")][0] == "pass", strategy
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_clean_model_passes_every_check_for_every_strategy(strategy):
+    rows = evaluate(pitfalls.Plain(), layers=["first", "second"], strategies=[strategy], input_shape=pitfalls.INPUT_SHAPE)
+    assert set(rows["check"]) == {"values", "shape", "dtype", "keys", "model_output", "weights"}
+    assert (rows["status"] == "pass").all(), rows[rows.status != "pass"].to_dict("records")
+    assert rows.query("check == 'values'")["bitwise"].all()
+
+
+def test_timm_on_a_non_timm_model_is_unsupported_not_a_crash():
+    rows = evaluate(pitfalls.Plain(), layers=["first"], strategies=["timm"], input_shape=pitfalls.INPUT_SHAPE)
+    assert (rows["status"] == "unsupported").all()
+    assert rows["detail"].str.contains("not a timm model").all()
+
+
+def test_ilg_marks_only_nested_layers_unsupported():
+    rows = evaluate(pitfalls.InplaceAfterTap(), layers=["conv", "head"], strategies=["ilg"], input_shape=pitfalls.INPUT_SHAPE)
+    assert (rows["status"] == "pass").all()
+    import torchvision
+
+    rows = evaluate(torchvision.models.resnet18(), layers=["layer1", "layer2.0"], strategies=["ilg"], checks=["values"])
+    got = dict(zip(rows.layer, rows.status))
+    assert got == {"layer1": "pass", "layer2.0": "unsupported"}
