@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from .errors import ConformanceError
 from .layers import LAYER_SETS, resolve_layers
 from .environment import run_metadata
 from .results import ResultsWriter, summary_table
-from .runner import RunConfig, make_deterministic, run
+from .runner import RunConfig, Timings, make_deterministic, run
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
 __all__ = ["main"]
@@ -105,13 +106,16 @@ def _command_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     total = len(models) * len(strategies) - len(writer.done)
+    timings = Timings()
+    started = time.perf_counter()
     with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
         try:
-            split = run(config, writer=writer, progress=progress)
+            run(config, writer=writer, timings=timings, progress=progress)
         except KeyboardInterrupt:
-            writer.finish(extra={"interrupted": True})
+            writer.finish(extra={"interrupted": True, "timings": timings.split(time.perf_counter() - started)})
             print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
             return 130
+    split = timings.split(time.perf_counter() - started)
     frame = writer.finish(extra={"timings": split})
     summary = summary_table(frame)
     text = summary.to_string()

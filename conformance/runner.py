@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -51,19 +51,34 @@ class RunConfig:
     include_big: bool = False
 
 
-@dataclass
 class Timings:
-    """Wall time of a run by phase; ``rest`` is the harness's own overhead."""
+    """Wall time of a run by phase; ``rest`` is the harness's own overhead.
 
-    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    Phases are exclusive: a phase entered inside another pauses the outer one, so no
+    second is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[str] = []
+        self._since = 0.0
+
+    def _charge(self) -> float:
+        now = time.perf_counter()
+        if self._stack:
+            self.seconds[self._stack[-1]] += now - self._since
+        self._since = now
+        return now
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        self._charge()
+        self._stack.append(name)
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self._charge()
+            self._stack.pop()
 
     def split(self, total: float) -> dict[str, float]:
         measured = {k: round(v, 3) for k, v in self.seconds.items()}
@@ -246,10 +261,8 @@ def _run_check(check: str, attempt: _Attempt) -> list[CheckResult]:
         return _rows_for(attempt.layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
 
 
-def run(config: RunConfig, *, writer: ResultsWriter, progress: object = None) -> dict[str, float]:
-    """Run every (model, strategy) unit not already in ``writer``; return the wall-time split."""
-    timings = Timings()
-    started = time.perf_counter()
+def run(config: RunConfig, *, writer: ResultsWriter, timings: Timings, progress: object = None) -> None:
+    """Run every (model, strategy) unit not already in ``writer``, timing the phases in ``timings``."""
     for spec in config.models:
         pending = [s for s in config.strategies if (spec.id, s) not in writer.done]
         if not pending:
@@ -259,7 +272,6 @@ def run(config: RunConfig, *, writer: ResultsWriter, progress: object = None) ->
             if progress is not None:
                 progress.update(1)
         gc.collect()
-    return timings.split(time.perf_counter() - started)
 
 
 def _units(spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:

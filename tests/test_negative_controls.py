@@ -163,3 +163,17 @@ def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     [(name, results)] = list(_units(spec, ["hanging"], config, Timings()))
     assert time.perf_counter() - started < 10
     assert {(r.status, r.diagnosis) for r in results} == {("error", "timeout")}
+
+
+def test_nested_timing_phases_are_not_counted_twice():
+    import time
+
+    from conformance.runner import Timings
+
+    timings = Timings()
+    with timings.phase("checks"):
+        time.sleep(0.05)
+        with timings.phase("forward"):
+            time.sleep(0.1)
+    assert 0.09 < timings.seconds["forward"] < 0.2
+    assert 0.04 < timings.seconds["checks"] < 0.09
