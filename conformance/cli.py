@@ -122,7 +122,9 @@ def _command_run(args: argparse.Namespace) -> int:
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     fence = "```"
     (out / "summary.md").write_text(
-        f"# Conformance summary\n\n{len(frame)} rows, {frame['model'].nunique()} models, device {args.device}\n\n"
+        f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
+        f"{len(frame)} rows, {frame['model'].nunique()} models, device {args.device}, "
+        f"torch {metadata['versions']['torch']}, torchvision {metadata['versions']['torchvision']}, timm {metadata['versions']['timm']}\n\n"
         f"{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
     )
     print(text)
