@@ -13,7 +13,6 @@ import argparse
 import datetime as _dt
 import secrets
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -107,15 +106,14 @@ def _command_run(args: argparse.Namespace) -> int:
 
     total = len(models) * len(strategies) - len(writer.done)
     timings = Timings()
-    started = time.perf_counter()
     with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
         try:
             run(config, writer=writer, timings=timings, progress=progress)
         except KeyboardInterrupt:
-            writer.finish(extra={"interrupted": True, "timings": timings.split(time.perf_counter() - started)})
+            writer.finish(extra={"interrupted": True, "timings": timings.split()})
             print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
             return 130
-    split = timings.split(time.perf_counter() - started)
+    split = timings.split()
     frame = writer.finish(extra={"timings": split})
     summary = summary_table(frame)
     text = summary.to_string()

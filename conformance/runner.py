@@ -61,14 +61,13 @@ class Timings:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self._stack: list[str] = []
-        self._since = 0.0
+        self._started = self._since = time.perf_counter()
 
-    def _charge(self) -> float:
+    def _charge(self) -> None:
         now = time.perf_counter()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._since
         self._since = now
-        return now
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -80,7 +79,9 @@ class Timings:
             self._charge()
             self._stack.pop()
 
-    def split(self, total: float) -> dict[str, float]:
+    def split(self) -> dict[str, float]:
+        """Seconds by phase since this object was made, with ``rest`` and ``total``."""
+        total = time.perf_counter() - self._started
         measured = {k: round(v, 3) for k, v in self.seconds.items()}
         measured["rest"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
         measured["total"] = round(total, 3)
