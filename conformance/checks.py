@@ -1,9 +1,13 @@
-"""The checks: each compares what a strategy returned with the oracle's truth.
+"""The value checks: each judges one extraction request against the oracle's truth.
 
 A check is a function from a :class:`CheckContext` to :class:`CheckResult` rows; it is
 named in :data:`CHECKS`. Per-layer checks give one row per requested layer; request-wide
-checks (``keys``, ``model_output``, ``weights``) give one row with layer ``*``.
+checks (``keys``, ``model_output``, ``weights``, ...) give one row with layer ``*``.
 A ``values`` failure carries a diagnosis where the oracle's records explain it.
+
+The extractor is called three times: on the previous input, on the input (the features
+most checks judge) and on the previous input again. Checks that act on the strategy
+(attach it again, train, differentiate, script...) live in ``behaviour.py``.
 """
 
 from __future__ import annotations
@@ -14,18 +18,21 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .oracle import OracleCapture
 
 __all__ = [
     "ALL_LAYERS",
     "CHECKS",
-    "DEFAULT_CHECKS",
+    "PER_LAYER_CHECKS",
     "CheckContext",
     "CheckResult",
     "Comparison",
     "compare",
+    "model_changes",
+    "snapshot",
+    "tensor_digest",
     "tensor_digests",
     "tolerance",
 ]
@@ -55,7 +62,7 @@ class CheckContext:
     layers: list[str]
     truth: OracleCapture  # for the input the features were extracted from
     previous_truth: OracleCapture  # for the input of the call before it
-    features: Mapping[str, Any]
+    features: Mapping[str, Any]  # what the call on the input returned, cloned as it returned
     returned_output: Any  # the model output the strategy returned, or None
     attached_output: Any  # the model called directly while the strategy was attached
     model_digests: dict[str, str]  # the model's state-dict tensors, by name
@@ -63,6 +70,11 @@ class CheckContext:
     replayed: Mapping[str, Any] = field(default_factory=dict)  # values when the children are replayed in order
     locate: Callable[[Any], list[str]] = lambda value: []  # modules that produce a value, for the input
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    first_features: Mapping[str, Any] = field(default_factory=dict)  # the call on the previous input, as it returned
+    first_after_next: Mapping[str, Any] = field(default_factory=dict)  # that call's returned container, after the next call
+    same_container: bool = False  # the second call returned the very object the first did
+    repeat_features: Mapping[str, Any] = field(default_factory=dict)  # the third call, on the previous input again
+    model_changes: list[str] = field(default_factory=list)  # how the model differs after the extractor is closed
 
 
 # (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
@@ -93,14 +105,18 @@ class Comparison:
     detail: str = ""
 
 
+_TRACING_TENSORS = ("FakeTensor", "FunctionalTensor", "Proxy")
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"tensor{tuple(value.shape)}"
     return type(value).__name__
 
 
-def compare(actual: Any, expected: Any) -> Comparison:
-    """Compare two values (tensors or nested structures of tensors) with dtype/device tolerances."""
+def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
+    """Compare two values (tensors or nested structures of tensors) with dtype/device
+    tolerances, multiplied by ``scale`` where another runtime computed ``actual``."""
     actual_leaves, actual_spec = tree_flatten(actual)
     expected_leaves, expected_spec = tree_flatten(expected)
     if actual_spec != expected_spec:
@@ -114,6 +130,8 @@ def compare(actual: Any, expected: Any) -> Comparison:
             continue
         if got.shape != want.shape:
             return Comparison(False, False, mismatch="shape", detail=f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if got.device.type == "meta" or type(got).__name__ in _TRACING_TENSORS:
+            return Comparison(False, False, mismatch="structure", detail=f"got a {type(got).__name__} left over from tracing")
         got = got.detach().to(want.device)
         bitwise = bitwise and got.dtype == want.dtype and torch.equal(got, want)
         if not want.is_floating_point():
@@ -124,8 +142,24 @@ def compare(actual: Any, expected: Any) -> Comparison:
             max_abs = max(max_abs, diff.max().item())
             max_rel = max(max_rel, (diff / want.double().abs().clamp_min(1e-12)).max().item())
         rtol, atol = tolerance(want.dtype, want.device)
+        rtol, atol = rtol * scale, atol * scale
         close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     return Comparison(close, bitwise, max_abs, max_rel)
+
+
+def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
+    """The features as they are now, cloned, in their order; leaves that cannot be cloned
+    (tensors left over from tracing) are kept as they are, for the checks to report."""
+
+    def freeze(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        try:
+            return leaf.detach().clone()
+        except Exception:
+            return leaf
+
+    return {name: tree_map(freeze, value) for name, value in features.items()}
 
 
 def _as_token_map(value: Any, truth: Any) -> Any:
@@ -172,18 +206,25 @@ def _diagnose(ctx: CheckContext, layer: str, value: Any) -> tuple[str, str]:
     return "", ""
 
 
+def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: str = "this input") -> CheckResult:
+    """The row of a layer whose module does not run for the input (an aux head in eval mode)."""
+    if layer in features:
+        return CheckResult(check, layer, "fail", "not_called", f"the module does not run for {call}, yet a value was returned")
+    return CheckResult(check, layer, "skipped", "not_called", f"the module does not run for {call} and nothing was returned")
+
+
 def check_values(ctx: CheckContext) -> list[CheckResult]:
     """The strategy's value for each layer is the true activation (last call of the module)."""
     results = []
     for layer in ctx.layers:
         truth = ctx.truth.layers[layer]
+        if not truth.calls:
+            results.append(_never_called("values", layer, ctx.features))
+            continue
         if layer not in ctx.features:
             results.append(CheckResult("values", layer, "fail", "missing", f"no feature named {layer!r} returned"))
             continue
         value = ctx.features[layer]
-        if not truth.calls:
-            results.append(CheckResult("values", layer, "fail", "not_called", "the module never runs, yet a value was returned"))
-            continue
         comparison = compare(value, truth.value)
         row = CheckResult(
             "values", layer, "pass" if comparison.close else "fail",
@@ -206,11 +247,11 @@ def _leaf_property(ctx: CheckContext, check: str, describe: Callable[[torch.Tens
     results = []
     for layer in ctx.layers:
         truth = ctx.truth.layers[layer].value
+        if truth is None:
+            results.append(_never_called(check, layer, ctx.features))
+            continue
         if layer not in ctx.features:
             results.append(CheckResult(check, layer, "fail", "missing", f"no feature named {layer!r} returned"))
-            continue
-        if truth is None:
-            results.append(CheckResult(check, layer, "skipped", "not_called", "the module never runs"))
             continue
         got = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(ctx.features[layer])[0]]
         want = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(truth)[0]]
@@ -263,15 +304,17 @@ def check_model_output(ctx: CheckContext) -> list[CheckResult]:
                         max_abs_err=attached.max_abs_err)]
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A content hash of one tensor (its values, dtype and shape)."""
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"", digest_size=16)
+    digest.update(f"{data.dtype}{tuple(tensor.shape)}".encode())
+    return digest.hexdigest()
+
+
 def tensor_digests(module: nn.Module) -> dict[str, str]:
     """A content hash of every state-dict tensor, by name."""
-    digests = {}
-    for name, tensor in module.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"", digest_size=16)
-        digest.update(f"{data.dtype}{tuple(tensor.shape)}".encode())
-        digests[name] = digest.hexdigest()
-    return digests
+    return {name: tensor_digest(tensor) for name, tensor in module.state_dict().items()}
 
 
 def check_weights(ctx: CheckContext) -> list[CheckResult]:
@@ -286,6 +329,128 @@ def check_weights(ctx: CheckContext) -> list[CheckResult]:
     return [CheckResult("weights", ALL_LAYERS, "pass", "", f"{len(ctx.strategy_digests)} tensors, all identical to the model's")]
 
 
+def check_repeatable(ctx: CheckContext) -> list[CheckResult]:
+    """The same input gives the same features again after another input has been through."""
+    results = []
+    for layer in ctx.layers:
+        if not ctx.previous_truth.layers[layer].calls:
+            results.append(_never_called("repeatable", layer, ctx.repeat_features, call="the third call's input"))
+            continue
+        if layer not in ctx.repeat_features or layer not in ctx.first_features:
+            call = "first" if layer not in ctx.first_features else "third"
+            results.append(CheckResult("repeatable", layer, "fail", "missing", f"no value returned on the {call} call"))
+            continue
+        again = compare(ctx.repeat_features[layer], ctx.first_features[layer])
+        if again.close:
+            how = "bitwise" if again.bitwise else "within tolerance"
+            results.append(CheckResult("repeatable", layer, "pass", "", f"the third call equals the first ({how})",
+                                       max_abs_err=again.max_abs_err, bitwise=again.bitwise))
+            continue
+        current = ctx.truth.layers[layer].value
+        stale = current is not None and compare(ctx.repeat_features[layer], current).close
+        results.append(CheckResult(
+            "repeatable", layer, "fail", "stale" if stale else "not_repeatable",
+            "the third call, on the first call's input, " + ("holds the second input's value" if stale else
+                                                             f"differs from the first ({again.detail or f'max abs err {again.max_abs_err:.3g}'})"),
+            max_abs_err=again.max_abs_err, bitwise=False,
+        ))
+    return results
+
+
+def check_stale_results(ctx: CheckContext) -> list[CheckResult]:
+    """Results of one call are not changed by the next, and hold nothing left over from the previous."""
+    problems, diagnosis = [], ""
+    changed = [
+        layer for layer, value in ctx.first_features.items()
+        if layer not in ctx.first_after_next or not compare(ctx.first_after_next[layer], value).bitwise
+    ]
+    added = [layer for layer in ctx.first_after_next if layer not in ctx.first_features]
+    if changed or added:
+        diagnosis = "mutated_by_next_call"
+        container = "the same dictionary is returned by every call" if ctx.same_container else "the tensors are overwritten in place"
+        problems.append(f"the first call's results changed when the next call ran ({container}): {', '.join(map(str, changed + added))}")
+    calls = (("second", ctx.truth, ctx.features, ctx.first_features), ("third", ctx.previous_truth, ctx.repeat_features, ctx.features))
+    for call, truth, features, before in calls:
+        leftover = [
+            layer for layer in ctx.layers
+            if not truth.layers[layer].calls and layer in features and layer in before and compare(features[layer], before[layer]).close
+        ]
+        if leftover:
+            diagnosis = diagnosis or "left_over"
+            problems.append(f"{', '.join(leftover)} did not run for the {call} call's input, yet the call before's value was returned")
+    if problems:
+        return [CheckResult("stale_results", ALL_LAYERS, "fail", diagnosis, "; ".join(problems))]
+    detail = "a new container each call" if not ctx.same_container else "the same container each call, not changed"
+    return [CheckResult("stale_results", ALL_LAYERS, "pass", "", f"first call's results unchanged by the next; {detail}")]
+
+
+def _hook_counts(module: nn.Module) -> dict[str, int]:
+    return {name: len(value) for name, value in vars(module).items() if name.endswith("hooks") and isinstance(value, dict)}
+
+
+def model_changes(*, pristine: nn.Module, model: nn.Module, x: torch.Tensor, output: Any) -> list[str]:
+    """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
+    and closed) differs from it: state dict, hooks, instance attributes, mode and output."""
+    changes = []
+    before = dict(pristine.named_modules())
+    after = dict(model.named_modules())
+    if set(before) != set(after):
+        changes.append(f"submodules added or removed: {', '.join(sorted(set(before) ^ set(after))[:5])}")
+    for name, module in after.items():
+        original = before.get(name)
+        if original is None:
+            continue
+        where = name or "the model"
+        if _hook_counts(module) != _hook_counts(original):
+            left = {k: v for k, v in _hook_counts(module).items() if v != _hook_counts(original).get(k, 0)}
+            changes.append(f"{where}: hooks left behind ({', '.join(f'{k}: {v}' for k, v in left.items())})")
+        added = sorted(set(vars(module)) - set(vars(original)))
+        if added:
+            changes.append(f"{where}: attributes added ({', '.join(added)})")
+        if module.training != original.training:
+            changes.append(f"{where}: training={module.training}, was {original.training}")
+    state, pristine_state = model.state_dict(), pristine.state_dict()
+    differing = [key for key, tensor in pristine_state.items() if key not in state or not torch.equal(state[key], tensor)]
+    if differing or set(state) != set(pristine_state):
+        changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
+    with torch.no_grad():
+        comparison = compare(model(x), output)
+    if not comparison.close:
+        changes.append(f"the output differs ({comparison.detail or f'max abs err {comparison.max_abs_err:.3g}'})")
+    return changes[:6]
+
+
+def check_model_untouched(ctx: CheckContext) -> list[CheckResult]:
+    """After the extractor is used and closed, the model has the same state, hooks, methods, mode and output."""
+    if ctx.model_changes:
+        return [CheckResult("model_untouched", ALL_LAYERS, "fail", "model_changed", "; ".join(ctx.model_changes))]
+    return [CheckResult("model_untouched", ALL_LAYERS, "pass", "", "same state dict, hooks, attributes, mode and output")]
+
+
+def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
+    """A module called with keyword arguments or returning a tuple or dict is captured exactly or not at all."""
+    results = []
+    for layer in ctx.layers:
+        truth = ctx.truth.layers[layer]
+        kinds = ([f"called with {', '.join(truth.keywords)}="] if truth.keywords else []) + (
+            [f"returns a {type(truth.value).__name__}"] if truth.calls and not isinstance(truth.value, torch.Tensor) else []
+        )
+        if not kinds:
+            why = "the module does not run" if not truth.calls else "called positionally, returns a tensor"
+            results.append(CheckResult("kwargs_and_tuples", layer, "skipped", "", why))
+            continue
+        if layer not in ctx.features:
+            results.append(CheckResult("kwargs_and_tuples", layer, "fail", "silently_dropped", f"{'; '.join(kinds)}: no value returned and no error raised"))
+            continue
+        comparison = compare(ctx.features[layer], truth.value)
+        if comparison.close:
+            results.append(CheckResult("kwargs_and_tuples", layer, "pass", "", f"{'; '.join(kinds)}: captured exactly"))
+        else:
+            detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
+            results.append(CheckResult("kwargs_and_tuples", layer, "fail", "silently_wrong", f"{'; '.join(kinds)}: {detail}"))
+    return results
+
+
 CHECKS: dict[str, Callable[[CheckContext], list[CheckResult]]] = {
     "values": check_values,
     "shape": check_shape,
@@ -293,7 +458,10 @@ CHECKS: dict[str, Callable[[CheckContext], list[CheckResult]]] = {
     "keys": check_keys,
     "model_output": check_model_output,
     "weights": check_weights,
+    "repeatable": check_repeatable,
+    "stale_results": check_stale_results,
+    "model_untouched": check_model_untouched,
+    "kwargs_and_tuples": check_kwargs_and_tuples,
 }
 #: Checks that give one row per layer (the others give one row per request).
-PER_LAYER_CHECKS = ("values", "shape", "dtype")
-DEFAULT_CHECKS = tuple(CHECKS)
+PER_LAYER_CHECKS = ("values", "shape", "dtype", "repeatable", "kwargs_and_tuples")

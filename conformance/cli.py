@@ -2,6 +2,8 @@
 
     conformance run                                   # the quick zoo, every strategy
     conformance run --model torchvision:resnet18 --layers layer1 bn1 --out runs/r18
+    conformance matrix runs/r18                       # checks x strategies, models passing
+    conformance matrix runs/r18 --strategy fx --check set_independence
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -20,11 +22,12 @@ import torch
 
 from strategies import CORE_STRATEGIES, available_strategies, list_strategies
 
-from .checks import CHECKS, DEFAULT_CHECKS
 from .errors import ConformanceError
 from .layers import LAYER_SETS, resolve_layers
+from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
 from .environment import run_metadata
-from .results import ResultsWriter, summary_table
+from .reports import capability_matrix, cell_models
+from .results import ResultsWriter, load_results, summary_table
 from .runner import RunConfig, Timings, make_deterministic, run
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
@@ -47,6 +50,14 @@ def _choose(kind: str, requested: Sequence[str], known: Sequence[str]) -> list[s
     return list(dict.fromkeys(chosen))
 
 
+def _checks(requested: Sequence[str]) -> list[str]:
+    try:
+        return expand_checks(requested)
+    except KeyError as exc:
+        _choose("check", [exc.args[0]], list(dict.fromkeys([*PROFILES, *ALL_CHECKS])))  # raises with a close match
+        raise
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conformance", description="Which feature-extraction strategy returns the true activations?")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
     run_.add_argument("--layers", nargs="+", default=["@children", "@stages"], metavar="LAYER", help="module paths or @children, @stages, @leaves (default: @children @stages)")
     run_.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
-    run_.add_argument("--checks", nargs="+", default=list(DEFAULT_CHECKS), metavar="NAME", help="check names, or all")
+    run_.add_argument("--checks", nargs="+", default=["default"], metavar="NAME",
+                      help=f"check names or profiles ({', '.join(PROFILES)}; default: default, all but {', '.join(PROFILES['slow'])})")
     run_.add_argument("--device", default="cpu", help="cpu or cuda")
     run_.add_argument("--input-shape", default=None, metavar="N,C,H,W", help="input shape for every model")
     run_.add_argument("--seed", type=int, default=0)
@@ -68,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+
+    matrix = commands.add_parser("matrix", help="the capability matrix of a run: checks x strategies, models passing")
+    matrix.add_argument("results", type=Path, help="a run's --out directory, its results.csv or results.json")
+    matrix.add_argument("--strategy", help="with --check: the models behind one cell")
+    matrix.add_argument("--check", help="with --strategy: the models behind one cell")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -83,7 +100,7 @@ def _command_run(args: argparse.Namespace) -> int:
         raise ConformanceError(f"unknown device {args.device!r}", hint="use cpu or cuda")
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
     strategies = _choose("strategy", args.strategies, list_strategies())
-    checks = _choose("check", args.checks, list(CHECKS))
+    checks = _checks(args.checks)
     references = args.model or list_models(zoo=args.zoo or "quick", include=args.include, exclude=args.exclude)
     if not references:
         raise ConformanceError("no model selected", hint="loosen --include/--exclude, or name one with --model")
@@ -131,6 +148,18 @@ def _command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_matrix(args: argparse.Namespace) -> int:
+    frame = load_results(args.results)
+    if bool(args.strategy) != bool(args.check):
+        raise ConformanceError("--strategy and --check go together", hint=f"conformance matrix {args.results} --strategy fx --check values")
+    if args.strategy:
+        print(cell_models(frame, strategy=args.strategy, check=args.check).to_string(index=False, max_colwidth=100))
+        return 0
+    print(capability_matrix(frame).to_string())
+    print(f"\nmodels behind a cell: conformance matrix {args.results} --strategy NAME --check NAME")
+    return 0
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for reference in list_models(zoo=args.zoo):
@@ -140,8 +169,9 @@ def _command_list(args: argparse.Namespace) -> int:
             core = "" if name in CORE_STRATEGIES else "  (variant)"
             print(f"{name:22s} {status}{core}")
     elif args.what == "checks":
-        for name, function in CHECKS.items():
-            print(f"{name:14s} {(function.__doc__ or '').strip().splitlines()[0]}")
+        for name in ALL_CHECKS:
+            profiles = ", ".join(profile for profile, names in PROFILES.items() if name in names and profile != "all")
+            print(f"{name:18s} [{profiles}] {describe(name)}")
     else:
         if not args.model:
             raise ConformanceError("'list layers' needs a model", hint="conformance list layers torchvision:resnet18")
@@ -156,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return _command_run(args) if args.command == "run" else _command_list(args)
+        commands = {"run": _command_run, "matrix": _command_matrix, "list": _command_list}
+        return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from torch import nn
 
 from strategies.base import clone_tree
 
-__all__ = ["ChainBreak", "LayerTruth", "OracleCapture", "capture", "locate", "replay_children"]
+__all__ = ["ChainBreak", "LayerTruth", "OracleCapture", "capture", "gradients", "locate", "replay_children"]
 
 
 @dataclass
@@ -28,6 +28,7 @@ class LayerTruth:
 
     calls: list[Any] = field(default_factory=list)  # output of each call, cloned at capture
     after_forward: list[Any] = field(default_factory=list)  # the same outputs, cloned after the pass
+    keywords: list[str] = field(default_factory=list)  # keyword arguments of the last call
 
     @property
     def value(self) -> Any:
@@ -82,17 +83,22 @@ def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], out
     return None
 
 
-def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str]) -> OracleCapture:
-    """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs."""
-    copy_ = copy.deepcopy(model)
+def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy: bool = True) -> OracleCapture:
+    """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
+
+    With ``on_copy=False`` the model itself runs, so that state it carries from call to
+    call (batch-norm running statistics in train mode) is that of a sequence of calls.
+    """
+    copy_ = copy.deepcopy(model) if on_copy else model
     truths = {name: LayerTruth() for name in layers}
     raw: dict[str, list[Any]] = {name: [] for name in layers}
     handles = []
     for name in layers:
-        def hook(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, name: str = name) -> None:
             truths[name].calls.append(clone_tree(output))
+            truths[name].keywords = sorted(kwargs)
             raw[name].append(output)
-        handles.append(copy_.get_submodule(name).register_forward_hook(hook))
+        handles.append(copy_.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
 
     children = [name for name, _ in copy_.named_children()]
     order: list[str] = []
@@ -162,3 +168,30 @@ def locate(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Cal
         for handle in handles:
             handle.remove()
     return found
+
+
+def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The true gradients of ``sum((output of layer * weights[layer]).sum())`` over the
+    layers, for the input and for every parameter by name (those no layer depends on are
+    absent). The model runs in its current mode.
+
+    The hooks clone the output, which autograd differentiates through, so a later in-place
+    op cannot change the value a loss is taken from.
+    """
+    copy_ = copy.deepcopy(model)
+    taken: dict[str, torch.Tensor] = {}
+    handles = [
+        copy_.get_submodule(layer).register_forward_hook(lambda m, a, out, layer=layer: taken.__setitem__(layer, out.clone()))
+        for layer in weights
+    ]
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            copy_(x)
+            named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
+            loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
+            grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}

@@ -2,9 +2,11 @@
 
 For each model (one resident at a time): build it once, capture the truth for two inputs,
 then for each strategy run one isolated *unit*: attach to a deep copy, call it on the
-previous input and then on the input, run the checks, write the rows. A unit that fails
-or runs past its time limit becomes rows with a reason; it never ends the run. A request
-that fails as a whole is retried one layer at a time, so each layer gets its own verdict.
+previous input, the input and the previous input again, close it, run the value checks
+(``checks.py``), then the behaviour checks (``behaviour.py``), each under its own time
+limit, and write the rows. A unit or check that fails or runs past its time limit becomes
+rows with a reason; it never ends the run. A request that fails as a whole is retried one
+layer at a time, so each layer gets its own verdict.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from torch import nn
 
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
-from .checks import ALL_LAYERS, CHECKS, PER_LAYER_CHECKS, CheckContext, CheckResult, tensor_digests
+from .behaviour import BEHAVIOUR_CHECKS, Probe
+from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, compare, model_changes, snapshot, tensor_digests
 from .errors import ConformanceError
 from .layers import resolve_layers
-from .checks import compare
 from .oracle import OracleCapture, capture, locate, replay_children
+from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
 from .zoo import BIG_MODEL_PARAMS, ModelSpec, build_model
 
@@ -124,11 +127,10 @@ def make_deterministic(*, seed: int, threads: int) -> None:
 
 
 def _inputs(shape: Sequence[int], *, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous input and the input, from fixed seeds."""
-    generator = torch.Generator().manual_seed(seed)
-    previous = torch.randn(*shape, generator=generator)
-    current = torch.randn(*shape, generator=generator)
-    return previous.to(device), current.to(device)
+    """The previous input and the input: a fixed-seed sample and its negation, so that a
+    branch on the input's sign runs for one of them only."""
+    current = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return (-current).to(device), current.to(device)
 
 
 def _rows_for(layers: Sequence[str], checks: Sequence[str], status: str, diagnosis: str, detail: str, *, per_layer: bool = True, request_wide: bool = True) -> list[CheckResult]:
@@ -165,6 +167,7 @@ class _ModelRun:
             self.replayed = replay_children(model, self.input, layers=layers) if self.truth.chain_break else {}
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
+        self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
 
     def locate(self, value: torch.Tensor) -> list[str]:
         """Modules of the model whose output, for the input, is ``value``."""
@@ -187,21 +190,29 @@ class _ModelRun:
         try:
             with self.timings.phase("forward"), torch.no_grad():
                 attached_output = model(self.input)
-                extractor(self.previous_input)
-                extraction = extractor(self.input)
+                first = extractor(self.previous_input)
+                first_features = snapshot(first.features)
+                second = extractor(self.input)
+                features = snapshot(second.features)
+                first_after_next = snapshot(first.features)
+                repeat_features = snapshot(extractor(self.previous_input).features)
         except CellTimeout:
             raise
         except Exception as exc:
             return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}")
         finally:
             extractor.close()
+        with self.timings.phase("forward"):
+            changes = model_changes(pristine=self.model, model=model, x=self.input, output=self.truth.output)
         with self.timings.phase("hashing"):
             strategy_digests = tensor_digests(extractor.module)
         context = CheckContext(
             layers=layers, truth=self.truth, previous_truth=self.previous_truth,
-            features=extraction.features, returned_output=extraction.output, attached_output=attached_output,
+            features=features, returned_output=second.output, attached_output=attached_output,
             model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed,
             locate=self.locate, device=torch.device(self.config.device),
+            first_features=first_features, first_after_next=first_after_next,
+            same_container=second.features is first.features, repeat_features=repeat_features, model_changes=changes,
         )
         return _Attempt(layers, context=context)
 
@@ -210,13 +221,15 @@ class _ModelRun:
 
         A request the strategy can express for some layers only is narrowed to those (the
         others are ``unsupported``); a request that fails as a whole is retried one layer
-        at a time, so that each layer gets its own verdict.
+        at a time, so that each layer gets its own verdict. The behaviour checks then act
+        on the request that works.
         """
-        checks = self.config.checks
+        value_checks = [c for c in self.config.checks if c in CHECKS]
+        behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
         try:
             get_strategy(strategy_name)
         except StrategyUnavailable as exc:
-            return _rows_for(self.layers, checks, "skipped", "unavailable", str(exc))
+            return _rows_for(self.layers, self.config.checks, "skipped", "unavailable", str(exc))
         rows: list[CheckResult] = []
         try:
             with time_limit(self.config.cell_timeout):
@@ -224,19 +237,54 @@ class _ModelRun:
                 left_out = set(combined.unsupported_layers or ()) & set(self.layers)
                 if combined.status == "unsupported" and left_out and left_out != set(self.layers):
                     left = [layer for layer in self.layers if layer in left_out]
-                    rows += _rows_for(left, checks, "unsupported", "", f"{', '.join(left)}: {combined.detail}", request_wide=False)
+                    rows += _rows_for(left, self.config.checks, "unsupported", "", f"{', '.join(left)}: {combined.detail}", request_wide=False)
                     combined = self.attempt(strategy_name, [layer for layer in self.layers if layer not in left_out])
                 alone = []
                 if combined.context is None and combined.status == "error" and len(combined.layers) > 1:
                     alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
+                working = combined
+                working_layers = [a.layers[0] for a in alone if a.context is not None]
+                if alone and working_layers:
+                    working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
-            return _rows_for(self.layers, checks, "error", "timeout", str(exc))
+            return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
         with self.timings.phase("checks"):
-            rows += self._rows(combined, checks, per_layer=not alone, request_wide=True)
+            rows += self._rows(combined, value_checks, per_layer=not alone, request_wide=True)
             for attempt in alone:
-                for row in self._rows(attempt, checks, per_layer=True, request_wide=False):
+                for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):
                     row.detail = f"requested alone, as the whole request failed; {row.detail}".rstrip("; ")
                     rows.append(row)
+        if behaviour_checks:
+            rows += self._behaviour_rows(strategy_name, behaviour_checks, working, alone)
+        return rows
+
+    def _behaviour_rows(self, strategy_name: str, checks: list[str], working: _Attempt, alone: list[_Attempt]) -> list[CheckResult]:
+        """The behaviour checks on the request that works; layers that cannot be extracted
+        at all get the status of their extraction."""
+        rows, covered = [], set()
+        for attempt in alone:
+            if attempt.context is None:
+                rows += _rows_for(attempt.layers, checks, attempt.status, attempt.diagnosis, f"cannot be extracted: {attempt.detail}", request_wide=False)
+                covered.update(attempt.layers)
+        if working.context is None:
+            uncovered = [layer for layer in working.layers if layer not in covered]
+            return rows + _rows_for(uncovered, checks, working.status, working.diagnosis, f"cannot be extracted: {working.detail}")
+        ctx = working.context
+        probe = Probe(
+            strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, untrusted=_untrusted(ctx),
+            input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
+            together=ctx.features,
+            seed=self.config.seed, memo=self.oracle_memo,
+        )
+        for check in checks:
+            with self.timings.phase(f"behaviour.{check}"):
+                try:
+                    with time_limit(self.config.cell_timeout), torch.no_grad():
+                        rows += BEHAVIOUR_CHECKS[check](probe)
+                except CellTimeout as exc:
+                    rows += _rows_for(working.layers, [check], "error", "timeout", str(exc))
+                except Exception as exc:  # a check that crashes is a row, not the end of the run
+                    rows += _rows_for(working.layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
         return rows
 
     def _rows(self, attempt: _Attempt, checks: Sequence[str], *, per_layer: bool, request_wide: bool) -> list[CheckResult]:
@@ -253,6 +301,21 @@ class _ModelRun:
                 if row.layer != ALL_LAYERS and self.truth.after_chain_break(row.layer):
                     row.detail = f"{row.detail}; the model is no plain chain of its children: {self.truth.chain_break.reason}"
         return rows
+
+
+def _untrusted(ctx: CheckContext) -> dict[str, str]:
+    """Layers whose eval-mode values are wrong, with a short reason."""
+    untrusted = {}
+    for layer in ctx.layers:
+        truth = ctx.truth.layers[layer]
+        if not truth.calls:
+            if layer in ctx.features:
+                untrusted[layer] = "a value for a module that does not run"
+        elif layer not in ctx.features:
+            untrusted[layer] = "no value returned"
+        elif not compare(ctx.features[layer], truth.value).close:
+            untrusted[layer] = "the values check fails"
+    return untrusted
 
 
 def _run_check(check: str, attempt: _Attempt) -> list[CheckResult]:
@@ -313,7 +376,7 @@ def evaluate(
     *,
     layers: Sequence[str],
     strategies: Sequence[str],
-    checks: Sequence[str] = tuple(CHECKS),
+    checks: Sequence[str] = PROFILES["default"],
     input_shape: Sequence[int] = (2, 3, 224, 224),
     device: str = "cpu",
     seed: int = 0,

@@ -49,9 +49,17 @@ class Extractor(ABC):
     #: The module the strategy executes; its weights are compared with the model's.
     module: nn.Module
 
-    @abstractmethod
     def __call__(self, x: torch.Tensor) -> Extraction:
         """Run the input through and return the features."""
+        return self.extract_with(self.module, x)
+
+    @abstractmethod
+    def extract_with(self, module: nn.Module | torch.jit.ScriptModule, x: torch.Tensor) -> Extraction:
+        """Run ``x`` through ``module`` and collect the features the way this strategy does.
+
+        ``module`` is :attr:`module` or a transformed stand-in for it (scripted, compiled,
+        exported, deep-copied); whether the strategy still works then is what checks measure.
+        """
 
     def close(self) -> None:
         """Undo whatever attaching did to the model, as the strategy's users would."""

@@ -22,8 +22,8 @@ class _FxExtractor(Extractor):
     def __init__(self, module: nn.Module) -> None:
         self.module = module
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        return Extraction(features=self.module(x))
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        return Extraction(features=module(x))
 
 
 class FxFeatureExtractor(Strategy):

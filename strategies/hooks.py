@@ -26,8 +26,8 @@ class _HookExtractor(Extractor):
                 self.features[name] = output.clone() if clone and isinstance(output, torch.Tensor) else output
             self.handles.append(model.get_submodule(name).register_forward_hook(hook))
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        output = self.module(x)
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        output = module(x)
         return Extraction(features=self.features, output=output)
 
     def close(self) -> None:

@@ -21,8 +21,8 @@ class _IlgExtractor(Extractor):
     def __init__(self, module: IntermediateLayerGetter) -> None:
         self.module = module
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        return Extraction(features=self.module(x))
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        return Extraction(features=module(x))
 
 
 class IntermediateLayerGetterStrategy(Strategy):

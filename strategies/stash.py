@@ -38,8 +38,8 @@ class _StashExtractor(Extractor):
 
             module.forward = forward
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        output = self.module(x)
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        output = module(x)
         features = {
             name: getattr(module, ATTRIBUTE)
             for name, module in zip(self.layers, self.patched)

@@ -51,8 +51,8 @@ class _TimmExtractor(Extractor):
         self.module = module
         self.names = names
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        out = self.module(x)
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        out = module(x)
         if isinstance(out, dict):
             return Extraction(features=out)
         return Extraction(features=dict(zip(self.names, out)))

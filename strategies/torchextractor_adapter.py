@@ -27,8 +27,8 @@ class _TorchExtractorExtractor(Extractor):
         self.extractor = extractor
         self.module = extractor
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        output, feature_maps = self.extractor(x)
+    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+        output, feature_maps = module(x)
         return Extraction(features=feature_maps, output=output)
 
     def close(self) -> None:

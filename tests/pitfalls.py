@@ -78,6 +78,47 @@ class DataDependentControlFlow(nn.Module):
         return self.second(x)
 
 
+class ScaledPair(nn.Module):
+    """Takes a keyword argument and returns a tuple, like attention blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x) * scale
+        return y, y.mean(dim=(2, 3))
+
+
+class KwargsAndTuples(nn.Module):
+    """``block`` is called with a keyword argument and returns a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ScaledPair()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.block(x, scale=2.0)
+        return self.head(y)
+
+
+class SignBranch(nn.Module):
+    """``branch`` runs only for inputs with a positive mean: for one of ``x`` and ``-x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        if x.mean() > 0:
+            h = self.branch(h)
+        return self.second(h)
+
+
 class Plain(nn.Module):
     """No pitfall: every strategy that can express the request should pass."""
 
@@ -104,6 +145,8 @@ reused_module = _factory(ReusedModule)
 reordered_children = _factory(ReorderedChildren)
 functional_between = _factory(FunctionalBetween)
 data_dependent_control_flow = _factory(DataDependentControlFlow)
+kwargs_and_tuples = _factory(KwargsAndTuples)
+sign_branch = _factory(SignBranch)
 plain = _factory(Plain)
 
 

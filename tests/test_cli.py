@@ -103,3 +103,22 @@ def test_list_commands():
         assert f"{name} " in strategies
     layers = conformance("list", "layers", "torchvision:resnet18").stdout
     assert "@stages: layer1 layer2 layer3 layer4" in layers and "@children: conv1 bn1 relu maxpool" in layers
+
+
+def test_checks_take_profiles_and_the_matrix_reads_the_run(tmp_path):
+    out = tmp_path / "run"
+    result = conformance("run", "--model", f"{PITFALLS}:inplace_after_tap", "--layers", "bn", "head", "--strategies", "hooks+clone", "fx",
+                         "--checks", "fast", "set_independence", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    checks = list(dict.fromkeys(pd.read_csv(out / "results.csv")["check"]))
+    from conformance.profiles import PROFILES
+
+    assert checks == [*PROFILES["fast"], "set_independence"]
+    matrix = conformance("matrix", str(out))
+    assert matrix.returncode == 0, matrix.stderr
+    line = next(line for line in matrix.stdout.splitlines() if line.startswith("set_independence"))
+    assert line.split()[1:] == ["1/1", "pass", "0/1", "pass", "(1", "fail)"]
+    cell = conformance("matrix", str(out), "--strategy", "fx", "--check", "set_independence")
+    assert "depends_on_request" in cell.stdout and "bn" in cell.stdout
+    unknown = conformance("matrix", str(out), "--strategy", "fxx", "--check", "values")
+    assert unknown.returncode == 2 and "no strategy 'fxx'" in unknown.stderr and "Traceback" not in unknown.stderr

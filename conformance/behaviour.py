@@ -1,0 +1,611 @@
+"""Behaviour checks: what a strategy does beyond one eval-mode extraction.
+
+A behaviour check is a function from a :class:`Probe` to rows, named in
+:data:`BEHAVIOUR_CHECKS`. Where a value check (``checks.py``) judges one extraction, a
+behaviour check acts: it attaches the strategy again, switches modes, differentiates,
+copies, scripts, compiles or exports the extractor, and asks the oracle for the truth
+under the same conditions. When the action fails (the extractor cannot be scripted, or
+crashes at another input size) the row is a ``fail`` whose diagnosis names the action; a
+crash of the check's own code is an ``error``. When the plain model itself cannot run
+under the condition, the row is ``skipped`` and says so.
+
+Checks that compare values with the truth judge only the *trusted* layers, whose eval-mode
+values are right; the others are ``skipped`` naming the value failure, so that a behaviour
+row measures the behaviour and not the eval-mode defect again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import copy
+import io
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from strategies import Extractor, Strategy, Unsupported
+
+from .checks import ALL_LAYERS, CheckResult, compare, snapshot, tensor_digest, tensor_digests, tolerance
+from .oracle import OracleCapture, capture, gradients
+
+__all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "ModelRejects", "Probe"]
+
+#: Gradients are compared relative to their largest element, times this multiple of the
+#: dtype's rtol: they are sums over many terms, accumulated in a strategy-dependent order.
+GRADIENT_SCALE = 100.0
+ONNX_SCALE = 100.0  # tolerance multiplier for another runtime's kernels
+
+
+class ModelRejects(Exception):
+    """The plain model itself fails under a check's condition (the check is skipped)."""
+
+
+@dataclass
+class Probe:
+    """What a behaviour check may use: the strategy, the pristine model and the oracle."""
+
+    strategy: Strategy
+    model: nn.Module  # the pristine model; checks act on deep copies
+    layers: list[str]  # the request the strategy can serve
+    untrusted: dict[str, str]  # layer -> why its eval-mode values are wrong
+    input: torch.Tensor
+    previous_input: torch.Tensor
+    truth: OracleCapture  # eval mode, for the input
+    previous_truth: OracleCapture  # eval mode, for the previous input
+    together: Mapping[str, Any]  # the whole request's features for the input
+    seed: int = 0
+    memo: dict = field(default_factory=dict)  # oracle results shared by the strategies of one model
+
+    @property
+    def trusted(self) -> list[str]:
+        return [layer for layer in self.layers if layer not in self.untrusted]
+
+    def attach(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None) -> Extractor:
+        """The strategy attached to a fresh deep copy of the model (or to ``model``)."""
+        target = copy.deepcopy(self.model) if model is None else model
+        return self.strategy.attach(target, layers=list(self.layers if layers is None else layers))
+
+    def oracle(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per model and request, shared by every strategy; raises
+        :class:`ModelRejects` when the plain model fails."""
+        key_ = (key, tuple(self.layers))
+        if key_ not in self.memo:
+            try:
+                self.memo[key_] = compute()
+            except Exception as exc:
+                self.memo[key_] = ModelRejects(f"{type(exc).__name__}: {_first_line(exc)}")
+        if isinstance(self.memo[key_], ModelRejects):
+            raise self.memo[key_]
+        return self.memo[key_]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _judge(check: str, layer: str, features: Mapping[str, Any], truth: Any, *, context: str, scale: float = 1.0, previous: Any = None) -> CheckResult:
+    """One layer's value under a condition against the truth under it (``None``: not run);
+    ``previous`` is the value for an input given earlier, to recognise a stale one."""
+    if truth is None:
+        if layer in features:
+            return CheckResult(check, layer, "fail", "not_called", f"{context}: the module does not run, yet a value was returned")
+        return CheckResult(check, layer, "pass", "", f"{context}: the module does not run and nothing was returned")
+    if layer not in features:
+        return CheckResult(check, layer, "fail", "missing", f"{context}: no value returned")
+    comparison = compare(features[layer], truth, scale=scale)
+    if comparison.close:
+        return CheckResult(check, layer, "pass", "", f"{context}: equals the truth", max_abs_err=comparison.max_abs_err,
+                           max_rel_err=comparison.max_rel_err, bitwise=comparison.bitwise)
+    diagnosis = f"{comparison.mismatch}_mismatch" if comparison.mismatch else "wrong_values"
+    detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
+    if previous is not None and compare(features[layer], previous).close:
+        diagnosis, detail = "stale", "holds the value for the input given before"
+    return CheckResult(check, layer, "fail", diagnosis, f"{context}: {detail}", max_abs_err=comparison.max_abs_err,
+                       max_rel_err=comparison.max_rel_err, bitwise=False)
+
+
+def _per_layer(check: str, probe: Probe, judge: Callable[[str], CheckResult], *, trusted_only: bool = True) -> list[CheckResult]:
+    rows = []
+    for layer in probe.layers:
+        if trusted_only and layer in probe.untrusted:
+            rows.append(CheckResult(check, layer, "skipped", "values_wrong", f"eval-mode values are already wrong ({probe.untrusted[layer]}); not judged again"))
+        else:
+            rows.append(judge(layer))
+    return rows
+
+
+def _all_layers(check: str, probe: Probe, status: str, diagnosis: str, detail: str) -> list[CheckResult]:
+    return _per_layer(check, probe, lambda layer: CheckResult(check, layer, status, diagnosis, detail))
+
+
+def _request_verdict(check: str, probe: Probe, features: Mapping[str, Any], *, context: str, scale: float = 1.0, notes: Sequence[str] = ()) -> list[CheckResult]:
+    """One request-wide row: every trusted layer's value against the eval truth."""
+    verdicts = [
+        _judge(check, layer, features, probe.truth.layers[layer].value, context=context, scale=scale,
+               previous=probe.previous_truth.layers[layer].value)
+        for layer in probe.trusted
+    ]
+    failed = [row for row in verdicts if row.status == "fail"]
+    left_out = f"{len(probe.untrusted)} layers with wrong eval-mode values not judged" if probe.untrusted else ""
+    if failed:
+        shown = "; ".join(f"{row.layer}: {row.detail.removeprefix(context + ': ')}" for row in failed[:4])
+        more = f"; and {len(failed) - 4} more" if len(failed) > 4 else ""
+        detail = "; ".join(filter(None, [f"{context}: {len(failed)} of {len(verdicts)} layers wrong: {shown}{more}", *notes, left_out]))
+        return [CheckResult(check, ALL_LAYERS, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err)]
+    errors = [row.max_abs_err for row in verdicts if row.max_abs_err is not None]
+    detail = "; ".join(filter(None, [f"{context}: all {len(verdicts)} layers equal the truth", *notes, left_out]))
+    return [CheckResult(check, ALL_LAYERS, "pass", "", detail, max_abs_err=max(errors) if errors else None,
+                        bitwise=all(row.bitwise for row in verdicts) if verdicts else None)]
+
+
+@contextlib.contextmanager
+def _attached(probe: Probe, **kwargs: Any):
+    extractor = probe.attach(**kwargs)
+    try:
+        yield extractor
+    finally:
+        extractor.close()
+
+
+def check_set_independence(probe: Probe) -> list[CheckResult]:
+    """A layer's value is the same requested alone as requested with the other layers."""
+    check = "set_independence"
+    if len(probe.layers) < 2:
+        return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
+
+    def judge(layer: str) -> CheckResult:
+        try:
+            with _attached(probe, layers=[layer]) as extractor:
+                alone = snapshot(extractor(probe.input).features)
+        except Unsupported as exc:
+            return CheckResult(check, layer, "unsupported", "", f"requested alone: {exc}")
+        except Exception as exc:
+            return CheckResult(check, layer, "fail", "fails_alone", f"requested alone: {_failure(exc)}")
+        others = len(probe.layers) - 1
+        if layer not in alone or layer not in probe.together:
+            if layer not in alone and layer not in probe.together:
+                return CheckResult(check, layer, "pass", "", "returned neither alone nor with the others")
+            where = "alone" if layer in alone else f"with the {others} other layers"
+            return CheckResult(check, layer, "fail", "depends_on_request", f"returned only when requested {where}")
+        comparison = compare(alone[layer], probe.together[layer])
+        if comparison.close:
+            return CheckResult(check, layer, "pass", "", f"the same alone as with the {others} other layers",
+                               max_abs_err=comparison.max_abs_err, bitwise=comparison.bitwise)
+        truth = probe.truth.layers[layer].value
+
+        def right(value: Any) -> str:
+            return "right" if truth is not None and compare(value, truth).close else "wrong"
+
+        return CheckResult(check, layer, "fail", "depends_on_request",
+                           f"alone: {right(alone[layer])}; with the {others} other layers: {right(probe.together[layer])}",
+                           max_abs_err=comparison.max_abs_err, bitwise=False)
+
+    return _per_layer(check, probe, judge, trusted_only=False)
+
+
+def check_train_mode(probe: Probe) -> list[CheckResult]:
+    """In train mode (batch statistics, dropout at a fixed seed) the values are the truth,
+    and switching back to eval after that is honoured."""
+    check = "train_mode"
+
+    def oracle() -> tuple[OracleCapture, OracleCapture]:
+        model = copy.deepcopy(probe.model).train()
+        torch.manual_seed(probe.seed)
+        in_train = capture(model, probe.input, layers=probe.layers, on_copy=False)
+        model.eval()
+        return in_train, capture(model, probe.input, layers=probe.layers, on_copy=False)
+
+    try:
+        train_truth, eval_truth = probe.oracle(check, oracle)
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails in train mode: {exc}")
+    try:
+        with _attached(probe) as extractor:
+            extractor.module.train()
+            torch.manual_seed(probe.seed)
+            in_train = snapshot(extractor(probe.input).features)
+            extractor.module.eval()
+            back = snapshot(extractor(probe.input).features)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"train mode: {_failure(exc)}")
+
+    def judge(layer: str) -> CheckResult:
+        train_row = _judge(check, layer, in_train, train_truth.layers[layer].value, context="train mode")
+        eval_row = _judge(check, layer, back, eval_truth.layers[layer].value, context="back in eval")
+        failed = [row for row in (train_row, eval_row) if row.status == "fail"]
+        detail = f"{train_row.detail}; {eval_row.detail}"
+        if failed:
+            return CheckResult(check, layer, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err)
+        return CheckResult(check, layer, "pass", "", detail, max_abs_err=train_row.max_abs_err, bitwise=train_row.bitwise)
+
+    return _per_layer(check, probe, judge)
+
+
+def _loss_weight(layer: str, like: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(layer.encode()))
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def check_gradients(probe: Probe) -> list[CheckResult]:
+    """Backward from the features reaches the input and the parameters that feed them, with
+    the oracle's gradients (eval mode, a fixed random weighting of each feature).
+
+    One backward of the weighted sum over the layers is compared first; with independent
+    random weights a wrong path cannot cancel out, so only when it differs is each layer's
+    backward compared on its own, to say which layers are wrong.
+    """
+    check = "gradients"
+    differentiable = [
+        layer for layer in probe.trusted
+        if isinstance(probe.truth.layers[layer].value, torch.Tensor) and probe.truth.layers[layer].value.is_floating_point()
+    ]
+    weights = {layer: _loss_weight(layer, probe.truth.layers[layer].value, probe.seed) for layer in differentiable}
+
+    def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen = {layer: weights[layer] for layer in layers}
+        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen))
+
+    model = copy.deepcopy(probe.model)
+    x = probe.input.detach().clone().requires_grad_(True)
+    rows: dict[str, CheckResult] = {}
+    try:
+        with _attached(probe, model=model) as extractor, torch.enable_grad():
+            features = extractor(x).features
+            matcher = _ParameterMatcher(model, extractor.module)
+            graphed = []
+            for layer in differentiable:
+                value = features.get(layer)
+                if not isinstance(value, torch.Tensor):
+                    rows[layer] = CheckResult(check, layer, "fail", "missing", "no tensor returned")
+                elif value.grad_fn is None and not value.requires_grad:
+                    rows[layer] = CheckResult(check, layer, "fail", "detached", "the feature carries no autograd graph: no gradient reaches the input or the parameters")
+                else:
+                    graphed.append(layer)
+            if graphed:
+                problems, count = matcher.problems(features, graphed, weights, x, truth_for(graphed))
+                if not problems:
+                    for layer in graphed:
+                        rows[layer] = CheckResult(check, layer, "pass", "", f"one backward from the {len(graphed)} features: the input and {count} parameter gradients equal the oracle's")
+                for layer in graphed if problems else ():
+                    alone, count = matcher.problems(features, [layer], weights, x, truth_for([layer]))
+                    rows[layer] = (CheckResult(check, layer, "fail", "wrong_gradient", "; ".join(alone)) if alone
+                                   else CheckResult(check, layer, "pass", "", f"the input and {count} parameter gradients equal the oracle's"))
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself cannot be differentiated: {exc}")
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"with autograd on: {_failure(exc)}")
+
+    def judge(layer: str) -> CheckResult:
+        if layer in rows:
+            return rows[layer]
+        why = "the module does not run" if probe.truth.layers[layer].value is None else "not a floating-point tensor"
+        return CheckResult(check, layer, "skipped", "", why)
+
+    return _per_layer(check, probe, judge)
+
+
+class _ParameterMatcher:
+    """Pairs the parameters a strategy differentiates with the model's, by identity where
+    the strategy runs the model's own modules, else by content (a rebuilt model)."""
+
+    def __init__(self, model: nn.Module, module: nn.Module) -> None:
+        self.names = {id(p): name for name, p in model.named_parameters()}
+        self.params = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        self.by_digest: dict[str, list[str]] = {}
+        if any(id(p) not in self.names for _, p in self.params):
+            for name, digest in tensor_digests(model).items():
+                self.by_digest.setdefault(digest, []).append(name)
+
+    def problems(self, features: Mapping[str, Any], layers: Sequence[str], weights: Mapping[str, torch.Tensor],
+                 x: torch.Tensor, truth: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[list[str], int]:
+        """What differs between the strategy's and the true gradients of the weighted sum
+        over ``layers``, and how many parameters the truth has gradients for."""
+        loss = sum((features[layer] * weights[layer]).sum() for layer in layers)
+        grads = torch.autograd.grad(loss, [x, *(p for _, p in self.params)], allow_unused=True, retain_graph=True)
+        true_input, true_params = truth
+        problems = []
+        if grads[0] is None:
+            problems.append("no gradient reaches the input")
+        elif not _gradient_close(grads[0], true_input):
+            error = (grads[0] - true_input).abs().max().item() / max(true_input.abs().max().item(), 1e-30)
+            problems.append(f"input gradient differs (max error {error:.3g} of its largest element)")
+        wrong, covered = [], set()
+        for (name, p), grad in zip(self.params, grads[1:]):
+            candidates = [self.names[id(p)]] if id(p) in self.names else self.by_digest.get(tensor_digest(p), [])
+            match = next((c for c in candidates if self._agrees(grad, true_params.get(c))), None)
+            if match is None:
+                wrong.append(name)
+            else:
+                covered.add(match)
+        unreached = [name for name in true_params if name not in covered]
+        if wrong or unreached:
+            problems.append(f"{len(wrong) + len(unreached)} of {len(true_params)} parameter gradients differ or are missing (e.g. {', '.join((wrong or unreached)[:3])})")
+        return problems, len(true_params)
+
+    @staticmethod
+    def _agrees(grad: torch.Tensor | None, expected: torch.Tensor | None) -> bool:
+        if expected is None:
+            return grad is None or not bool(grad.any())
+        return grad is not None and _gradient_close(grad, expected)
+
+
+def _gradient_close(grad: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to ``GRADIENT_SCALE`` rtol of the dtype, relative to the largest element."""
+    if grad.shape != expected.shape:
+        return False
+    rtol, atol = tolerance(expected.dtype, expected.device)
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    return (grad.double() - expected.double()).abs().max().item() <= rtol * GRADIENT_SCALE * scale + atol if grad.numel() else True
+
+
+def _other_size(shape: Sequence[int]) -> tuple[int, ...]:
+    batch, channels, *spatial = shape
+    return (batch, channels, *(size + 32 if size >= 64 else 2 * size for size in spatial))
+
+
+def check_input_size(probe: Probe) -> list[CheckResult]:
+    """An extractor used at one input size works at another and gives the truth there."""
+    check = "input_size"
+    if probe.input.dim() < 3:
+        return _all_layers(check, probe, "skipped", "", "the input has no spatial dimensions")
+    shape = _other_size(probe.input.shape)
+    other = torch.randn(*shape, generator=torch.Generator().manual_seed(probe.seed + 1)).to(probe.input.device)
+    size = "x".join(map(str, shape[2:]))
+    try:
+        truth = probe.oracle(check, lambda: capture(probe.model, other, layers=probe.layers))
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself rejects {size}: {exc}")
+    try:
+        with _attached(probe) as extractor:
+            extractor(probe.input)
+            got = snapshot(extractor(other).features)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"at {size}: {_failure(exc)}")
+    return _per_layer(check, probe, lambda layer: _judge(check, layer, got, truth.layers[layer].value, context=f"at {size}"))
+
+
+def check_batch_consistency(probe: Probe) -> list[CheckResult]:
+    """A sample's features do not depend on the batch it is in (eval mode): at batch size 1
+    they are the truth at batch size 1."""
+    check = "batch_consistency"
+    if probe.input.shape[0] < 2:
+        return _all_layers(check, probe, "skipped", "", "the input is a single sample already")
+    single = probe.input[:1]
+    try:
+        truth = probe.oracle(check, lambda: capture(probe.model, single, layers=probe.layers))
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails at batch size 1: {exc}")
+    try:
+        with _attached(probe) as extractor:
+            got = snapshot(extractor(single).features)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"at batch size 1: {_failure(exc)}")
+    return _per_layer(check, probe, lambda layer: _judge(check, layer, got, truth.layers[layer].value, context="at batch size 1"))
+
+
+def _parameter_storages(module: nn.Module) -> set[int]:
+    return {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+
+def check_deepcopy(probe: Probe) -> list[CheckResult]:
+    """``copy.deepcopy`` of a used extractor gives an independent one with the true values
+    and as many parameters, and the original keeps working."""
+    check = "deepcopy"
+    twin = None
+    try:
+        with _attached(probe) as extractor:
+            extractor(probe.previous_input)
+            try:
+                twin = copy.deepcopy(extractor)
+            except Exception as exc:
+                return [CheckResult(check, ALL_LAYERS, "fail", "deepcopy_failed", _failure(exc))]
+            try:
+                got_twin = snapshot(twin(probe.input).features)
+            except Exception as exc:
+                return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the copy: {_failure(exc)}")]
+            got_original = snapshot(extractor(probe.input).features)
+            mine, theirs = _parameter_storages(extractor.module), _parameter_storages(twin.module)
+            modes = (extractor.module.training, twin.module.training)
+            kinds = (type(extractor.module).__name__, type(twin.module).__name__)
+    finally:
+        if twin is not None:
+            with contextlib.suppress(Exception):
+                twin.close()
+    notes = []
+    if len(theirs) != len(mine):
+        notes.append(f"the copy holds {len(theirs)} parameter tensors, the original {len(mine)}")
+    if mine & theirs:
+        notes.append(f"the copy shares {len(mine & theirs)} parameter tensors with the original")
+    if modes[0] != modes[1]:
+        notes.append(f"the copy ({kinds[1]}) is in {'train' if modes[1] else 'eval'} mode, the original ({kinds[0]}) in {'train' if modes[0] else 'eval'} mode")
+    rows = _request_verdict(check, probe, got_twin, context="the copy")
+    original = _request_verdict(check, probe, got_original, context="the original after the copy ran")
+    row = rows[0]
+    if original[0].status == "fail":
+        row.status, row.diagnosis = "fail", row.diagnosis or original[0].diagnosis
+        row.detail = f"{row.detail}; {original[0].detail}"
+    if notes:
+        row.status, row.diagnosis = "fail", row.diagnosis or "parameters_not_copied"
+        row.detail = "; ".join([row.detail, *notes])
+    return rows
+
+
+def _scramble(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    return model
+
+
+def check_state_dict(probe: Probe) -> list[CheckResult]:
+    """The extractor's state dict loads into a fresh extractor (built on other weights),
+    which then gives the true values; key names are compared with the model's."""
+    check = "state_dict"
+    with _attached(probe) as extractor:
+        state = extractor.module.state_dict()
+    model_keys = list(probe.model.state_dict())
+    absent = [key for key in model_keys if key not in state]
+    extra = [key for key in state if key not in set(model_keys)]
+    if absent or extra:
+        keys_note = (f"keys differ from the model's, so the model's checkpoint does not load strictly: "
+                     f"{len(absent)} of the model's absent{f' (e.g. {absent[0]})' if absent else ''}, "
+                     f"{len(extra)} others{f' (e.g. {extra[0]})' if extra else ''}")
+    else:
+        keys_note = "the same keys as the model's state dict"
+    try:
+        with _attached(probe, model=_scramble(copy.deepcopy(probe.model))) as fresh:
+            try:
+                fresh.module.load_state_dict(state)
+            except Exception as exc:
+                return [CheckResult(check, ALL_LAYERS, "fail", "load_failed", f"{_failure(exc)}; {keys_note}")]
+            got = snapshot(fresh(probe.input).features)
+    except Exception as exc:
+        return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the fresh extractor: {_failure(exc)}")]
+    return _request_verdict(check, probe, got, context="loaded into a fresh extractor", notes=[keys_note])
+
+
+def check_jit_script(probe: Probe) -> list[CheckResult]:
+    """``torch.jit.script`` of the extractor's module runs and gives the true values."""
+    check = "jit_script"
+    with _attached(probe) as extractor:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scripted = torch.jit.script(extractor.module)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "script_failed", _failure(exc))]
+        try:
+            got = snapshot(extractor.extract_with(scripted, probe.input).features)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the scripted module: {_failure(exc)}")]
+    return _request_verdict(check, probe, got, context="scripted")
+
+
+def _late_hook_note(extractor: Extractor, compiled: Callable[..., Any], x: torch.Tensor) -> str:
+    """Whether a forward hook registered after the first compiled call is called."""
+    leaf = next((m for m in extractor.module.modules() if not list(m.children()) and list(m.parameters())), None)
+    if leaf is None:
+        return ""
+    calls: list[int] = []
+    handle = leaf.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        extractor.extract_with(compiled, x)
+    finally:
+        handle.remove()
+    return "a forward hook added after the first compiled call was " + ("called" if calls else "not called (torch.compile does not see it)")
+
+
+def check_compile(probe: Probe) -> list[CheckResult]:
+    """``torch.compile`` of the extractor's module runs and gives the true values; reports
+    whether hooks added after the first compiled call are seen."""
+    check = "compile"
+    torch._dynamo.reset()
+    with _attached(probe) as extractor:
+        compiled = torch.compile(extractor.module)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = snapshot(extractor.extract_with(compiled, probe.input).features)
+                note = _late_hook_note(extractor, compiled, probe.input)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "compile_failed", _failure(exc))]
+    return _request_verdict(check, probe, got, context="compiled", notes=[note])
+
+
+def check_export(probe: Probe) -> list[CheckResult]:
+    """``torch.export.export`` of the extractor's module succeeds and the exported program
+    gives the true values."""
+    check = "export"
+    with _attached(probe) as extractor:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exported = torch.export.export(extractor.module, (probe.input,)).module()
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "export_failed", _failure(exc))]
+        try:
+            got = snapshot(extractor.extract_with(exported, probe.input).features)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the exported program: {_failure(exc)}")]
+    return _request_verdict(check, probe, got, context="exported")
+
+
+def check_onnx(probe: Probe) -> list[CheckResult]:
+    """ONNX export of the extractor's module succeeds and, run with onnxruntime, its outputs
+    include every trusted layer's true value."""
+    check = "onnx"
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        return [CheckResult(check, ALL_LAYERS, "skipped", "unavailable",
+                            f"{exc.name} is not installed; install with: pip install 'feature-conformance[onnx]'")]
+    with _attached(probe) as extractor, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(extractor.module, (probe.input,), dynamo=True, verbose=False)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "export_failed", _failure(exc))]
+        try:
+            outputs = [output.to(probe.input.device) for output in program(probe.input)]
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"onnxruntime: {_failure(exc)}")]
+    missing = [
+        layer for layer in probe.trusted
+        if probe.truth.layers[layer].value is not None
+        and not any(compare(output, probe.truth.layers[layer].value, scale=ONNX_SCALE).close for output in outputs)
+    ]
+    if missing:
+        return [CheckResult(check, ALL_LAYERS, "fail", "not_an_output",
+                            f"{len(missing)} of {len(probe.trusted)} layers are not among the {len(outputs)} outputs of the exported graph "
+                            f"(e.g. {missing[0]}): features kept as side effects do not survive export")]
+    return [CheckResult(check, ALL_LAYERS, "pass", "", f"every one of {len(probe.trusted)} layers is an output of the exported graph, equal to the truth")]
+
+
+def check_device_move(probe: Probe) -> list[CheckResult]:
+    """An extractor built on CPU and moved to CUDA works there and gives the true values."""
+    check = "device_move"
+    if not torch.cuda.is_available():
+        return [CheckResult(check, ALL_LAYERS, "skipped", "no_gpu", "no CUDA device here")]
+    on_gpu = probe.input.cuda()
+    if probe.input.is_cuda:
+        truth = probe.truth
+    else:
+        truth = probe.oracle(check, lambda: capture(copy.deepcopy(probe.model).cuda(), on_gpu, layers=probe.layers))
+    with _attached(probe, model=copy.deepcopy(probe.model).cpu()) as extractor:
+        extractor.module.to("cuda")
+        try:
+            got = snapshot(extractor(on_gpu).features)
+        except Exception as exc:
+            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"after .to('cuda'): {_failure(exc)}")]
+    moved = dataclasses.replace(probe, truth=truth)
+    return _request_verdict(check, moved, got, context="moved to CUDA")
+
+
+BEHAVIOUR_CHECKS: dict[str, Callable[[Probe], list[CheckResult]]] = {
+    "set_independence": check_set_independence,
+    "train_mode": check_train_mode,
+    "gradients": check_gradients,
+    "input_size": check_input_size,
+    "batch_consistency": check_batch_consistency,
+    "deepcopy": check_deepcopy,
+    "state_dict": check_state_dict,
+    "jit_script": check_jit_script,
+    "export": check_export,
+    "compile": check_compile,
+    "onnx": check_onnx,
+    "device_move": check_device_move,
+}
+#: Behaviour checks that give one row per layer (the others give one row per request).
+PER_LAYER_BEHAVIOUR_CHECKS = ("set_independence", "train_mode", "gradients", "input_size", "batch_consistency")

@@ -1,0 +1,186 @@
+"""Each behaviour check: a planted fault it must catch, and a clean case it must pass."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pitfalls
+from conformance.runner import evaluate
+from faults import corrupted, features_mapped, unchanged
+from strategies import Extraction
+
+
+def rows_for(model, *, strategies, checks, layers=("first", "second")):
+    rows = evaluate(model, layers=list(layers), strategies=strategies, checks=checks, input_shape=pitfalls.INPUT_SHAPE)
+    return {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+
+
+def statuses(got, strategy, check):
+    return {key[2]: value[:2] for key, value in got.items() if key[:2] == (strategy, check)}
+
+
+# -- planted faults -------------------------------------------------------------------------
+
+
+def _ignores_train_mode(ex, module, x, extraction):
+    if not module.training:
+        return extraction
+    module.eval()
+    try:
+        return ex.inner.extract_with(module, x)
+    finally:
+        module.train()
+
+
+_doubled_gradient = features_mapped(lambda v: v.detach() + 2 * (v - v.detach()))
+_squeezed = features_mapped(lambda v: v.squeeze())  # drops the batch dimension at batch size 1
+
+
+def _first_size_only(ex, module, x, extraction):
+    ex.__dict__.setdefault("first_size", x.shape[2:])
+    return Extraction({k: F.interpolate(v, size=tuple(ex.first_size)) for k, v in extraction.features.items()}, extraction.output)
+
+
+def _holds_a_lock(ex, module, x, extraction):
+    ex.lock = threading.Lock()
+    return extraction
+
+
+def _cache_weight_outside_state_dict(model):
+    model.cached_weight = model.first.weight.detach().clone()  # a plain attribute: not in the state dict
+
+
+def _uses_cached_weight(ex, module, x, extraction):
+    drift = (module.cached_weight - module.first.weight).abs().sum()  # hooks' module is the model
+    return Extraction({k: v + drift for k, v in extraction.features.items()}, extraction.output)
+
+
+def _wrong_when_swapped(ex, module, x, extraction):
+    """Right on its own module, wrong on any stand-in (scripted, compiled, exported)."""
+    if module is ex.module:
+        return extraction
+    return Extraction({k: v + 1.0 for k, v in extraction.features.items()}, extraction.output)
+
+
+PLANTED = {
+    # name: (corrupt, on_attach, inner, model, layers, check, layer, diagnosis)
+    "ignores_train_mode": (_ignores_train_mode, None, "hooks+clone", pitfalls.InplaceAfterTap, ["bn", "head"], "train_mode", "bn", "wrong_values"),
+    "doubled_gradient": (_doubled_gradient, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "gradients", "first", "wrong_gradient"),
+    "first_size_only": (_first_size_only, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "input_size", "first", "shape_mismatch"),
+    "squeezed": (_squeezed, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "batch_consistency", "first", "shape_mismatch"),
+    "holds_a_lock": (_holds_a_lock, None, "ilg", pitfalls.Plain, ["first", "second"], "deepcopy", "*", "deepcopy_failed"),
+    "weight_outside_state_dict": (_uses_cached_weight, _cache_weight_outside_state_dict, "hooks+clone", pitfalls.Plain, ["first", "second"], "state_dict", "*", "wrong_values"),
+    "wrong_when_scripted": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "jit_script", "*", "wrong_values"),
+    "wrong_when_exported": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "export", "*", "wrong_values"),
+}
+
+
+@pytest.mark.parametrize("fault", PLANTED)
+def test_planted_fault_is_caught(fault, register):
+    corrupt, on_attach, inner, model, layers, check, layer, diagnosis = PLANTED[fault]
+    register(f"planted-{fault}", corrupted(corrupt, on_attach=on_attach, inner=inner))
+    register(f"control-{fault}", corrupted(unchanged, inner=inner))
+    got = rows_for(model(), strategies=[f"planted-{fault}", f"control-{fault}"], checks=[check], layers=layers)
+    assert got[(f"planted-{fault}", check, layer)][:2] == ("fail", diagnosis), got
+    control = statuses(got, f"control-{fault}", check)
+    assert set(control.values()) == {("pass", "")}, control
+
+
+def test_the_compile_check_catches_a_fault_and_passes_the_control(register):
+    register("planted-compiled", corrupted(_wrong_when_swapped, inner="fx"))
+    got = rows_for(pitfalls.Plain(), strategies=["planted-compiled", "fx"], checks=["compile"])
+    assert got[("planted-compiled", "compile", "*")][:2] == ("fail", "wrong_values")
+    status, _, detail = got[("fx", "compile", "*")]
+    assert status == "pass" and "hook added after the first compiled call" in detail
+
+
+# -- the strategies themselves: real faults and clean cases ----------------------------------
+
+
+def test_set_independence_catches_fx_pruning_that_hides_an_inplace_op():
+    got = rows_for(pitfalls.InplaceAfterTap(), strategies=["fx", "hooks+clone"], checks=["set_independence"], layers=["bn", "head"])
+    assert got[("fx", "set_independence", "bn")] == ("fail", "depends_on_request", "alone: right; with the 1 other layers: wrong")
+    assert set(statuses(got, "hooks+clone", "set_independence").values()) == {("pass", "")}
+
+
+def test_detached_captures_fail_gradients_honestly():
+    got = rows_for(pitfalls.Plain(), strategies=["stash", "hooks+clone", "fx"], checks=["gradients"])
+    assert statuses(got, "stash", "gradients") == {"first": ("fail", "detached"), "second": ("fail", "detached")}
+    for strategy in ("hooks+clone", "fx"):
+        assert set(statuses(got, strategy, "gradients").values()) == {("pass", "")}, strategy
+
+
+def test_train_mode_is_judged_with_batch_statistics():
+    got = rows_for(pitfalls.InplaceAfterTap(), strategies=["hooks+clone", "fx", "hooks"], checks=["train_mode"], layers=["bn", "head"])
+    assert set(statuses(got, "hooks+clone", "train_mode").values()) == {("pass", "")}
+    # fx traced a train graph and an eval graph; switching after the build is honoured
+    assert got[("fx", "train_mode", "head")][:2] == ("pass", "")
+    # bn is already wrong in eval mode for these two (aliasing): not judged again
+    for strategy in ("fx", "hooks"):
+        assert got[(strategy, "train_mode", "bn")][:2] == ("skipped", "values_wrong"), strategy
+
+
+def test_stale_results_catch_a_shared_dictionary_and_left_over_values():
+    got = rows_for(pitfalls.SignBranch(), strategies=["hooks+clone", "stash", "ilg"], checks=["stale_results", "repeatable"], layers=["first", "branch", "second"])
+    assert got[("hooks+clone", "stale_results", "*")][:2] == ("fail", "mutated_by_next_call")
+    assert "the same dictionary is returned by every call" in got[("hooks+clone", "stale_results", "*")][2]
+    assert got[("stash", "stale_results", "*")][:2] == ("fail", "left_over")
+    # ilg runs the branch whatever the input: not left over, but a module the model does not run
+    assert got[("ilg", "stale_results", "*")][:2] == ("pass", "")
+    assert got[("ilg", "repeatable", "branch")][:2] == ("fail", "not_called")
+
+
+def test_kwargs_and_tuples_are_captured_or_reported_never_silently_wrong():
+    got = rows_for(pitfalls.KwargsAndTuples(), strategies=["hooks", "stash", "fx", "ilg"], checks=["kwargs_and_tuples"], layers=["block", "head"])
+    assert got[("hooks", "kwargs_and_tuples", "block")][:2] == ("pass", "")
+    assert got[("stash", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_dropped")
+    assert got[("fx", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_wrong")
+    assert got[("ilg", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_wrong")  # called without scale=
+    assert got[("hooks", "kwargs_and_tuples", "head")][:2] == ("skipped", "")
+
+
+def test_model_untouched_finds_what_torchextractor_leaves_behind():
+    got = rows_for(pitfalls.Plain(), strategies=["torchextractor", "hooks"], checks=["model_untouched"])
+    status, diagnosis, detail = got[("torchextractor", "model_untouched", "*")]
+    assert (status, diagnosis) == ("fail", "model_changed") and "_extractor_fullname" in detail
+    assert got[("hooks", "model_untouched", "*")][:2] == ("pass", "")
+
+
+def test_deepcopy_of_hooks_keeps_writing_into_the_original():
+    got = rows_for(pitfalls.Plain(), strategies=["hooks+clone", "ilg"], checks=["deepcopy"])
+    assert got[("hooks+clone", "deepcopy", "*")][:2] == ("fail", "stale")
+    assert got[("ilg", "deepcopy", "*")][:2] == ("pass", "")
+
+
+def test_scripting_and_export_separate_graph_strategies_from_side_effects():
+    got = rows_for(pitfalls.Plain(), strategies=["hooks+clone", "ilg"], checks=["jit_script", "export"])
+    assert got[("hooks+clone", "jit_script", "*")][:2] == ("fail", "script_failed")
+    assert got[("hooks+clone", "export", "*")][:2] == ("fail", "structure_mismatch")
+    assert "left over from tracing" in got[("hooks+clone", "export", "*")][2]
+    assert got[("ilg", "jit_script", "*")][:2] == ("pass", "")
+    assert got[("ilg", "export", "*")][:2] == ("pass", "")
+
+
+def test_onnx_outputs_carry_graph_features_not_side_effects():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    got = rows_for(pitfalls.Plain(), strategies=["hooks+clone", "fx"], checks=["onnx"])
+    assert got[("fx", "onnx", "*")][:2] == ("pass", "")
+    assert got[("hooks+clone", "onnx", "*")][:2] == ("fail", "not_an_output")
+
+
+def test_state_dict_keys_are_compared_with_the_models():
+    got = rows_for(pitfalls.Plain(), strategies=["torchextractor", "hooks"], checks=["state_dict"])
+    status, _, detail = got[("torchextractor", "state_dict", "*")]
+    assert status == "pass" and "model.first.weight" in detail and "does not load strictly" in detail
+    assert "the same keys as the model's state dict" in got[("hooks", "state_dict", "*")][2]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
+def test_device_move_is_skipped_without_a_gpu():
+    got = rows_for(pitfalls.Plain(), strategies=["hooks"], checks=["device_move"])
+    assert got[("hooks", "device_move", "*")] == ("skipped", "no_gpu", "no CUDA device here")

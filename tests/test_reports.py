@@ -1,0 +1,35 @@
+"""The capability matrix, on rows with known verdicts."""
+
+import pandas as pd
+
+from conformance.reports import capability_matrix, cell_models
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["model", "strategy", "layer", "check", "status", "diagnosis", "detail"])
+
+
+ROWS = frame([
+    # a: both layers pass; b: one layer fails; c: everything skipped; d: one layer unsupported
+    ("a", "hooks", "x", "values", "pass", "", ""), ("a", "hooks", "y", "values", "pass", "", ""),
+    ("b", "hooks", "x", "values", "pass", "", ""), ("b", "hooks", "y", "values", "fail", "inplace_aliasing", "post-ReLU"),
+    ("c", "hooks", "x", "values", "skipped", "not_called", ""),
+    ("d", "hooks", "x", "values", "pass", "", ""), ("d", "hooks", "y", "values", "unsupported", "", "nested"),
+    ("a", "fx", "*", "jit_script", "skipped", "", ""),
+    ("a", "hooks", "*", "jit_script", "error", "check_failed", "boom"),
+])
+
+
+def test_cells_count_models_by_their_worst_row():
+    matrix = capability_matrix(ROWS)
+    assert matrix.loc["values", "hooks"] == "1/3 pass (1 fail, 1 unsupported)"
+    assert matrix.loc["jit_script", "hooks"] == "0/1 pass (1 error)"
+    assert matrix.loc["jit_script", "fx"] == "-"  # every model skipped
+    assert matrix.loc["values", "fx"] == "-"  # never run
+    assert list(matrix.index) == ["values", "jit_script"] and list(matrix.columns) == ["hooks", "fx"]
+
+
+def test_the_models_behind_a_cell_come_failing_first_with_their_layers():
+    cell = cell_models(ROWS, strategy="hooks", check="values")
+    assert list(cell["model"]) == ["b", "d", "a", "c"]
+    assert cell.iloc[0][["status", "layers", "diagnosis"]].tolist() == ["fail", "y", "inplace_aliasing"]
