@@ -58,6 +58,7 @@ class Probe:
     truth: OracleCapture  # eval mode, for the input
     previous_truth: OracleCapture  # eval mode, for the previous input
     together: Mapping[str, Any]  # the whole request's features for the input
+    leaves_model_untouched: bool = False  # measured on the main request: closing restores the model
     seed: int = 0
     memo: dict = field(default_factory=dict)  # oracle results shared by the strategies of one model
 
@@ -163,9 +164,13 @@ def check_set_independence(probe: Probe) -> list[CheckResult]:
     if len(probe.layers) < 2:
         return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
 
+    # A strategy measured to leave the model as it found it attaches to one shared copy.
+    shared = copy.deepcopy(probe.model) if probe.leaves_model_untouched else None
+
     def judge(layer: str) -> CheckResult:
         try:
-            with _attached(probe, layers=[layer]) as extractor:
+            model = shared if shared is not None else copy.deepcopy(probe.model)
+            with _attached(probe, layers=[layer], model=model) as extractor:
                 alone = snapshot(extractor(probe.input).features)
         except Unsupported as exc:
             return CheckResult(check, layer, "unsupported", "", f"requested alone: {exc}")
@@ -322,7 +327,12 @@ class _ParameterMatcher:
         wrong, covered = [], set()
         for (name, p), grad in zip(self.params, grads[1:]):
             candidates = [self.names[id(p)]] if id(p) in self.names else self.by_digest.get(tensor_digest(p), [])
-            match = next((c for c in candidates if self._agrees(grad, true_params.get(c))), None)
+            # Equal tensors (freshly initialised norms) are ambiguous by content: prefer the
+            # name sharing the longest dotted suffix (a rebuilt model renames prefixes), and
+            # claim each name once.
+            candidates = sorted(candidates, key=lambda c: -_shared_suffix(c, name))
+            agreeing = [c for c in candidates if self._agrees(grad, true_params.get(c))]
+            match = next((c for c in agreeing if c not in covered), agreeing[0] if agreeing else None)
             if match is None:
                 wrong.append(name)
             else:
@@ -334,9 +344,21 @@ class _ParameterMatcher:
 
     @staticmethod
     def _agrees(grad: torch.Tensor | None, expected: torch.Tensor | None) -> bool:
-        if expected is None:
-            return grad is None or not bool(grad.any())
-        return grad is not None and _gradient_close(grad, expected)
+        """No gradient and an all-zero one are the same finding."""
+        if grad is None or expected is None:
+            other = expected if grad is None else grad
+            return other is None or not bool(other.any())
+        return _gradient_close(grad, expected)
+
+
+def _shared_suffix(a: str, b: str) -> int:
+    """How many trailing dotted parts two parameter names share."""
+    count = 0
+    for x, y in zip(reversed(a.split(".")), reversed(b.split("."))):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def _gradient_close(grad: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -421,13 +443,14 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
         if twin is not None:
             with contextlib.suppress(Exception):
                 twin.close()
-    notes = []
+    notes = []  # (diagnosis, what was seen)
     if len(theirs) != len(mine):
-        notes.append(f"the copy holds {len(theirs)} parameter tensors, the original {len(mine)}")
+        notes.append(("parameters_not_copied", f"the copy holds {len(theirs)} parameter tensors, the original {len(mine)}"))
     if mine & theirs:
-        notes.append(f"the copy shares {len(mine & theirs)} parameter tensors with the original")
+        notes.append(("parameters_shared", f"the copy shares {len(mine & theirs)} parameter tensors with the original"))
     if modes[0] != modes[1]:
-        notes.append(f"the copy ({kinds[1]}) is in {'train' if modes[1] else 'eval'} mode, the original ({kinds[0]}) in {'train' if modes[0] else 'eval'} mode")
+        mode = {True: "train", False: "eval"}
+        notes.append(("mode_changed", f"the copy ({kinds[1]}) is in {mode[modes[1]]} mode, the original ({kinds[0]}) in {mode[modes[0]]} mode"))
     rows = _request_verdict(check, probe, got_twin, context="the copy")
     original = _request_verdict(check, probe, got_original, context="the original after the copy ran")
     row = rows[0]
@@ -435,8 +458,8 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
         row.status, row.diagnosis = "fail", row.diagnosis or original[0].diagnosis
         row.detail = f"{row.detail}; {original[0].detail}"
     if notes:
-        row.status, row.diagnosis = "fail", row.diagnosis or "parameters_not_copied"
-        row.detail = "; ".join([row.detail, *notes])
+        row.status, row.diagnosis = "fail", row.diagnosis or notes[0][0]
+        row.detail = "; ".join([row.detail, *(text for _, text in notes)])
     return rows
 
 

@@ -273,7 +273,7 @@ class _ModelRun:
         probe = Probe(
             strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, untrusted=_untrusted(ctx),
             input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
-            together=ctx.features,
+            together=ctx.features, leaves_model_untouched=not ctx.model_changes,
             seed=self.config.seed, memo=self.oracle_memo,
         )
         for check in checks:
