@@ -89,3 +89,32 @@ def test_fx_binds_a_container_and_its_last_child_to_different_nodes():
     assert len(wrong) == 1 and wrong[0].diagnosis == "wrong_layer"
     assert "features.12.expand3x3_activation" in wrong[0].detail
     assert all(r.status == "pass" for r in results["hooks+clone"] if r.check == "values")
+
+
+def _verdicts(reference: str, *, layers: list[str], strategies: list[str], checks: list[str]):
+    from conformance.runner import evaluate
+
+    spec = resolve_model(reference, input_shape=(2, 3, 64, 64))
+    rows = evaluate(build_model(spec=spec, seed=0), layers=layers, strategies=strategies, checks=checks, input_shape=spec.input_shape)
+    return {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+
+
+@pytest.mark.zoo
+def test_gradients_catch_an_fx_binding_the_values_tolerance_hides():
+    """ConvNeXt's layer scale starts at 1e-6: fx's 'stages.3' (the node before the last
+    residual add) is within tolerance of the truth, but its gradients miss the last block."""
+    got = _verdicts("timm:convnext_atto", layers=["stages", "stages.3"], strategies=["fx", "hooks+clone"], checks=["values", "gradients"])
+    assert got[("fx", "values", "stages.3")][:2] == ("pass", "") and "not bitwise" in got[("fx", "values", "stages.3")][2]
+    assert got[("fx", "gradients", "stages.3")][:2] == ("fail", "wrong_gradient")
+    assert "stages.3.blocks.1" in got[("fx", "gradients", "stages.3")][2]
+    assert got[("hooks+clone", "gradients", "stages.3")][:2] == ("pass", "")
+
+
+@pytest.mark.zoo
+def test_fx_tracing_counts_a_batch_in_timm_batchnorm():
+    """create_feature_extractor traces in train mode; timm's BatchNormAct2d then adds 1 to
+    the user's num_batches_tracked buffers for real."""
+    got = _verdicts("timm:efficientnet_b0", layers=["blocks.1"], strategies=["fx", "timm"], checks=["model_untouched"])
+    status, diagnosis, detail = got[("fx", "model_untouched", "*")]
+    assert (status, diagnosis) == ("fail", "model_changed") and "num_batches_tracked" in detail
+    assert got[("timm", "model_untouched", "*")][:2] == ("pass", "")
