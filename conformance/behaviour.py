@@ -498,21 +498,25 @@ def check_state_dict(probe: Probe) -> list[CheckResult]:
     return _request_verdict(check, probe, got, context="loaded into a fresh extractor", notes=[keys_note])
 
 
-def check_jit_script(probe: Probe) -> list[CheckResult]:
-    """``torch.jit.script`` of the extractor's module runs and gives the true values."""
-    check = "jit_script"
+def _stand_in_verdict(check: str, probe: Probe, transform: Callable[[nn.Module], Any], *, failure: str, context: str) -> list[CheckResult]:
+    """The extractor run through ``transform(its module)`` (scripted, exported) instead of the module."""
     with _attached(probe) as extractor:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                scripted = torch.jit.script(extractor.module)
+                stand_in = transform(extractor.module)
         except Exception as exc:
-            return [CheckResult(check, ALL_LAYERS, "fail", "script_failed", _failure(exc))]
+            return [CheckResult(check, ALL_LAYERS, "fail", failure, _failure(exc))]
         try:
-            got = snapshot(extractor.extract_with(scripted, probe.input).features)
+            got = snapshot(extractor.extract_with(stand_in, probe.input).features)
         except Exception as exc:
-            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the scripted module: {_failure(exc)}")]
-    return _request_verdict(check, probe, got, context="scripted")
+            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"{context}: {_failure(exc)}")]
+    return _request_verdict(check, probe, got, context=context)
+
+
+def check_jit_script(probe: Probe) -> list[CheckResult]:
+    """``torch.jit.script`` of the extractor's module runs and gives the true values."""
+    return _stand_in_verdict("jit_script", probe, torch.jit.script, failure="script_failed", context="scripted")
 
 
 def _late_hook_note(extractor: Extractor, compiled: Callable[..., Any], x: torch.Tensor) -> str:
@@ -549,19 +553,8 @@ def check_compile(probe: Probe) -> list[CheckResult]:
 def check_export(probe: Probe) -> list[CheckResult]:
     """``torch.export.export`` of the extractor's module succeeds and the exported program
     gives the true values."""
-    check = "export"
-    with _attached(probe) as extractor:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                exported = torch.export.export(extractor.module, (probe.input,)).module()
-        except Exception as exc:
-            return [CheckResult(check, ALL_LAYERS, "fail", "export_failed", _failure(exc))]
-        try:
-            got = snapshot(extractor.extract_with(exported, probe.input).features)
-        except Exception as exc:
-            return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"the exported program: {_failure(exc)}")]
-    return _request_verdict(check, probe, got, context="exported")
+    return _stand_in_verdict("export", probe, lambda module: torch.export.export(module, (probe.input,)).module(),
+                             failure="export_failed", context="exported")
 
 
 def check_onnx(probe: Probe) -> list[CheckResult]:

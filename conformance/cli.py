@@ -132,17 +132,20 @@ def _command_run(args: argparse.Namespace) -> int:
             return 130
     split = timings.split()
     frame = writer.finish(extra={"timings": split})
-    summary = summary_table(frame)
-    text = summary.to_string()
+    text = summary_table(frame).to_string()
+    matrix = capability_matrix(frame).to_string()
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
         f"{len(frame)} rows, {frame['model'].nunique()} models, device {args.device}, "
         f"torch {metadata['versions']['torch']}, torchvision {metadata['versions']['torchvision']}, timm {metadata['versions']['timm']}\n\n"
-        f"{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
+        f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
+        f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
+        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
     )
-    print(text)
+    print(matrix)
+    print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
     return 0

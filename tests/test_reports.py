@@ -10,11 +10,12 @@ def frame(rows):
 
 
 ROWS = frame([
-    # a: both layers pass; b: one layer fails; c: everything skipped; d: one layer unsupported
+    # a: both layers pass; b: one layer fails; c: everything skipped; d: one layer unsupported (a partial pass)
     ("a", "hooks", "x", "values", "pass", "", ""), ("a", "hooks", "y", "values", "pass", "", ""),
     ("b", "hooks", "x", "values", "pass", "", ""), ("b", "hooks", "y", "values", "fail", "inplace_aliasing", "post-ReLU"),
     ("c", "hooks", "x", "values", "skipped", "not_called", ""),
     ("d", "hooks", "x", "values", "pass", "", ""), ("d", "hooks", "y", "values", "unsupported", "", "nested"),
+    ("e", "hooks", "x", "keys", "unsupported", "", "nested"),
     ("a", "fx", "*", "jit_script", "skipped", "", ""),
     ("a", "hooks", "*", "jit_script", "error", "check_failed", "boom"),
 ])
@@ -22,14 +23,16 @@ ROWS = frame([
 
 def test_cells_count_models_by_their_worst_row():
     matrix = capability_matrix(ROWS)
-    assert matrix.loc["values", "hooks"] == "1/3 pass (1 fail, 1 unsupported)"
+    assert matrix.loc["values", "hooks"] == "2/3 pass (1 fail, 1 partial)"
     assert matrix.loc["jit_script", "hooks"] == "0/1 pass (1 error)"
     assert matrix.loc["jit_script", "fx"] == "-"  # every model skipped
+    assert matrix.loc["keys", "hooks"] == "0/1 pass (1 unsupported)"
     assert matrix.loc["values", "fx"] == "-"  # never run
-    assert list(matrix.index) == ["values", "jit_script"] and list(matrix.columns) == ["hooks", "fx"]
+    assert list(matrix.index) == ["values", "keys", "jit_script"] and list(matrix.columns) == ["hooks", "fx"]
 
 
 def test_the_models_behind_a_cell_come_failing_first_with_their_layers():
     cell = cell_models(ROWS, strategy="hooks", check="values")
-    assert list(cell["model"]) == ["b", "d", "a", "c"]
+    assert list(cell["model"]) == ["b", "a", "d", "c"]
+    assert cell.set_index("model")["partial"].to_dict() == {"a": False, "b": False, "c": False, "d": True}
     assert cell.iloc[0][["status", "layers", "diagnosis"]].tolist() == ["fail", "y", "inplace_aliasing"]
