@@ -30,7 +30,7 @@ from torch import nn
 
 from strategies import Extractor, Strategy, Unsupported
 
-from .checks import ALL_LAYERS, CheckResult, compare, snapshot, tensor_digest, tensor_digests, tolerance
+from .checks import ALL_LAYERS, CheckResult, compare, snapshot, tensor_digest, tolerance
 from .oracle import OracleCapture, capture, gradients
 
 __all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "ModelRejects", "Probe"]
@@ -60,6 +60,7 @@ class Probe:
     truth: OracleCapture  # eval mode, for the input
     previous_truth: OracleCapture  # eval mode, for the previous input
     together: Mapping[str, Any]  # the whole request's features for the input
+    model_digests: dict[str, str] = field(default_factory=dict)  # the model's state-dict tensors, by name
     leaves_model_untouched: bool = False  # measured on the main request: closing restores the model
     seed: int = 0
     memo: dict = field(default_factory=dict)  # oracle results shared by the strategies of one model
@@ -268,7 +269,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
     try:
         with _attached(probe, model=model) as extractor, torch.enable_grad():
             features = extractor(x).features
-            matcher = _ParameterMatcher(model, extractor.module)
+            matcher = _ParameterMatcher(model, extractor.module, probe.model_digests)
             graphed = []
             for layer in differentiable:
                 value = features.get(layer)
@@ -305,13 +306,12 @@ class _ParameterMatcher:
     """Pairs the parameters a strategy differentiates with the model's, by identity where
     the strategy runs the model's own modules, else by content (a rebuilt model)."""
 
-    def __init__(self, model: nn.Module, module: nn.Module) -> None:
+    def __init__(self, model: nn.Module, module: nn.Module, model_digests: Mapping[str, str]) -> None:
         self.names = {id(p): name for name, p in model.named_parameters()}
         self.params = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
         self.by_digest: dict[str, list[str]] = {}
-        if any(id(p) not in self.names for _, p in self.params):
-            for name, digest in tensor_digests(model).items():
-                self.by_digest.setdefault(digest, []).append(name)
+        for name, digest in model_digests.items():
+            self.by_digest.setdefault(digest, []).append(name)
 
     def problems(self, features: Mapping[str, Any], layers: Sequence[str], weights: Mapping[str, torch.Tensor],
                  x: torch.Tensor, truth: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> tuple[list[str], int]:
@@ -377,44 +377,39 @@ def _other_size(shape: Sequence[int]) -> tuple[int, ...]:
     return (batch, channels, *(size + 32 if size >= 64 else 2 * size for size in spatial))
 
 
-def check_input_size(probe: Probe) -> list[CheckResult]:
-    """An extractor used at one input size works at another and gives the truth there."""
-    check = "input_size"
-    if probe.input.dim() < 3:
-        return _all_layers(check, probe, "skipped", "", "the input has no spatial dimensions")
-    shape = _other_size(probe.input.shape)
-    other = torch.randn(*shape, generator=torch.Generator().manual_seed(probe.seed + 1)).to(probe.input.device)
-    size = "x".join(map(str, shape[2:]))
+def _other_input_verdict(check: str, probe: Probe, x: torch.Tensor, *, condition: str, use_input_first: bool = False) -> list[CheckResult]:
+    """Each trusted layer's value for ``x`` against the oracle's for ``x`` (``condition``
+    names how ``x`` differs from the input); with ``use_input_first`` the extractor is
+    first called on the input."""
     try:
-        truth = probe.oracle(check, lambda: capture(probe.model, other, layers=probe.layers))
+        truth = probe.oracle(check, lambda: capture(probe.model, x, layers=probe.layers))
     except ModelRejects as exc:
-        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself rejects {size}: {exc}")
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails {condition}: {exc}")
     try:
         with _attached(probe) as extractor:
-            extractor(probe.input)
-            got = snapshot(extractor(other).features)
+            if use_input_first:
+                extractor(probe.input)
+            got = snapshot(extractor(x).features)
     except Exception as exc:
-        return _all_layers(check, probe, "fail", "call_failed", f"at {size}: {_failure(exc)}")
-    return _per_layer(check, probe, lambda layer: _judge(check, layer, got, truth.layers[layer].value, context=f"at {size}"))
+        return _all_layers(check, probe, "fail", "call_failed", f"{condition}: {_failure(exc)}")
+    return _per_layer(check, probe, lambda layer: _judge(check, layer, got, truth.layers[layer].value, context=condition))
+
+
+def check_input_size(probe: Probe) -> list[CheckResult]:
+    """An extractor used at one input size works at another and gives the truth there."""
+    if probe.input.dim() < 3:
+        return _all_layers("input_size", probe, "skipped", "", "the input has no spatial dimensions")
+    shape = _other_size(probe.input.shape)
+    other = torch.randn(*shape, generator=torch.Generator().manual_seed(probe.seed + 1)).to(probe.input.device)
+    return _other_input_verdict("input_size", probe, other, condition=f"at {'x'.join(map(str, shape[2:]))}", use_input_first=True)
 
 
 def check_batch_consistency(probe: Probe) -> list[CheckResult]:
     """A sample's features do not depend on the batch it is in (eval mode): at batch size 1
     they are the truth at batch size 1."""
-    check = "batch_consistency"
     if probe.input.shape[0] < 2:
-        return _all_layers(check, probe, "skipped", "", "the input is a single sample already")
-    single = probe.input[:1]
-    try:
-        truth = probe.oracle(check, lambda: capture(probe.model, single, layers=probe.layers))
-    except ModelRejects as exc:
-        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails at batch size 1: {exc}")
-    try:
-        with _attached(probe) as extractor:
-            got = snapshot(extractor(single).features)
-    except Exception as exc:
-        return _all_layers(check, probe, "fail", "call_failed", f"at batch size 1: {_failure(exc)}")
-    return _per_layer(check, probe, lambda layer: _judge(check, layer, got, truth.layers[layer].value, context="at batch size 1"))
+        return _all_layers("batch_consistency", probe, "skipped", "", "the input is a single sample already")
+    return _other_input_verdict("batch_consistency", probe, probe.input[:1], condition="at batch size 1")
 
 
 def _parameter_storages(module: nn.Module) -> set[int]:

@@ -12,6 +12,7 @@ most checks judge) and on the previous input again. Checks that act on the strat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -74,7 +75,12 @@ class CheckContext:
     first_after_next: Mapping[str, Any] = field(default_factory=dict)  # that call's returned container, after the next call
     same_container: bool = False  # the second call returned the very object the first did
     repeat_features: Mapping[str, Any] = field(default_factory=dict)  # the third call, on the previous input again
-    model_changes: list[str] = field(default_factory=list)  # how the model differs after the extractor is closed
+    measure_model_changes: Callable[[], list[str]] = lambda: []  # costs a forward: run when first read
+
+    @functools.cached_property
+    def model_changes(self) -> list[str]:
+        """How the model differs after the extractor is closed (measured once, on first use)."""
+        return self.measure_model_changes()
 
 
 # (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.

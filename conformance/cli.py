@@ -35,18 +35,22 @@ from .zoo import build_model, list_models, parse_input_shape, resolve_model
 __all__ = ["main"]
 
 
-def _choose(kind: str, requested: Sequence[str], known: Sequence[str]) -> list[str]:
+def _unknown(kind: str, name: str, known: Sequence[str]) -> ConformanceError:
     import difflib
 
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(known)}"
+    return ConformanceError(f"unknown {kind} {name!r}", hint=hint)
+
+
+def _choose(kind: str, requested: Sequence[str], known: Sequence[str]) -> list[str]:
     chosen = []
     for name in requested:
         if name == "all":
             chosen.extend(known)
             continue
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(known)}"
-            raise ConformanceError(f"unknown {kind} {name!r}", hint=hint)
+            raise _unknown(kind, name, known)
         chosen.append(name)
     return list(dict.fromkeys(chosen))
 
@@ -55,8 +59,7 @@ def _checks(requested: Sequence[str]) -> list[str]:
     try:
         return expand_checks(requested)
     except KeyError as exc:
-        _choose("check", [exc.args[0]], list(dict.fromkeys([*PROFILES, *ALL_CHECKS])))  # raises with a close match
-        raise
+        raise _unknown("check", exc.args[0], list(dict.fromkeys([*PROFILES, *ALL_CHECKS]))) from None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -202,8 +202,10 @@ class _ModelRun:
             return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}")
         finally:
             extractor.close()
-        with self.timings.phase("forward"):
-            changes = model_changes(pristine=self.model, model=model, x=self.input, output=self.truth.output)
+        def changes() -> list[str]:
+            with self.timings.phase("forward"):
+                return model_changes(pristine=self.model, model=model, x=self.input, output=self.truth.output)
+
         with self.timings.phase("hashing"):
             strategy_digests = tensor_digests(extractor.module)
         context = CheckContext(
@@ -212,7 +214,7 @@ class _ModelRun:
             model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed,
             locate=self.locate, device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
-            same_container=second.features is first.features, repeat_features=repeat_features, model_changes=changes,
+            same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
         )
         return _Attempt(layers, context=context)
 
@@ -244,7 +246,7 @@ class _ModelRun:
                     alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
                 working = combined
                 working_layers = [a.layers[0] for a in alone if a.context is not None]
-                if alone and working_layers:
+                if behaviour_checks and alone and working_layers:
                     working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
             return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
@@ -273,18 +275,12 @@ class _ModelRun:
         probe = Probe(
             strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, untrusted=_untrusted(ctx),
             input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
-            together=ctx.features, leaves_model_untouched=not ctx.model_changes,
+            together=ctx.features, model_digests=self.model_digests, leaves_model_untouched=not ctx.model_changes,
             seed=self.config.seed, memo=self.oracle_memo,
         )
         for check in checks:
-            with self.timings.phase(f"behaviour.{check}"):
-                try:
-                    with time_limit(self.config.cell_timeout), torch.no_grad():
-                        rows += BEHAVIOUR_CHECKS[check](probe)
-                except CellTimeout as exc:
-                    rows += _rows_for(working.layers, [check], "error", "timeout", str(exc))
-                except Exception as exc:  # a check that crashes is a row, not the end of the run
-                    rows += _rows_for(working.layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
+            with self.timings.phase(f"behaviour.{check}"), time_limit(self.config.cell_timeout), torch.no_grad():
+                rows += _guarded(check, working.layers, lambda: BEHAVIOUR_CHECKS[check](probe))
         return rows
 
     def _rows(self, attempt: _Attempt, checks: Sequence[str], *, per_layer: bool, request_wide: bool) -> list[CheckResult]:
@@ -319,10 +315,17 @@ def _untrusted(ctx: CheckContext) -> dict[str, str]:
 
 
 def _run_check(check: str, attempt: _Attempt) -> list[CheckResult]:
+    return _guarded(check, attempt.layers, lambda: CHECKS[check](attempt.context))
+
+
+def _guarded(check: str, layers: Sequence[str], run_check: Callable[[], list[CheckResult]]) -> list[CheckResult]:
+    """The check's rows; a check that crashes or runs out of time is a row, not the end of the run."""
     try:
-        return CHECKS[check](attempt.context)
-    except Exception as exc:  # a check that crashes is a row, not the end of the run
-        return _rows_for(attempt.layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
+        return run_check()
+    except CellTimeout as exc:
+        return _rows_for(layers, [check], "error", "timeout", str(exc))
+    except Exception as exc:
+        return _rows_for(layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
 
 
 def run(config: RunConfig, *, writer: ResultsWriter, timings: Timings, progress: object = None) -> None:
