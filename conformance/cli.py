@@ -4,6 +4,7 @@
     conformance run --model torchvision:resnet18 --layers layer1 bn1 --out runs/r18
     conformance matrix runs/r18                       # checks x strategies, models passing
     conformance matrix runs/r18 --strategy fx --check set_independence
+    conformance bench --model torchvision:resnet18 --layers layer1 --layers @stages --out runs/r18
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 
 from strategies import CORE_STRATEGIES, available_strategies, list_strategies
@@ -27,8 +29,9 @@ from .errors import ConformanceError
 from .layers import LAYER_SETS, resolve_layers
 from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
 from .environment import run_metadata
-from .reports import capability_matrix, cell_models
-from .results import ResultsWriter, load_results, summary_table
+from .bench import BenchConfig, bench
+from .reports import capability_matrix, cell_models, cost_tables
+from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, Timings, make_deterministic, run
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
@@ -85,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
 
+    bench_ = commands.add_parser("bench", help="what each strategy costs: latency, overhead, floor ratio, build time, memory")
+    bench_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable; default torchvision:resnet18)")
+    bench_.add_argument("--layers", action="append", nargs="+", metavar="LAYER",
+                        help="one layer request: module paths or @children, @stages, @leaves; repeat the option for more requests (default: @stages)")
+    bench_.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
+    bench_.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench_.add_argument("--input-shape", default=None, metavar="N,C,H,W", help="input shape for every model")
+    bench_.add_argument("--seed", type=int, default=0)
+    bench_.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    bench_.add_argument("--max-time", type=float, default=30.0, metavar="SECONDS", help="timing budget of one request (default 30)")
+    bench_.add_argument("--precision", type=float, default=0.01, metavar="FRACTION",
+                        help="stop timing once every ratio's 95%% interval is this close to its median (default 0.01)")
+    bench_.add_argument("--out", type=Path, default=None, help="directory for bench.csv (default runs/<timestamp>; may hold a conformance run)")
+    bench_.add_argument("--overwrite", action="store_true", help="replace the bench results in --out")
+
     matrix = commands.add_parser("matrix", help="the capability matrix of a run: checks x strategies, models passing")
     matrix.add_argument("results", type=Path, help="a run's --out directory, its results.csv or results.json")
     matrix.add_argument("--strategy", help="with --check: the models behind one cell")
@@ -97,11 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(device: str) -> None:
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise ConformanceError(f"unknown device {device!r}", hint="use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConformanceError(f"--device {device}: CUDA is not available here", hint=f"torch {torch.__version__} sees no GPU; run with --device cpu")
+
+
+def _start(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Seed and threads fixed; the output directory and the run metadata."""
+    threads = args.threads or torch.get_num_threads()
+    make_deterministic(seed=args.seed, threads=threads)
+    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    metadata = run_metadata(device=args.device, command=["conformance", *sys.argv[1:]], seed=args.seed, threads=threads)
+    metadata["run_id"] = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    return out, metadata
+
+
 def _command_run(args: argparse.Namespace) -> int:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConformanceError(f"--device {args.device}: CUDA is not available here", hint=f"torch {torch.__version__} sees no GPU; run with --device cpu")
-    if args.device.split(":")[0] not in ("cpu", "cuda"):
-        raise ConformanceError(f"unknown device {args.device!r}", hint="use cpu or cuda")
+    _check_device(args.device)
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
     strategies = _choose("strategy", args.strategies, list_strategies())
     checks = _checks(args.checks)
@@ -113,11 +145,7 @@ def _command_run(args: argparse.Namespace) -> int:
         if layer.startswith("@") and layer not in LAYER_SETS:
             raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
 
-    threads = args.threads or torch.get_num_threads()
-    make_deterministic(seed=args.seed, threads=threads)
-    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    metadata = run_metadata(device=args.device, command=["conformance", *sys.argv[1:]], seed=args.seed, threads=threads)
-    metadata["run_id"] = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    out, metadata = _start(args)
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
     config = RunConfig(
         models=models, layers=args.layers, strategies=strategies, checks=checks, device=args.device,
@@ -152,6 +180,43 @@ def _command_run(args: argparse.Namespace) -> int:
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
+    return 0
+
+
+def _command_bench(args: argparse.Namespace) -> int:
+    _check_device(args.device)
+    for option, value in (("--max-time", args.max_time), ("--precision", args.precision)):
+        if not value > 0:
+            raise ConformanceError(f"{option} {value:g} is not positive", hint=f"e.g. {option} {30 if option == '--max-time' else 0.01}")
+    input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    strategies = _choose("strategy", args.strategies, list_strategies())
+    models = [resolve_model(ref, input_shape=input_shape) for ref in args.model or ["torchvision:resnet18"]]
+    requests = args.layers or [["@stages"]]
+    for layer in (item for request in requests for item in request):
+        if layer.startswith("@") and layer not in LAYER_SETS:
+            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
+    out, metadata = _start(args)
+    metadata["bench"] = {"max_time": args.max_time, "precision": args.precision, "grad": False}
+    writer = BenchWriter(out, metadata=metadata, overwrite=args.overwrite)
+    config = BenchConfig(
+        models=models, requests=requests, strategies=strategies, device=args.device, seed=args.seed,
+        threads=metadata["machine_info"]["torch_threads"], max_time=args.max_time, precision=args.precision,
+    )
+    try:
+        bench(config, writer=writer, log=lambda message: print(message, file=sys.stderr))
+    except KeyboardInterrupt:
+        writer.finish(extra={"interrupted": True})
+        print(f"\ninterrupted; finished requests are in {out}", file=sys.stderr)
+        return 130
+    rows, samples = writer.finish(extra={})
+    for (model, layers), (table, notes) in cost_tables(rows).items():
+        rounds = samples.loc[(samples["model"] == model) & (samples["layers"] == layers), "round"].max()
+        print(f"\n{model}  layers: {layers}  ({args.device}, {config.threads} threads, {0 if pd.isna(rounds) else int(rounds) + 1} rounds)")
+        if not table.empty:
+            print(table.to_string(index=False))
+        for note in notes:
+            print(f"  {note}")
+    print(f"\nrows: {writer.rows_path} ({len(rows)} rows), samples: {writer.samples_path}, {out / 'bench.json'}")
     return 0
 
 
@@ -193,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _command_run, "matrix": _command_matrix, "list": _command_list}
+        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Tables derived from the tidy rows: the capability matrix and what lies behind a cell.
+"""Tables derived from the tidy rows: the capability matrix, what lies behind a cell, and
+the cost table of a bench.
 
 The capability matrix has checks as rows and strategies as columns; each cell counts the
 models on which the strategy passes the check, e.g. ``5/7 pass (2 fail)``. A model takes
@@ -12,15 +13,20 @@ Example::
     >>> frame = load_results("reports/quick-cpu")
     >>> capability_matrix(frame)                               # checks x strategies
     >>> cell_models(frame, strategy="fx", check="set_independence")
+    >>> rows, samples = load_bench("runs/bench")
+    >>> cost_tables(rows)                                     # one table per (model, layers)
 """
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
+from .bench import FLOOR, FORWARD
 from .errors import ConformanceError
 
-__all__ = ["capability_matrix", "cell_models", "model_verdicts"]
+__all__ = ["capability_matrix", "cell_models", "cost_tables", "model_verdicts"]
 
 #: The status a model takes in a cell when its rows disagree: the first found.
 _PRECEDENCE = ("fail", "error", "pass", "unsupported", "skipped")
@@ -77,3 +83,55 @@ def cell_models(frame: pd.DataFrame, *, strategy: str, check: str) -> pd.DataFra
     cell = verdicts[(verdicts["strategy"] == strategy) & (verdicts["check"] == check)].drop(columns=["check", "strategy"])
     order = cell["status"].map({status: rank for rank, status in enumerate(_LISTING)})
     return cell.assign(_order=order).sort_values(["_order", "model"]).drop(columns="_order").reset_index(drop=True)
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return ""
+    return f"{value:.3f}" if math.isnan(low) else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _scaled(value: float, scale: float, digits: int = 1) -> str:
+    return "" if math.isnan(value) else f"{round(value / scale, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
+
+
+def cost_tables(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame, list[str]]]:
+    """For each (model, layers): the cost table, fastest strategy first, and notes on the
+    strategies that could not be measured.
+
+    Ratios carry their 95 % interval; ``rank`` is shared by strategies indistinguishable
+    from the leader of their group, named in ``same as``.
+    """
+    tables = {}
+    for (model, layers), request in rows.groupby(["model", "layers"], sort=False):
+        measured = request[request["status"] == "ok"]
+        value = measured.set_index(["strategy", "metric"])
+        order = [FORWARD, FLOOR] + list(
+            measured[measured["metric"] == "rank"].sort_values("value", kind="stable")["strategy"]
+        )
+
+        def get(strategy: str, metric: str, column: str = "value") -> float:
+            return float(value[column].get((strategy, metric), math.nan))
+
+        lines = []
+        for strategy in order:
+            if (strategy, "latency") not in value.index:
+                continue
+            tie = str(value["detail"].get((strategy, "rank"), ""))
+            lines.append({
+                "rank": "" if math.isnan(get(strategy, "rank")) else f"{get(strategy, 'rank'):.0f}",
+                "strategy": strategy,
+                "same as": tie.split(":")[0].removeprefix("indistinguishable from ") if tie.startswith("indistinguishable") else "",
+                "latency ms": _scaled(get(strategy, "latency"), 1e-3, 2),
+                "IQR ms": _scaled(get(strategy, "latency", "iqr"), 1e-3, 2),
+                "overhead [95% CI]": _interval(get(strategy, "overhead"), get(strategy, "overhead", "ci_low"), get(strategy, "overhead", "ci_high")),
+                "floor_ratio [95% CI]": _interval(get(strategy, "floor_ratio"), get(strategy, "floor_ratio", "ci_low"), get(strategy, "floor_ratio", "ci_high")),
+                "build ms": _scaled(get(strategy, "build_time"), 1e-3, 2),
+                "peak MiB": _scaled(get(strategy, "peak_memory"), 2**20),
+                "retained MiB": _scaled(get(strategy, "retained_memory"), 2**20, 2),
+                "params": _scaled(get(strategy, "params_retained"), 0.01, 0) + ("%" if (strategy, "params_retained") in value.index else ""),
+            })
+        failed = request[request["status"] != "ok"].drop_duplicates("strategy")
+        notes = [f"{r.strategy}: {r.status}: {r.detail}" for r in failed.itertuples()]
+        tables[(model, layers)] = (pd.DataFrame(lines), notes)
+    return tables

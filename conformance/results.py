@@ -1,9 +1,14 @@
-"""Tidy results: one row per (model, strategy, layer, check), written as produced.
+"""Tidy results, written as produced; every table, summary and report is derived from them.
 
-``results.csv`` grows one unit (a model and a strategy) at a time, so an interrupted run
-keeps every finished unit and ``--resume`` carries on from there. ``run.json`` holds the
-run metadata from the start; ``results.json`` holds the metadata and all rows at the end.
-Every table, summary and report is derived from these rows.
+Conformance: one row per (model, strategy, layer, check). ``results.csv`` grows one unit
+(a model and a strategy) at a time, so an interrupted run keeps every finished unit and
+``--resume`` carries on from there. ``run.json`` holds the run metadata from the start;
+``results.json`` holds the metadata and all rows at the end.
+
+Costs (``conformance bench``): one row per (model, layer request, strategy, metric) with a
+unit, in ``bench.csv``, and the per-round timing samples the ratios come from in
+``bench_samples.csv``; ``bench.json`` holds the metadata and both. They can sit in the same
+directory as a conformance run, and join it on model and strategy.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 
 from .checks import CheckResult
 from .errors import ConformanceError
 
-__all__ = ["COLUMNS", "ResultsWriter", "load_results", "summary_table"]
+__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "summary_table"]
 
 COLUMNS = (
     "run_id", "model", "family", "strategy", "layer", "check", "status", "diagnosis", "detail",
@@ -29,6 +34,29 @@ COLUMNS = (
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 RUN_JSON = "run.json"
+
+BENCH_COLUMNS = (
+    "run_id", "model", "family", "layers", "strategy", "metric", "status", "value", "unit",
+    "ci_low", "ci_high", "iqr", "rounds", "method", "detail", "device", "threads",
+)
+SAMPLE_COLUMNS = ("run_id", "model", "layers", "strategy", "round", "seconds", "calls", "device")
+BENCH_CSV = "bench.csv"
+SAMPLES_CSV = "bench_samples.csv"
+BENCH_JSON = "bench.json"
+
+
+def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    """Append ``rows`` to ``path`` (writing the header first for a new file) and flush."""
+    new_file = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _json_rows(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 class ResultsWriter:
@@ -86,12 +114,7 @@ class ResultsWriter:
             }
             for result in results
         ]
-        new_file = not self.csv_path.exists()
-        with self.csv_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            if new_file:
-                writer.writeheader()
-            writer.writerows(rows)
+        _append_csv(self.csv_path, COLUMNS, rows)
         self.done.add((model, strategy))
 
     def finish(self, *, extra: dict) -> pd.DataFrame:
@@ -99,9 +122,50 @@ class ResultsWriter:
         self.metadata.update(extra)
         _write_json(self.out / RUN_JSON, self.metadata)
         frame = load_results(self.csv_path) if self.csv_path.exists() else pd.DataFrame(columns=COLUMNS)
-        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
-        _write_json(self.out / RESULTS_JSON, {**self.metadata, "rows": rows})
+        _write_json(self.out / RESULTS_JSON, {**self.metadata, "rows": _json_rows(frame)})
         return frame
+
+
+class BenchWriter:
+    """Appends cost rows to ``DIR/bench.csv`` and timing samples to ``DIR/bench_samples.csv``,
+    one finished request at a time, and writes ``DIR/bench.json`` at the end.
+
+    Earlier bench files in ``DIR`` are refused unless ``overwrite``, and even then replaced
+    only when the first request is written, so that a bench stopped by bad input loses nothing.
+    """
+
+    def __init__(self, out: Path, *, metadata: dict, overwrite: bool) -> None:
+        self.out = out
+        self.metadata = metadata
+        self.rows_path, self.samples_path = out / BENCH_CSV, out / SAMPLES_CSV
+        self._started = False
+        if self.rows_path.exists() and not overwrite:
+            raise ConformanceError(
+                f"{self.rows_path} already holds bench results",
+                hint="pass --overwrite to replace them, or choose another --out",
+            )
+
+    def _start(self) -> None:
+        if not self._started:
+            for path in (self.rows_path, self.samples_path):
+                path.unlink(missing_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._started = True
+
+    def write_request(self, *, model: str, family: str, layers: Sequence[str], rows: pd.DataFrame, samples: pd.DataFrame) -> None:
+        """Append the rows and samples of one (model, layer request)."""
+        self._start()
+        key = {"run_id": self.metadata["run_id"], "model": model, "layers": " ".join(layers), "device": self.metadata["device"]}
+        _append_csv(self.rows_path, BENCH_COLUMNS, ({**row, **key, "family": family} for row in rows.to_dict("records")))
+        _append_csv(self.samples_path, SAMPLE_COLUMNS, ({**row, **key} for row in samples.to_dict("records")))
+
+    def finish(self, *, extra: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Write ``bench.json`` (metadata, ``extra``, rows and samples) and return rows and samples."""
+        self.metadata.update(extra)
+        self._start()
+        rows, samples = load_bench(self.out) if self.rows_path.exists() else (pd.DataFrame(columns=BENCH_COLUMNS), pd.DataFrame(columns=SAMPLE_COLUMNS))
+        _write_json(self.out / BENCH_JSON, {**self.metadata, "rows": _json_rows(rows), "samples": _json_rows(samples)})
+        return rows, samples
 
 
 def _write_json(path: Path, document: dict) -> None:
@@ -131,6 +195,25 @@ def load_results(path: str | Path) -> pd.DataFrame:
     for column in ("max_abs_err", "max_rel_err"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
+
+
+def load_bench(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cost rows and timing samples from a bench directory, its ``bench.csv`` or ``bench.json``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BENCH_CSV
+    if not path.exists():
+        raise ConformanceError(f"no bench results at {path}", hint="give a bench's --out directory, its bench.csv or bench.json")
+    if path.suffix == ".json":
+        document = json.loads(path.read_text())
+        rows, samples = pd.DataFrame(document["rows"], columns=BENCH_COLUMNS), pd.DataFrame(document["samples"], columns=SAMPLE_COLUMNS)
+    else:
+        rows = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in ("value", "ci_low", "ci_high", "iqr")})
+        samples_path = path.with_name(SAMPLES_CSV)
+        samples = pd.read_csv(samples_path) if samples_path.exists() else pd.DataFrame(columns=SAMPLE_COLUMNS)
+    for column in ("value", "ci_low", "ci_high", "iqr"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    return rows, samples
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

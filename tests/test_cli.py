@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 PITFALLS = str(Path(__file__).parent / "pitfalls.py")
+COSTLY = str(Path(__file__).parent / "costly.py")
 
 
 def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -33,15 +34,19 @@ def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         (["run", "--model", f"{PITFALLS}:plain", "--input-shape", "2,3,x"], "malformed input shape"),
         (["run", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
         (["list", "layers"], "needs a model"),
+        (["bench", "--model", f"{PITFALLS}:plain", "--max-time", "0"], "--max-time 0 is not positive"),
+        (["bench", "--model", f"{PITFALLS}:plain", "--layers", "first", "--layers", "frist"], "has no module 'frist'"),
+        (["bench", "--model", f"{PITFALLS}:plain", "--strategies", "hook"], "unknown strategy 'hook'"),
+        (["bench", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, tmp_path):
-    result = conformance(*args, "--out", str(tmp_path / "out")) if args[0] == "run" else conformance(*args)
+    result = conformance(*args, "--out", str(tmp_path / "out")) if args[0] in ("run", "bench") else conformance(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "hint:" in result.stderr or args[0] == "list"
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "out" / "results.csv").exists()
+    assert not (tmp_path / "out" / "results.csv").exists() and not (tmp_path / "out" / "bench.csv").exists()
 
 
 def test_unknown_layer_suggests_close_names(tmp_path):
@@ -122,3 +127,33 @@ def test_checks_take_profiles_and_the_matrix_reads_the_run(tmp_path):
     assert "depends_on_request" in cell.stdout and "bn" in cell.stdout
     unknown = conformance("matrix", str(out), "--strategy", "fxx", "--check", "values")
     assert unknown.returncode == 2 and "no strategy 'fxx'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_bench_writes_cost_rows_next_to_a_conformance_run(tmp_path):
+    from conformance.results import BENCH_COLUMNS, SAMPLE_COLUMNS
+
+    out = tmp_path / "run"
+    assert conformance("run", "--model", f"{COSTLY}:tower", "--layers", "blocks.3", "--strategies", "hooks", "--checks", "values", "--out", str(out)).returncode == 0
+    args = ["bench", "--model", f"{COSTLY}:tower", "--layers", "blocks.3", "--layers", "blocks.3", "head", "--strategies", "hooks", "fx", "timm",
+            "--max-time", "1", "--out", str(out)]
+    result = conformance(*args)
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(out / "bench.csv", keep_default_na=False)
+    assert tuple(rows.columns) == BENCH_COLUMNS and tuple(pd.read_csv(out / "bench_samples.csv").columns) == SAMPLE_COLUMNS
+    assert list(dict.fromkeys(rows["layers"])) == ["blocks.3", "blocks.3 head"]
+    assert set(rows.query("strategy == 'fx' and status == 'ok'")["metric"]) == {
+        "latency", "overhead", "floor_ratio", "rank", "build_time", "peak_memory", "retained_memory", "params_retained"}
+    assert dict(rows.drop_duplicates("metric").set_index("metric")["unit"]) == {
+        "latency": "s", "overhead": "ratio", "floor_ratio": "ratio", "rank": "rank", "build_time": "s",
+        "peak_memory": "bytes", "retained_memory": "bytes", "params_retained": "ratio"}
+    assert set(rows.query("strategy == 'timm'")["status"]) == {"unsupported"}
+    document = json.loads((out / "bench.json").read_text())
+    assert len(document["rows"]) == len(rows) and document["machine_info"]["torch_threads"] >= 1
+    assert {"commit_info", "versions", "datetime", "bench"} <= set(document)
+    assert "floor_ratio [95% CI]" in result.stdout and "(floor)" in result.stdout and "timm: unsupported" in result.stdout
+    assert (out / "results.csv").exists()
+
+    bench_csv = (out / "bench.csv").read_text()
+    again = conformance(*args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "bench.csv").read_text() == bench_csv
