@@ -5,6 +5,7 @@
     conformance matrix runs/r18                       # checks x strategies, models passing
     conformance matrix runs/r18 --strategy fx --check set_independence
     conformance bench --model torchvision:resnet18 --layers layer1 --layers @stages --out runs/r18
+    conformance report runs/r18 --out reports/r18         # report.md, index.html, plots, data
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -107,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("results", type=Path, help="a run's --out directory, its results.csv or results.json")
     matrix.add_argument("--strategy", help="with --check: the models behind one cell")
     matrix.add_argument("--check", help="with --strategy: the models behind one cell")
+
+    report = commands.add_parser("report", help="a publishable report (Markdown, offline HTML, plots) of one or more runs")
+    report.add_argument("results", nargs="+", type=Path, help="directories written by 'conformance run' and/or 'conformance bench'")
+    report.add_argument("--out", type=Path, required=True, help="directory for report.md, index.html, the plots and data/")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -232,6 +237,14 @@ def _command_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_report(args: argparse.Namespace) -> int:
+    from .publish import write_report
+
+    written = write_report(sources=args.results, out=args.out, command=" ".join(["conformance", *sys.argv[1:]]))
+    print(f"report: {args.out / 'report.md'}, {args.out / 'index.html'} ({len(written)} files)")
+    return 0
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for reference in list_models(zoo=args.zoo):
@@ -258,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "list": _command_list}
+        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

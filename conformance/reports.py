@@ -20,13 +20,15 @@ Example::
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import pandas as pd
 
 from .bench import FLOOR, FORWARD
 from .errors import ConformanceError
 
-__all__ = ["capability_matrix", "cell_models", "cost_tables", "model_verdicts"]
+__all__ = ["Finding", "capability_matrix", "cell_models", "cost_tables", "failing_models", "family_table", "findings", "model_verdicts"]
 
 #: The status a model takes in a cell when its rows disagree: the first found.
 _PRECEDENCE = ("fail", "error", "pass", "unsupported", "skipped")
@@ -135,3 +137,78 @@ def cost_tables(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame,
         notes = [f"{r.strategy}: {r.status}: {r.detail}" for r in failed.itertuples()]
         tables[(model, layers)] = (pd.DataFrame(lines), notes)
     return tables
+
+
+def failing_models(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every (check, strategy) cell with failing or erring models, and those models."""
+    verdicts = model_verdicts(frame)
+    bad = verdicts[verdicts["status"].isin(["fail", "error"])]
+    table = bad.groupby(["check", "strategy"], sort=False).agg(
+        models=("model", lambda m: ", ".join(sorted(m))), count=("model", "size")).reset_index()
+    return table[["check", "strategy", "count", "models"]]
+
+
+def family_table(frame: pd.DataFrame, *, check: str = "values") -> pd.DataFrame:
+    """Model families (rows) by strategies (columns): layers passing ``check`` over layers judged."""
+    rows = frame[(frame["check"] == check) & frame["status"].isin(["pass", "fail", "error"])]
+    strategies = list(dict.fromkeys(frame["strategy"]))
+    table = pd.DataFrame("-", index=pd.Index(sorted(set(frame["family"])), name="family"), columns=pd.Index(strategies, name="strategy"))
+    for (family, strategy), cell in rows.groupby(["family", "strategy"]):
+        passed = int((cell["status"] == "pass").sum())
+        table.loc[family, strategy] = f"{passed}/{len(cell)} ({passed / len(cell):.0%})"
+    return table
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One statement about the results, with the query that selects the rows behind it."""
+
+    text: str
+    query: str
+    rows: int
+    models: int
+
+
+def _model_pattern(models: list[str]) -> str:
+    """``resnet*`` for resnet18 and resnet50; ``*`` where the names share no prefix."""
+    names = sorted({m.split(":", 1)[-1] for m in models})
+    common = os.path.commonprefix(names)
+    return names[0] if len(names) == 1 else f"{common if len(common) >= 3 else ''}*"
+
+
+def _some(models: list[str], shown: int = 4) -> str:
+    return ", ".join(models[:shown]) + (f" and {len(models) - shown} more" if len(models) > shown else "")
+
+
+def _join(names: list[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def findings(frame: pd.DataFrame, *, limit: int = 12) -> list[Finding]:
+    """The largest failures in plain words, most models first, each with the query behind it.
+
+    Wrong values are grouped by diagnosis and layer name (``bn1`` across every ResNet);
+    other checks by check and diagnosis.
+    """
+    failed = frame[frame["status"] == "fail"].copy()
+    failed["tap"] = failed["layer"].where(failed["check"] == "values", "")
+    merged: dict[tuple, list] = {}  # taps failing the same way for the same strategies and models are one finding
+    for (check, diagnosis, tap), group in failed.groupby(["check", "diagnosis", "tap"], sort=False):
+        key = (check, diagnosis, tuple(dict.fromkeys(group["strategy"])), tuple(sorted(set(group["model"]))))
+        merged.setdefault(key, []).append((tap, group))
+    found = []
+    for (check, diagnosis, strategies, models), parts in merged.items():
+        taps = [tap for tap, _ in parts if tap]
+        group = pd.concat([g for _, g in parts])
+        conditions = [f"check == {check!r}", "status == 'fail'", f"diagnosis == {diagnosis!r}"]
+        if taps:
+            conditions.append(f"layer == {taps[0]!r}" if len(taps) == 1 else f"layer in {taps!r}")
+        what = f"`{check}` fails" + (f" ({diagnosis})" if diagnosis else "")
+        where = f" for `{_model_pattern(list(models))}.{taps[0] if len(taps) == 1 else '{' + ', '.join(taps) + '}'}`" if taps else ""
+        count = f"{len(models)} model{'s' if len(models) > 1 else ''} ({_some(list(models))})"
+        example = str(group["detail"].iloc[0])
+        text = f"{_join(list(strategies))}: {what}{where} on {count}. E.g. {group['model'].iloc[0]}, {group['strategy'].iloc[0]}: {example[:160]}"
+        found.append(Finding(text=text, query=" and ".join(conditions), rows=len(group), models=len(models)))
+    found.sort(key=lambda f: ("check == 'values'" not in f.query, -f.models, -f.rows))  # wrong values first
+    return found[:limit]
