@@ -6,6 +6,7 @@
     conformance matrix runs/r18 --strategy fx --check set_independence
     conformance bench --model torchvision:resnet18 --layers layer1 --layers @stages --out runs/r18
     conformance report runs/r18 --out reports/r18         # report.md, index.html, plots, data
+    conformance recommend --model torchvision:resnet18 --layers layer1 layer3 --need gradients train_mode
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -112,6 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="a publishable report (Markdown, offline HTML, plots) of one or more runs")
     report.add_argument("results", nargs="+", type=Path, help="directories written by 'conformance run' and/or 'conformance bench'")
     report.add_argument("--out", type=Path, required=True, help="directory for report.md, index.html, the plots and data/")
+
+    recommend = commands.add_parser("recommend", help="the strategies that pass the checks you need, cheapest first, with the evidence")
+    recommend.add_argument("--model", required=True, metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory")
+    recommend.add_argument("--layers", nargs="+", required=True, metavar="LAYER", help="module paths or @children, @stages, @leaves")
+    recommend.add_argument("--need", nargs="+", default=[], metavar="CHECK", help="checks every recommended strategy must pass, besides values")
+    recommend.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
+    recommend.add_argument("--results", type=Path, default=None, help="read a run (and bench) from this directory instead of measuring")
+    recommend.add_argument("--device", default="cpu", help="cpu or cuda")
+    recommend.add_argument("--input-shape", default=None, metavar="N,C,H,W", help="the model's input shape")
+    recommend.add_argument("--seed", type=int, default=0)
+    recommend.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    recommend.add_argument("--max-time", type=float, default=10.0, metavar="SECONDS", help="timing budget of the bench (default 10)")
+    recommend.add_argument("--out", type=Path, default=None, help="where the measurements go (default runs/<timestamp>)")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -245,6 +259,47 @@ def _command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_recommend(args: argparse.Namespace) -> int:
+    from .recommend import recommend
+    from .results import load_bench
+
+    _check_device(args.device)
+    needs = _checks(args.need)
+    strategies = _choose("strategy", args.strategies, list_strategies())
+    spec = resolve_model(args.model, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
+    layers = resolve_layers(build_model(spec=spec, seed=args.seed), spec, args.layers)
+    source = args.results
+    if source is None:
+        source, metadata = _start(args)
+        checks = list(dict.fromkeys(["values", *needs]))
+        print(f"measuring {', '.join(checks)} and costs of {len(strategies)} strategies on {spec.id} [{' '.join(layers)}] into {source}", file=sys.stderr)
+        writer = ResultsWriter(source, metadata=dict(metadata), resume=False, overwrite=False)
+        run(RunConfig(models=[spec], layers=layers, strategies=strategies, checks=checks, device=args.device, seed=args.seed), writer=writer, timings=Timings())
+        writer.finish(extra={})
+        bench_writer = BenchWriter(source, metadata=dict(metadata), overwrite=False)
+        bench(BenchConfig(models=[spec], requests=[layers], strategies=strategies, device=args.device, seed=args.seed,
+                          threads=metadata["machine_info"]["torch_threads"], max_time=args.max_time), writer=bench_writer, log=lambda message: None)
+        bench_writer.finish(extra={})
+    results = load_results(source)
+    results = results[results["strategy"].isin(strategies)]
+    costs = load_bench(source)[0] if (source / "bench.csv").exists() else pd.DataFrame()
+    if spec.id not in set(results["model"]):
+        raise ConformanceError(f"{source} holds no results for {spec.id}", hint=f"run: conformance run --model {spec.id} --layers {' '.join(args.layers)} --out {source}")
+    eligible, excluded = recommend(results, costs, model=spec.id, layers=layers, needs=needs)
+    print(f"{spec.id} [{' '.join(layers)}], needing {', '.join(['values', *needs])}:\n")
+    if eligible.empty:
+        print("no strategy passes every required check")
+    else:
+        shown = eligible.assign(overhead=[f"{o:.3f} [{lo:.3f}, {hi:.3f}]" if o == o else "not measured" for o, lo, hi in zip(eligible["overhead"], eligible["ci_low"], eligible["ci_high"])])
+        print(shown.drop(columns=["ci_low", "ci_high"]).to_string(index=False))
+    if not excluded.empty:
+        print("\nexcluded:")
+        for row in excluded.itertuples():
+            print(f"  {row.strategy}: {row.why}")
+    print(f"\nevidence: {source / 'results.csv'}" + (f", {source / 'bench.csv'}" if not costs.empty else " (no bench: order by cost unknown)"))
+    return 0
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for reference in list_models(zoo=args.zoo):
@@ -271,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "list": _command_list}
+        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
