@@ -4,7 +4,8 @@ One document is assembled from the rows (the environment of each source, the cap
 matrix and its failing models, value conformance per model family, the findings, the cost
 tables) and rendered twice: as Markdown for a code-hosting site and as a single static HTML
 page with sortable tables and the plots inline (no network fetches). The results and
-metadata files are copied under ``data/`` so the report can be rebuilt and checked.
+metadata files are copied under ``data/`` (unless the report is written into the run's own
+directory) so the report can be rebuilt and checked.
 
 Example::
 
@@ -114,7 +115,7 @@ def _document(sources: Sources, plots: dict[str, Image], command: str) -> tuple[
         models, strategies = frame["model"].nunique(), frame["strategy"].nunique()
         sections.append(Section("Findings", [
             f"{len(frame)} rows: {models} models, {strategies} strategies, {frame['check'].nunique()} checks. "
-            "Each finding names the query that selects its rows in `data/*/results.csv`.",
+            "Each finding names the query that selects its rows in the results (`pandas.DataFrame.query`).",
             pd.DataFrame([{"finding": f.text, "models": f.models, "rows": f.rows, "query": f.query} for f in findings(frame)]),
         ]))
         sections.append(Section("Capability matrix", [
@@ -310,6 +311,8 @@ def write_report(*, sources: Sequence[str | Path], out: Path, command: str) -> l
     written[0].write_text(_markdown(title, sections, out))
     written[1].write_text(_html(title, sections))
     for index, directory in enumerate(loaded.directories):
+        if directory.resolve() == out.resolve():  # the report sits beside its data already
+            continue
         target = out / "data" / f"{index}-{directory.resolve().name}"
         target.mkdir(parents=True, exist_ok=True)
         for name in _DATA_FILES:

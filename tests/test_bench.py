@@ -103,7 +103,7 @@ def _costs(strategies, **kwargs):
 
 
 def test_every_metric_finds_its_planted_cost(planted):
-    rows = _costs(["hooks+clone", *costly.PLANTED])
+    rows = _costs(["hooks+clone", *costly.PLANTED], min_rounds=30)  # inner order statistics, even on a loaded machine
     value = rows["value"]
     assert (rows["status"] == "ok").all(), rows[rows["status"] != "ok"]
     assert rows.loc[("hooks+clone", "overhead"), "ci_high"] < 1.3
@@ -117,7 +117,7 @@ def test_every_metric_finds_its_planted_cost(planted):
 
 
 def test_rounds_adapt_to_the_precision_asked_for():
-    loose = _costs(["hooks"], precision=0.5, min_rounds=8)
+    loose = _costs(["hooks"], precision=100, min_rounds=8)
     tight = _costs(["hooks"], precision=1e-6, min_rounds=8)
     assert loose.loc[("hooks", "latency"), "rounds"] == 8
     assert tight.loc[("hooks", "latency"), "rounds"] > 8  # went on until the time budget
