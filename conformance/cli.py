@@ -7,6 +7,8 @@
     conformance bench --model torchvision:resnet18 --layers layer1 --layers @stages --out runs/r18
     conformance report runs/r18 --out reports/r18         # report.md, index.html, plots, data
     conformance recommend --model torchvision:resnet18 --layers layer1 layer3 --need gradients train_mode
+    conformance baseline save runs/r18 --out baselines/r18.json
+    conformance diff baselines/r18.json runs/r18-new --fail-on overhead:10% --markdown diff.md
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -126,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     recommend.add_argument("--max-time", type=float, default=10.0, metavar="SECONDS", help="timing budget of the bench (default 10)")
     recommend.add_argument("--out", type=Path, default=None, help="where the measurements go (default runs/<timestamp>)")
+
+    baseline = commands.add_parser("baseline", help="save a run's rows as a baseline file to diff later runs against")
+    baseline.add_argument("action", choices=("save",))
+    baseline.add_argument("results", type=Path, help="a directory written by 'conformance run' and/or 'conformance bench'")
+    baseline.add_argument("--out", type=Path, required=True, help="the baseline JSON file")
+
+    diff_ = commands.add_parser("diff", help="what changed between two runs; exit 1 on a regression")
+    diff_.add_argument("base", type=Path, help="a baseline file or a run directory")
+    diff_.add_argument("new", type=Path, help="a baseline file or a run directory")
+    diff_.add_argument("--fail-on", nargs="+", default=[], metavar="METRIC:LIMIT", help="cost regressions that fail, e.g. overhead:10%% peak_memory:20%%")
+    diff_.add_argument("--markdown", type=Path, default=None, help="also write the diff as Markdown (a pull-request comment)")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -300,6 +313,31 @@ def _command_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_baseline(args: argparse.Namespace) -> int:
+    from .diff import save_baseline
+
+    count = save_baseline(source=args.results, out=args.out)
+    print(f"baseline: {args.out} ({count} rows)")
+    return 0
+
+
+def _command_diff(args: argparse.Namespace) -> int:
+    from .diff import diff, load_side, markdown, parse_fail_on
+
+    thresholds = [parse_fail_on(text) for text in args.fail_on]
+    result = diff(load_side(args.base), load_side(args.new), fail_on=thresholds)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.changes.empty:
+        print("no change")
+    else:
+        print(result.changes.to_string(index=False, max_colwidth=80))
+    print(f"\n{len(result.regressions)} regression(s), {len(result.changes)} change(s)")
+    if args.markdown:
+        args.markdown.write_text(markdown(result, base=str(args.base), new=str(args.new)))
+    return 1 if len(result.regressions) else 0
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for reference in list_models(zoo=args.zoo):
@@ -326,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend, "list": _command_list}
+        commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
+                    "baseline": _command_baseline, "diff": _command_diff, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

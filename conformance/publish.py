@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import pandas as pd
 
 from .bench import FLOOR, FORWARD
 from .errors import ConformanceError
-from .reports import capability_matrix, cost_tables, failing_models, family_table, findings, model_verdicts
+from .reports import capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, markdown_table, model_verdicts
 from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results
 
 __all__ = ["Sources", "load_sources", "write_report"]
@@ -212,26 +211,13 @@ def _plots(sources: Sources, out: Path) -> dict[str, Image]:
 # -- rendering ---------------------------------------------------------------------------
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    return str(value)
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    escape = lambda text: _cell(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(escape(c) for c in frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _markdown(title: str, sections: list[Section], out: Path) -> str:
     parts = [f"# {title}"]
     for section in sections:
         parts.append(f"## {section.title}")
         for block in section.blocks:
             if isinstance(block, pd.DataFrame):
-                parts.append(_markdown_table(block) if not block.empty else "_none_")
+                parts.append(markdown_table(block) if not block.empty else "_none_")
             elif isinstance(block, Image):
                 parts.append(f"![{block.caption}]({block.path.relative_to(out).as_posix()})\n\n_{block.caption}_")
             elif isinstance(block, Code):
@@ -288,7 +274,7 @@ def _html(title: str, sections: list[Section]) -> str:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, pd.DataFrame):
-                body.append(block.map(_cell).to_html(index=False, border=0, escape=True) if not block.empty else "<p><em>none</em></p>")
+                body.append(block.map(cell_text).to_html(index=False, border=0, escape=True) if not block.empty else "<p><em>none</em></p>")
             elif isinstance(block, Image):
                 data = base64.b64encode(block.path.read_bytes()).decode()
                 body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'

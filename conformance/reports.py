@@ -28,7 +28,7 @@ import pandas as pd
 from .bench import FLOOR, FORWARD
 from .errors import ConformanceError
 
-__all__ = ["Finding", "capability_matrix", "cell_models", "cost_tables", "failing_models", "family_table", "findings", "model_verdicts"]
+__all__ = ["Finding", "capability_matrix", "cell_models", "cell_text", "cost_tables", "failing_models", "family_table", "findings", "markdown_table", "model_verdicts"]
 
 #: The status a model takes in a cell when its rows disagree: the first found.
 _PRECEDENCE = ("fail", "error", "pass", "unsupported", "skipped")
@@ -212,3 +212,18 @@ def findings(frame: pd.DataFrame, *, limit: int = 12) -> list[Finding]:
         found.append(Finding(text=text, query=" and ".join(conditions), rows=len(group), models=len(models)))
     found.sort(key=lambda f: ("check == 'values'" not in f.query, -f.models, -f.rows))  # wrong values first
     return found[:limit]
+
+
+def cell_text(value: object) -> str:
+    """A table cell as text; missing values are empty."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pipes escaped, no index)."""
+    escape = lambda text: cell_text(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(escape(c) for c in frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Diffs on constructed results with known differences; baselines and exit codes through the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from conformance.diff import Side, diff, parse_fail_on
+from conformance.errors import ConformanceError
+from test_cli import PITFALLS, conformance
+
+
+def _cell(strategy, layer, check, status, err=math.nan, model="m"):
+    return {"model": model, "family": "f", "strategy": strategy, "layer": layer, "check": check, "status": status,
+            "diagnosis": "" if status == "pass" else "inplace_aliasing", "detail": "", "max_abs_err": err}
+
+
+def _cost(strategy, metric, value, low, high):
+    return {"model": "m", "layers": "a", "strategy": strategy, "metric": metric, "status": "ok", "value": value, "ci_low": low, "ci_high": high}
+
+
+MACHINE = {"machine_info": {"cpu": "X", "cpu_count": 2, "torch_threads": 2, "gpu": None}, "versions": {"torch": "2.14.1"}}
+BASE = Side(
+    pd.DataFrame([_cell("hooks", "a", "values", "pass", 0.0), _cell("fx", "a", "values", "pass", 1e-7), _cell("fx", "a", "shape", "pass"),
+                  _cell("ilg", "a", "values", "fail"), _cell("stash", "a", "values", "pass"), _cell("timm", "a", "values", "pass", 0.0)]),
+    pd.DataFrame([_cost("fx", "overhead", 0.40, 0.39, 0.41), _cost("hooks", "overhead", 1.00, 0.95, 1.05), _cost("ilg", "overhead", 0.40, 0.39, 0.41)]),
+    MACHINE,
+)
+NEW = Side(
+    pd.DataFrame([_cell("hooks", "a", "values", "fail"), _cell("fx", "a", "values", "pass", 1e-2), _cell("fx", "a", "shape", "fail"),
+                  _cell("ilg", "a", "values", "pass"), _cell("timm", "a", "values", "pass", 0.0), _cell("timm", "b", "values", "fail")]),
+    pd.DataFrame([_cost("fx", "overhead", 0.50, 0.49, 0.51), _cost("hooks", "overhead", 1.12, 1.0, 1.25), _cost("ilg", "overhead", 0.41, 0.40, 0.42)]),
+    MACHINE,
+)
+
+
+def test_every_kind_of_change_is_found_and_only_regressions_count():
+    result = diff(BASE, NEW, fail_on=[parse_fail_on("overhead:10%")])
+    kinds = {(row.kind, row.strategy, row.layer): row.regression for row in result.changes.itertuples()}
+    assert kinds == {
+        ("regressed", "hooks", "a"): True,
+        ("shape_or_dtype", "fx", "a"): True,
+        ("new_failure", "timm", "b"): True,
+        ("cost", "fx", "a"): True,  # +25 %, intervals apart
+        ("cost", "hooks", "a"): False,  # +12 %, but inside the noise
+        ("drift", "fx", "a"): False,
+        ("fixed", "ilg", "a"): False,
+        ("only_in_base", "stash", "a"): False,
+    }  # ilg's +2.5 % stays under the 10 % limit: no row
+    assert list(result.changes["regression"][:4]) == [True] * 4  # regressions come first
+    assert result.warnings == []
+
+
+def test_same_side_is_no_change_and_other_machines_are_a_warning():
+    assert diff(BASE, BASE).changes.empty
+    other = Side(BASE.results, BASE.bench, {"machine_info": {**MACHINE["machine_info"], "cpu": "Y"}, "versions": {"torch": "2.9.1"}})
+    result = diff(BASE, other)
+    assert result.changes.empty and len(result.warnings) == 2
+    assert "different machines" in result.warnings[0] and "torch 2.14.1 -> 2.9.1" in result.warnings[1]
+
+
+@pytest.mark.parametrize("text", ["overhead", "overhead:ten%", "speed:10%"])
+def test_bad_thresholds_name_the_grammar(text):
+    with pytest.raises(ConformanceError, match="fail-on"):
+        parse_fail_on(text)
+
+
+def test_absolute_thresholds():
+    assert parse_fail_on("peak_memory:1048576").exceeded(0, 2_000_000) and not parse_fail_on("peak_memory:1048576").exceeded(0, 1_000_000)
+
+
+def test_baseline_and_diff_through_the_cli(tmp_path):
+    run = tmp_path / "run"
+    assert conformance("run", "--model", f"{PITFALLS}:inplace_after_tap", "--layers", "bn", "head", "--strategies", "hooks+clone", "fx",
+                       "--checks", "values", "--out", str(run)).returncode == 0
+    saved = conformance("baseline", "save", str(run), "--out", str(tmp_path / "base.json"))
+    assert saved.returncode == 0, saved.stderr
+    same = conformance("diff", str(tmp_path / "base.json"), str(run))
+    assert same.returncode == 0 and "0 regression(s)" in same.stdout
+    rows = pd.read_csv(run / "results.csv", keep_default_na=False)
+    rows.loc[(rows["strategy"] == "hooks+clone") & (rows["layer"] == "bn"), "status"] = "fail"  # a planted regression
+    rows.to_csv(run / "results.csv", index=False)
+    changed = conformance("diff", str(tmp_path / "base.json"), str(run), "--markdown", str(tmp_path / "diff.md"))
+    assert changed.returncode == 1 and "regressed" in changed.stdout
+    text = (tmp_path / "diff.md").read_text()
+    assert "**1 regression(s)**" in text and "| regressed | tests" in text.replace(PITFALLS, "tests")
+    bad = conformance("diff", str(tmp_path / "base.json"), str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "no results or baseline" in bad.stderr and "Traceback" not in bad.stderr
+    bad_threshold = conformance("diff", str(tmp_path / "base.json"), str(run), "--fail-on", "speed:10%")
+    assert bad_threshold.returncode == 2 and "no bench metric 'speed'" in bad_threshold.stderr
