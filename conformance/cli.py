@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     run_.add_argument("--cell-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one model-strategy unit")
     run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
+    run_.add_argument("--shard", default=None, metavar="K/N", help="run the K-th of N deterministic slices of the models (merge them with 'conformance merge')")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
 
@@ -106,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="stop timing once every ratio's 95%% interval is this close to its median (default 0.01)")
     bench_.add_argument("--out", type=Path, default=None, help="directory for bench.csv (default runs/<timestamp>; may hold a conformance run)")
     bench_.add_argument("--overwrite", action="store_true", help="replace the bench results in --out")
+
+    merge = commands.add_parser("merge", help="combine the results of runs on several machines (the shards of one run)")
+    merge.add_argument("results", nargs="+", type=Path, help="directories written by 'conformance run'")
+    merge.add_argument("--out", type=Path, required=True, help="directory for the merged results")
+    merge.add_argument("--force", action="store_true", help="merge runs of different package versions or devices")
 
     matrix = commands.add_parser("matrix", help="the capability matrix of a run: checks x strategies, models passing")
     matrix.add_argument("results", type=Path, help="a run's --out directory, its results.csv or results.json")
@@ -147,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ConformanceError(f"cannot read --shard {text!r}", hint="write K/N with 1 <= K <= N, e.g. --shard 2/8")
+    return int(index), int(count)
+
+
 def _check_device(device: str) -> None:
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ConformanceError(f"unknown device {device!r}", hint="use cpu or cuda")
@@ -172,12 +185,18 @@ def _command_run(args: argparse.Namespace) -> int:
     references = args.model or list_models(zoo=args.zoo or "quick", include=args.include, exclude=args.exclude)
     if not references:
         raise ConformanceError("no model selected", hint="loosen --include/--exclude, or name one with --model")
+    if args.shard:
+        index, count = _shard(args.shard)
+        references = sorted(references)[index - 1::count]
+        if not references:
+            raise ConformanceError(f"shard {args.shard} holds no model", hint="use fewer shards than models")
     models = [resolve_model(ref, input_shape=input_shape) for ref in references]
     for layer in args.layers:
         if layer.startswith("@") and layer not in LAYER_SETS:
             raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
 
     out, metadata = _start(args)
+    metadata["shard"] = args.shard
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
     config = RunConfig(
         models=models, layers=args.layers, strategies=strategies, checks=checks, device=args.device,
@@ -249,6 +268,14 @@ def _command_bench(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"  {note}")
     print(f"\nrows: {writer.rows_path} ({len(rows)} rows), samples: {writer.samples_path}, {out / 'bench.json'}")
+    return 0
+
+
+def _command_merge(args: argparse.Namespace) -> int:
+    from .results import merge_runs
+
+    frame = merge_runs(args.results, out=args.out, force=args.force)
+    print(f"merged {len(args.results)} runs: {args.out / 'results.csv'} ({len(frame)} rows, {frame['model'].nunique()} models)")
     return 0
 
 
@@ -365,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
-                    "baseline": _command_baseline, "diff": _command_diff, "list": _command_list}
+                    "baseline": _command_baseline, "merge": _command_merge, "diff": _command_diff, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

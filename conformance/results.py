@@ -25,7 +25,7 @@ import pandas as pd
 from .checks import CheckResult
 from .errors import ConformanceError
 
-__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "summary_table"]
+__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs", "summary_table"]
 
 COLUMNS = (
     "run_id", "model", "family", "strategy", "layer", "check", "status", "diagnosis", "detail",
@@ -214,6 +214,35 @@ def load_bench(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in ("value", "ci_low", "ci_high", "iqr"):
         rows[column] = pd.to_numeric(rows[column], errors="coerce")
     return rows, samples
+
+
+def merge_runs(sources: Sequence[Path], *, out: Path, force: bool = False) -> pd.DataFrame:
+    """Combine the results of runs on several machines (``--shard K/N``) into ``out``.
+
+    Refuses runs of different package versions or devices unless ``force``, and always
+    refuses two runs that hold the same cell.
+    """
+    frames, documents = [], []
+    for source in sources:
+        frames.append(load_results(source))
+        documents.append(_read_json((source if source.is_dir() else source.parent) / RUN_JSON) or {})
+    signatures = {json.dumps({"versions": {k: v for k, v in d.get("versions", {}).items() if k != "conformance"}, "device": d.get("device")}, sort_keys=True) for d in documents}
+    if len(signatures) > 1 and not force:
+        raise ConformanceError("the runs differ in package versions or device", hint="merge runs of one environment, or pass --force to merge anyway")
+    frame = pd.concat(frames, ignore_index=True)
+    duplicated = frame.duplicated(["model", "strategy", "layer", "check"], keep=False)
+    if duplicated.any():
+        first = frame[duplicated].iloc[0]
+        raise ConformanceError(f"two runs hold the cell {first['model']} / {first['strategy']} / {first['layer']} / {first['check']}",
+                               hint="merge the shards of one run (--shard K/N), each given once")
+    if (out / RESULTS_CSV).exists():
+        raise ConformanceError(f"{out / RESULTS_CSV} already holds results", hint="choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / RESULTS_CSV, index=False, columns=list(COLUMNS))
+    metadata = {**documents[0], "merged_from": [{"source": str(s), "run_id": d.get("run_id"), "shard": d.get("shard"), "node": d.get("machine_info", {}).get("node")} for s, d in zip(sources, documents)]}
+    _write_json(out / RUN_JSON, metadata)
+    _write_json(out / RESULTS_JSON, {**metadata, "rows": _json_rows(frame)})
+    return frame
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -90,3 +90,28 @@ def test_baseline_and_diff_through_the_cli(tmp_path):
     assert bad.returncode == 2 and "no results or baseline" in bad.stderr and "Traceback" not in bad.stderr
     bad_threshold = conformance("diff", str(tmp_path / "base.json"), str(run), "--fail-on", "speed:10%")
     assert bad_threshold.returncode == 2 and "no bench metric 'speed'" in bad_threshold.stderr
+
+
+def test_shards_cover_the_models_once_and_merge_into_one_run(tmp_path):
+    models = ["inplace_after_tap", "reused_module", "plain"]
+    common = [arg for name in models for arg in ("--model", f"{PITFALLS}:{name}")] + ["--layers", "@children", "--strategies", "hooks", "--checks", "values"]
+    for k in (1, 2):
+        result = conformance("run", *common, "--shard", f"{k}/2", "--out", str(tmp_path / f"shard{k}"))
+        assert result.returncode == 0, result.stderr
+    shard_models = [set(pd.read_csv(tmp_path / f"shard{k}" / "results.csv")["model"]) for k in (1, 2)]
+    assert not shard_models[0] & shard_models[1] and len(shard_models[0] | shard_models[1]) == 3
+    merged = conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"), "--out", str(tmp_path / "all"))
+    assert merged.returncode == 0, merged.stderr
+    assert pd.read_csv(tmp_path / "all" / "results.csv")["model"].nunique() == 3
+    twice = conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard1"), "--out", str(tmp_path / "twice"))
+    assert twice.returncode == 2 and "two runs hold the cell" in twice.stderr
+    import json
+
+    document = json.loads((tmp_path / "shard2" / "run.json").read_text())
+    document["versions"]["torch"] = "2.9.1"
+    (tmp_path / "shard2" / "run.json").write_text(json.dumps(document))
+    mixed = conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"), "--out", str(tmp_path / "mixed"))
+    assert mixed.returncode == 2 and "differ in package versions" in mixed.stderr
+    assert conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"), "--out", str(tmp_path / "mixed"), "--force").returncode == 0
+    bad = conformance("run", *common, "--shard", "3/2", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "K/N" in bad.stderr
