@@ -9,6 +9,8 @@
     conformance recommend --model torchvision:resnet18 --layers layer1 layer3 --need gradients train_mode
     conformance baseline save runs/r18 --out baselines/r18.json
     conformance diff baselines/r18.json runs/r18-new --fail-on overhead:10% --markdown diff.md
+    conformance manifest save --zoo quick --out reports/manifests/quick.json
+    conformance manifest diff reports/manifests/quick.json              # against the installed versions
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -145,6 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     diff_.add_argument("new", type=Path, help="a baseline file or a run directory")
     diff_.add_argument("--fail-on", nargs="+", default=[], metavar="METRIC:LIMIT", help="cost regressions that fail, e.g. overhead:10%% peak_memory:20%%")
     diff_.add_argument("--markdown", type=Path, default=None, help="also write the diff as Markdown (a pull-request comment)")
+
+    manifest = commands.add_parser("manifest", help="golden manifests: module paths, FX nodes, feature_info, feature shapes and fingerprints")
+    manifest.add_argument("action", choices=("save", "diff"))
+    manifest.add_argument("files", nargs="*", type=Path, help="diff: BASE [NEW]; without NEW, BASE's models are taken again under the installed versions")
+    manifest.add_argument("--model", action="append", metavar="REF", help="save: the models (repeatable; default the --zoo)")
+    manifest.add_argument("--zoo", default="quick", help="save: quick (default), torchvision, timm or all")
+    manifest.add_argument("--out", type=Path, default=None, help="save: the manifest file")
+    manifest.add_argument("--seed", type=int, default=0)
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -365,6 +375,31 @@ def _command_diff(args: argparse.Namespace) -> int:
     return 1 if len(result.regressions) else 0
 
 
+def _command_manifest(args: argparse.Namespace) -> int:
+    from .manifest import build_manifest, diff_manifests, load_manifest, save_manifest
+
+    make_deterministic(seed=args.seed, threads=torch.get_num_threads())
+    if args.action == "save":
+        if args.out is None or args.files:
+            raise ConformanceError("'manifest save' takes --out FILE and no positional files", hint="conformance manifest save --zoo quick --out manifests/quick.json")
+        references = args.model or list_models(zoo=args.zoo)
+        save_manifest(references=references, out=args.out, seed=args.seed)
+        print(f"manifest: {args.out} ({len(references)} models)")
+        return 0
+    if not 1 <= len(args.files) <= 2:
+        raise ConformanceError("'manifest diff' takes BASE and optionally NEW", hint="conformance manifest diff base.json [new.json]")
+    base = load_manifest(args.files[0])
+    new = load_manifest(args.files[1]) if len(args.files) == 2 else build_manifest(list(base["models"]), seed=base["seed"])
+    changes = diff_manifests(base, new)
+    moved = {k: (base["versions"].get(k), new["versions"].get(k)) for k in ("torch", "torchvision", "timm") if base["versions"].get(k) != new["versions"].get(k)}
+    if moved:
+        print("versions: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items()))
+    if changes:
+        print(pd.DataFrame(changes).to_string(index=False, max_colwidth=90))
+    print(f"{len(changes)} difference(s) in {len(base['models'])} models")
+    return 1 if changes else 0
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         for reference in list_models(zoo=args.zoo):
@@ -392,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
-                    "baseline": _command_baseline, "merge": _command_merge, "diff": _command_diff, "list": _command_list}
+                    "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
