@@ -181,13 +181,19 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _located(path: str | Path, name: str, what: str) -> Path:
+    """``path`` itself, or ``path/name`` for a directory; an error naming ``what`` when missing."""
+    path = Path(path)
+    path = path / name if path.is_dir() else path
+    if not path.exists():
+        stem = name.split(".")[0]
+        raise ConformanceError(f"no {what} at {path}", hint=f"give the command's --out directory, its {stem}.csv or {stem}.json")
+    return path
+
+
 def load_results(path: str | Path) -> pd.DataFrame:
     """Rows from a results directory, ``results.csv`` or ``results.json``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_CSV
-    if not path.exists():
-        raise ConformanceError(f"no results at {path}", hint="give a run's --out directory, its results.csv or results.json")
+    path = _located(path, RESULTS_CSV, "results")
     if path.suffix == ".json":
         frame = pd.DataFrame(json.loads(path.read_text())["rows"])
     else:
@@ -199,11 +205,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
 def load_bench(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cost rows and timing samples from a bench directory, its ``bench.csv`` or ``bench.json``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / BENCH_CSV
-    if not path.exists():
-        raise ConformanceError(f"no bench results at {path}", hint="give a bench's --out directory, its bench.csv or bench.json")
+    path = _located(path, BENCH_CSV, "bench results")
     if path.suffix == ".json":
         document = json.loads(path.read_text())
         rows, samples = pd.DataFrame(document["rows"], columns=BENCH_COLUMNS), pd.DataFrame(document["samples"], columns=SAMPLE_COLUMNS)

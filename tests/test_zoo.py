@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,14 @@ def test_fx_tracing_counts_a_batch_in_timm_batchnorm():
     status, diagnosis, detail = got[("fx", "model_untouched", "*")]
     assert (status, diagnosis) == ("fail", "model_changed") and "num_batches_tracked" in detail
     assert got[("timm", "model_untouched", "*")][:2] == ("pass", "")
+
+
+def test_the_quick_run_has_no_regression_against_the_committed_baseline(tmp_path):
+    """A dependency bump that breaks extraction fails CI here, with the diff as the message."""
+    from test_cli import conformance
+
+    baseline = Path(__file__).parent.parent / "reports" / "baselines" / "quick-fast.json"
+    run = conformance("run", "--checks", "fast", "--out", str(tmp_path / "quick"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = conformance("diff", str(baseline), str(tmp_path / "quick"))
+    assert result.returncode == 0, result.stdout[-4000:]
