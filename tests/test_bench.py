@@ -107,7 +107,7 @@ def test_every_metric_finds_its_planted_cost(planted):
     value = rows["value"]
     assert (rows["status"] == "ok").all(), rows[rows["status"] != "ok"]
     assert rows.loc[("hooks+clone", "overhead"), "ci_high"] < 1.3
-    assert value[("twice", "overhead")] > 1.6 and value[("twice", "floor_ratio")] > 1.6
+    assert value[("twice", "overhead")] > 1.4 and value[("twice", "floor_ratio")] > 1.4  # about 2 and 2.2
     assert value[("twice", "rank")] > value[("hooks+clone", "rank")]
     assert value[("slow_build", "build_time")] >= costly.BUILD_SLEEP > 10 * value[("hooks+clone", "build_time")]
     assert value[("hoarder", "retained_memory")] >= 0.9 * costly.HOARD_BYTES > 10 * abs(value[("hooks+clone", "retained_memory")])
