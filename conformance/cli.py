@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import secrets
 import sys
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--cell-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one model-strategy unit")
     run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
     run_.add_argument("--shard", default=None, metavar="K/N", help="run the K-th of N deterministic slices of the models (merge them with 'conformance merge')")
+    run_.add_argument("--jobs", type=int, default=1, metavar="N", help="run the models in N processes, their shards merged into --out")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
 
@@ -205,6 +207,8 @@ def _command_run(args: argparse.Namespace) -> int:
         if layer.startswith("@") and layer not in LAYER_SETS:
             raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
 
+    if args.jobs > 1:
+        return _run_in_processes(args, references, strategies, checks)
     out, metadata = _start(args)
     metadata["shard"] = args.shard
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
@@ -225,13 +229,19 @@ def _command_run(args: argparse.Namespace) -> int:
             return 130
     split = timings.split()
     frame = writer.finish(extra={"timings": split})
+    _summarise_run(out, frame, metadata, split)
+    return 0
+
+
+def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[str, float]) -> None:
+    """Write ``summary.md`` and print the capability matrix and the status counts."""
     text = summary_table(frame).to_string()
     matrix = capability_matrix(frame).to_string()
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
-        f"{len(frame)} rows, {frame['model'].nunique()} models, device {args.device}, "
+        f"{len(frame)} rows, {frame['model'].nunique()} models, device {metadata['device']}, "
         f"torch {metadata['versions']['torch']}, torchvision {metadata['versions']['torchvision']}, timm {metadata['versions']['timm']}\n\n"
         f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
         f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
@@ -241,6 +251,46 @@ def _command_run(args: argparse.Namespace) -> int:
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
+
+
+def _run_in_processes(args: argparse.Namespace, references: list[str], strategies: list[str], checks: list[str]) -> int:
+    """``--jobs N``: N worker processes, each running every N-th model into ``OUT/shards/K``, merged into ``OUT``."""
+    import shutil
+    import subprocess
+    import time
+
+    from .results import RESULTS_CSV, merge_runs
+
+    if args.resume:
+        raise ConformanceError("--jobs cannot --resume", hint="resume without --jobs, or start again with --overwrite")
+    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if (out / RESULTS_CSV).exists() and not args.overwrite:
+        raise ConformanceError(f"{out / RESULTS_CSV} already holds results", hint="pass --overwrite to replace it, or another --out")
+    jobs = min(args.jobs, len(references))
+    threads = max(1, (args.threads or torch.get_num_threads()) // jobs)
+    options = ["--layers", *args.layers, "--strategies", *strategies, "--checks", *checks, "--device", args.device, "--seed", str(args.seed),
+               "--threads", str(threads), "--cell-timeout", str(args.cell_timeout), *(["--include-big"] if args.include_big else []),
+               *(["--input-shape", args.input_shape] if args.input_shape else [])]
+    shards = out / "shards"
+    shutil.rmtree(shards, ignore_errors=True)
+    shards.mkdir(parents=True)
+    started = time.perf_counter()
+    workers = []
+    for index in range(jobs):
+        models = [item for reference in sorted(references)[index::jobs] for item in ("--model", reference)]
+        with (shards / f"{index + 1}.log").open("w") as log:
+            workers.append(subprocess.Popen([sys.executable, "-m", "conformance", "run", *models, *options, "--out", str(shards / str(index + 1))],
+                                            stdout=log, stderr=subprocess.STDOUT))
+    print(f"{jobs} worker processes, {threads} torch threads each; logs in {shards}", file=sys.stderr)
+    failed = [index + 1 for index, worker in enumerate(workers) if worker.wait() != 0]
+    if failed:
+        raise ConformanceError(f"worker(s) {', '.join(map(str, failed))} failed", hint=f"see {shards}/<worker>.log; finished shards stay in {shards}")
+    for name in (RESULTS_CSV, "results.json", "run.json"):
+        (out / name).unlink(missing_ok=True)
+    frame = merge_runs([shards / str(index + 1) for index in range(jobs)], out=out)
+    metadata = json.loads((out / "run.json").read_text())
+    metadata["command"] = ["conformance", *sys.argv[1:]]
+    _summarise_run(out, frame, metadata, {"total": time.perf_counter() - started})
     return 0
 
 

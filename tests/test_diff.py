@@ -115,3 +115,15 @@ def test_shards_cover_the_models_once_and_merge_into_one_run(tmp_path):
     assert conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"), "--out", str(tmp_path / "mixed"), "--force").returncode == 0
     bad = conformance("run", *common, "--shard", "3/2", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "K/N" in bad.stderr
+
+
+def test_jobs_run_the_models_in_processes_and_give_the_rows_of_a_serial_run(tmp_path):
+    common = [arg for name in ("plain", "reused_module", "inplace_after_tap") for arg in ("--model", f"{PITFALLS}:{name}")]
+    common += ["--strategies", "hooks", "fx", "--checks", "fast"]
+    assert conformance("run", *common, "--out", str(tmp_path / "serial")).returncode == 0
+    parallel = conformance("run", *common, "--jobs", "2", "--out", str(tmp_path / "parallel"))
+    assert parallel.returncode == 0, parallel.stderr
+    key = ["model", "strategy", "layer", "check", "status", "diagnosis"]
+    serial_rows, parallel_rows = (pd.read_csv(tmp_path / d / "results.csv", keep_default_na=False)[key] for d in ("serial", "parallel"))
+    assert sorted(map(tuple, serial_rows.values)) == sorted(map(tuple, parallel_rows.values))
+    assert len(list((tmp_path / "parallel" / "shards").glob("*.log"))) == 2 and (tmp_path / "parallel" / "summary.md").exists()
