@@ -66,6 +66,7 @@ __all__ = [
     "measure_costs",
     "median_interval",
     "summarise_timing",
+    "tie_ranks",
     "timing_lock",
 ]
 
@@ -176,15 +177,28 @@ def summarise_timing(samples: dict[str, list[float]]) -> list[dict]:
             rows.append(_row(name, metric, median, low=low, high=high, rounds=len(samples[name]), detail=f"paired with {reference} round by round"))
             if metric == "overhead":
                 overhead[name] = (median, low, high)
-    leader, rank = None, 0
-    for position, name in enumerate(sorted(strategies, key=lambda n: overhead[n][0]), start=1):
-        if leader is not None and overhead[name][1] <= overhead[leader][2]:
-            rows.append(_row(name, "rank", rank, rounds=len(samples[name]),
-                             detail=f"indistinguishable from {leader}: overhead intervals overlap"))
+    for name, rank, leader in tie_ranks(overhead):
+        detail = f"indistinguishable from {leader}: overhead intervals overlap" if leader else ""
+        rows.append(_row(name, "rank", rank, rounds=len(samples[name]), detail=detail))
+    return rows
+
+
+def tie_ranks(intervals: dict[str, tuple[float, float, float]]) -> list[tuple[str, int, str | None]]:
+    """``(name, rank, leader)`` by ascending median, from ``name: (median, low, high)``.
+
+    A name whose interval overlaps that of the leader of its group shares the leader's rank
+    (``leader`` names it; ``None`` for a leader): no order is claimed between them. Missing
+    medians come last.
+    """
+    ordered = sorted(intervals, key=lambda n: (math.isnan(intervals[n][0]), intervals[n][0]))
+    ranked, leader, rank = [], None, 0
+    for position, name in enumerate(ordered, start=1):
+        if leader is not None and intervals[name][1] <= intervals[leader][2]:
+            ranked.append((name, rank, leader))
             continue
         leader, rank = name, position
-        rows.append(_row(name, "rank", rank, rounds=len(samples[name])))
-    return rows
+        ranked.append((name, rank, None))
+    return ranked
 
 
 def _row(strategy: str, metric: str, value: float, *, low: float = math.nan, high: float = math.nan, iqr: float = math.nan,

@@ -1,8 +1,8 @@
 """Which strategy to use for one model and one layer request, with the evidence behind it.
 
 A strategy is eligible when it passes every required check (``values`` and the ``needs``)
-on every requested layer; eligible ones are ordered by measured overhead, and one whose
-interval overlaps the one before it is marked as indistinguishable. The others are listed
+on every requested layer; eligible ones are ordered by measured overhead and ranked as the
+bench ranks them (:func:`~conformance.bench.tie_ranks`: overlapping intervals share a rank). The others are listed
 with the reason they are excluded. Everything comes from conformance rows and bench rows.
 
 Example::
@@ -16,6 +16,8 @@ import math
 from typing import Sequence
 
 import pandas as pd
+
+from .bench import tie_ranks
 
 __all__ = ["recommend"]
 
@@ -60,9 +62,7 @@ def recommend(results: pd.DataFrame, costs: pd.DataFrame, *, model: str, layers:
             "also fails": ", ".join(other_failures),
         })
     table = pd.DataFrame(eligible, columns=["strategy", "overhead", "ci_low", "ci_high", "floor_ratio", "peak MiB", "passes", "also fails"])
-    table = table.sort_values("overhead", na_position="last", kind="stable").reset_index(drop=True)
-    table.insert(0, "rank", range(1, len(table) + 1))
-    for position in range(1, len(table)):  # overlapping intervals: no order claimed
-        if table.loc[position, "ci_low"] <= table.loc[position - 1, "ci_high"]:
-            table.loc[position, "rank"] = table.loc[position - 1, "rank"]
+    ranked = tie_ranks({row.strategy: (row.overhead, row.ci_low, row.ci_high) for row in table.itertuples()})
+    table = table.set_index("strategy").loc[[name for name, _, _ in ranked]].reset_index()
+    table.insert(0, "rank", [rank for _, rank, _ in ranked])
     return table, pd.DataFrame(excluded, columns=["strategy", "why"])

@@ -115,15 +115,18 @@ def cost_tables(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame,
         def get(strategy: str, metric: str, column: str = "value") -> float:
             return float(value[column].get((strategy, metric), math.nan))
 
+        leaders: dict[float, str] = {}  # the first strategy of each rank leads its group
+        for strategy in order[2:]:
+            leaders.setdefault(get(strategy, "rank"), strategy)
         lines = []
         for strategy in order:
             if (strategy, "latency") not in value.index:
                 continue
-            tie = str(value["detail"].get((strategy, "rank"), ""))
+            leader = leaders.get(get(strategy, "rank"), strategy)
             lines.append({
                 "rank": "" if math.isnan(get(strategy, "rank")) else f"{get(strategy, 'rank'):.0f}",
                 "strategy": strategy,
-                "same as": tie.split(":")[0].removeprefix("indistinguishable from ") if tie.startswith("indistinguishable") else "",
+                "same as": "" if leader == strategy else leader,
                 "latency ms": _scaled(get(strategy, "latency"), 1e-3, 2),
                 "IQR ms": _scaled(get(strategy, "latency", "iqr"), 1e-3, 2),
                 "overhead [95% CI]": _interval(get(strategy, "overhead"), get(strategy, "overhead", "ci_low"), get(strategy, "overhead", "ci_high")),
