@@ -499,8 +499,9 @@ def measure_costs(
             contestant.close()
     for row in rows:
         row["threads"] = threads
+    calls = {c.name: c.calls_per_block for c in contestants}
     samples_frame = pd.DataFrame(
-        [{"strategy": name, "round": index, "seconds": value, "calls": next(c.calls_per_block for c in contestants if c.name == name)}
+        [{"strategy": name, "round": index, "seconds": value, "calls": calls[name]}
          for name, values in samples.items() for index, value in enumerate(values)]
     )
     return BenchCosts(rows=pd.DataFrame(rows), samples=samples_frame)

@@ -179,11 +179,15 @@ def _check_device(device: str) -> None:
         raise ConformanceError(f"--device {device}: CUDA is not available here", hint=f"torch {torch.__version__} sees no GPU; run with --device cpu")
 
 
+def _out_dir(args: argparse.Namespace) -> Path:
+    return args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def _start(args: argparse.Namespace) -> tuple[Path, dict]:
     """Seed and threads fixed; the output directory and the run metadata."""
     threads = args.threads or torch.get_num_threads()
     make_deterministic(seed=args.seed, threads=threads)
-    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = _out_dir(args)
     metadata = run_metadata(device=args.device, command=["conformance", *sys.argv[1:]], seed=args.seed, threads=threads)
     metadata["run_id"] = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     return out, metadata
@@ -263,7 +267,7 @@ def _run_in_processes(args: argparse.Namespace, references: list[str], strategie
 
     if args.resume:
         raise ConformanceError("--jobs cannot --resume", hint="resume without --jobs, or start again with --overwrite")
-    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = _out_dir(args)
     if (out / RESULTS_CSV).exists() and not args.overwrite:
         raise ConformanceError(f"{out / RESULTS_CSV} already holds results", hint="pass --overwrite to replace it, or another --out")
     jobs = min(args.jobs, len(references))

@@ -30,7 +30,7 @@ import torch
 from .checks import tolerance
 from .errors import ConformanceError
 from .reports import markdown_table
-from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RUN_JSON, _json_rows, load_bench, load_results
+from .results import BENCH_CSV, RESULTS_CSV, _json_rows, load_bench, load_results, read_metadata
 
 __all__ = ["Diff", "Threshold", "diff", "load_side", "markdown", "parse_fail_on", "save_baseline"]
 
@@ -117,12 +117,8 @@ def load_side(path: str | Path) -> Side:
         raise ConformanceError(f"no results or baseline at {path}", hint="give a baseline file ('conformance baseline save') or a run directory")
     results = load_results(path) if (path / RESULTS_CSV).exists() else pd.DataFrame(columns=_RESULT_FIELDS)
     bench = load_bench(path)[0] if (path / BENCH_CSV).exists() else pd.DataFrame()
-    metadata = {}
-    for name in (RUN_JSON, BENCH_JSON):
-        if (path / name).exists():
-            metadata = {k: v for k, v in json.loads((path / name).read_text()).items() if k not in ("rows", "samples")}
-            break
-    return Side(results, bench, metadata)
+    documents = read_metadata(path)
+    return Side(results, bench, documents[0][1] if documents else {})
 
 
 def _change(kind: str, key: dict, base: str, new: str, detail: str, regression: bool) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import pandas as pd
 from .bench import FLOOR, FORWARD
 from .errors import ConformanceError
 from .reports import capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, markdown_table, model_verdicts
-from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results
+from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results, read_metadata
 
 __all__ = ["Sources", "load_sources", "write_report"]
 
@@ -58,11 +57,7 @@ def load_sources(paths: Sequence[str | Path]) -> Sources:
             results.append(load_results(directory))
         if has_bench:
             bench.append(load_bench(directory)[0])
-        for name in (RUN_JSON, BENCH_JSON):
-            if (directory / name).exists():
-                document = json.loads((directory / name).read_text())
-                document.pop("rows", None), document.pop("samples", None)
-                metadata.append((directory / name, document))
+        metadata += read_metadata(directory)
     concat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
     return Sources(directories, concat(results), concat(bench), metadata)
 

@@ -25,7 +25,7 @@ import pandas as pd
 from .checks import CheckResult
 from .errors import ConformanceError
 
-__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs", "summary_table"]
+__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs", "read_metadata", "summary_table"]
 
 COLUMNS = (
     "run_id", "model", "family", "strategy", "layer", "check", "status", "diagnosis", "detail",
@@ -189,6 +189,16 @@ def _located(path: str | Path, name: str, what: str) -> Path:
         stem = name.split(".")[0]
         raise ConformanceError(f"no {what} at {path}", hint=f"give the command's --out directory, its {stem}.csv or {stem}.json")
     return path
+
+
+def read_metadata(directory: Path) -> list[tuple[Path, dict]]:
+    """The run metadata of a directory: ``run.json`` and ``bench.json`` where present, without their rows."""
+    documents = []
+    for name in (RUN_JSON, BENCH_JSON):
+        document = _read_json(directory / name)
+        if document is not None:
+            documents.append((directory / name, {k: v for k, v in document.items() if k not in ("rows", "samples")}))
+    return documents
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
