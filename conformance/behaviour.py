@@ -109,13 +109,13 @@ def _judge(check: str, layer: str, features: Mapping[str, Any], truth: Any, *, c
     comparison = compare(features[layer], truth, scale=scale)
     if comparison.close:
         return CheckResult(check, layer, "pass", "", f"{context}: equals the truth", max_abs_err=comparison.max_abs_err,
-                           max_rel_err=comparison.max_rel_err, bitwise=comparison.bitwise)
+                           scale=comparison.scale, bitwise=comparison.bitwise)
     diagnosis = f"{comparison.mismatch}_mismatch" if comparison.mismatch else "wrong_values"
     detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
     if previous is not None and compare(features[layer], previous).close:
         diagnosis, detail = "stale", "holds the value for the input given before"
     return CheckResult(check, layer, "fail", diagnosis, f"{context}: {detail}", max_abs_err=comparison.max_abs_err,
-                       max_rel_err=comparison.max_rel_err, bitwise=False)
+                       scale=comparison.scale, bitwise=False)
 
 
 def _per_layer(check: str, probe: Probe, judge: Callable[[str], CheckResult], *, trusted_only: bool = True) -> list[CheckResult]:
@@ -145,10 +145,10 @@ def _request_verdict(check: str, probe: Probe, features: Mapping[str, Any], *, c
         shown = "; ".join(f"{row.layer}: {row.detail.removeprefix(context + ': ')}" for row in failed[:4])
         more = f"; and {len(failed) - 4} more" if len(failed) > 4 else ""
         detail = "; ".join(filter(None, [f"{context}: {len(failed)} of {len(verdicts)} layers wrong: {shown}{more}", *notes, left_out]))
-        return [CheckResult(check, ALL_LAYERS, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err)]
-    errors = [row.max_abs_err for row in verdicts if row.max_abs_err is not None]
+        return [CheckResult(check, ALL_LAYERS, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err, scale=failed[0].scale)]
+    worst = max((row for row in verdicts if row.max_abs_err is not None and row.scale), key=lambda row: row.max_abs_err / row.scale, default=None)
     detail = "; ".join(filter(None, [f"{context}: all {len(verdicts)} layers equal the truth", *notes, left_out]))
-    return [CheckResult(check, ALL_LAYERS, "pass", "", detail, max_abs_err=max(errors) if errors else None,
+    return [CheckResult(check, ALL_LAYERS, "pass", "", detail, max_abs_err=worst.max_abs_err if worst else None, scale=worst.scale if worst else None,
                         bitwise=all(row.bitwise for row in verdicts) if verdicts else None)]
 
 
@@ -188,7 +188,7 @@ def check_set_independence(probe: Probe) -> list[CheckResult]:
         comparison = compare(alone[layer], probe.together[layer])
         if comparison.close:
             return CheckResult(check, layer, "pass", "", f"the same alone as with the {others} other layers",
-                               max_abs_err=comparison.max_abs_err, bitwise=comparison.bitwise)
+                               max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise)
         truth = probe.truth.layers[layer].value
 
         def right(value: Any) -> str:
@@ -196,7 +196,7 @@ def check_set_independence(probe: Probe) -> list[CheckResult]:
 
         return CheckResult(check, layer, "fail", "depends_on_request",
                            f"alone: {right(alone[layer])}; with the {others} other layers: {right(probe.together[layer])}",
-                           max_abs_err=comparison.max_abs_err, bitwise=False)
+                           max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=False)
 
     return _per_layer(check, probe, judge, trusted_only=False)
 
@@ -233,8 +233,8 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
         failed = [row for row in (train_row, eval_row) if row.status == "fail"]
         detail = f"{train_row.detail}; {eval_row.detail}"
         if failed:
-            return CheckResult(check, layer, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err)
-        return CheckResult(check, layer, "pass", "", detail, max_abs_err=train_row.max_abs_err, bitwise=train_row.bitwise)
+            return CheckResult(check, layer, "fail", failed[0].diagnosis, detail, max_abs_err=failed[0].max_abs_err, scale=failed[0].scale)
+        return CheckResult(check, layer, "pass", "", detail, max_abs_err=train_row.max_abs_err, scale=train_row.scale, bitwise=train_row.bitwise)
 
     return _per_layer(check, probe, judge)
 

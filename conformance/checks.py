@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -52,7 +53,7 @@ class CheckResult:
     diagnosis: str = ""
     detail: str = ""
     max_abs_err: float | None = None
-    max_rel_err: float | None = None
+    scale: float | None = None  # RMS of the true value: max_abs_err / scale is the error in the feature's units
     bitwise: bool | None = None
 
 
@@ -106,7 +107,7 @@ class Comparison:
     close: bool
     bitwise: bool
     max_abs_err: float | None = None
-    max_rel_err: float | None = None
+    scale: float | None = None  # RMS of the expected value's floating-point leaves
     mismatch: str = ""  # "structure" or "shape" when the values cannot be compared element-wise
     detail: str = ""
 
@@ -128,7 +129,8 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
     if actual_spec != expected_spec:
         return Comparison(False, False, mismatch="structure", detail=f"got {_describe(actual)}, expected {_describe(expected)}")
     close = bitwise = True
-    max_abs = max_rel = 0.0
+    max_abs = squares = 0.0
+    count = 0
     for got, want in zip(actual_leaves, expected_leaves):
         if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
             same = type(got) is type(want) and got == want
@@ -143,14 +145,16 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
         if not want.is_floating_point():
             close = close and torch.equal(got, want)
             continue
-        diff = (got.double() - want.double()).abs()
+        want64 = want.double()
+        diff = (got.double() - want64).abs()
         if diff.numel():
             max_abs = max(max_abs, diff.max().item())
-            max_rel = max(max_rel, (diff / want.double().abs().clamp_min(1e-12)).max().item())
+            squares += want64.square().sum().item()
+            count += want64.numel()
         rtol, atol = tolerance(want.dtype, want.device)
         rtol, atol = rtol * scale, atol * scale
         close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
-    return Comparison(close, bitwise, max_abs, max_rel)
+    return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)
 
 
 def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,7 +238,7 @@ def check_values(ctx: CheckContext) -> list[CheckResult]:
         comparison = compare(value, truth.value)
         row = CheckResult(
             "values", layer, "pass" if comparison.close else "fail",
-            max_abs_err=comparison.max_abs_err, max_rel_err=comparison.max_rel_err, bitwise=comparison.bitwise,
+            max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise,
         )
         if not comparison.close:
             diagnosis, why = _diagnose_shape(value, truth.value) if comparison.mismatch == "shape" else ("", "")
@@ -307,7 +311,7 @@ def check_model_output(ctx: CheckContext) -> list[CheckResult]:
             problems.append(f"the returned output differs ({returned.detail or f'max abs err {returned.max_abs_err:.3g}'})")
     detail = "; ".join(problems) or ("output returned and equal" if ctx.returned_output is not None else "no output returned; model unaffected")
     return [CheckResult("model_output", ALL_LAYERS, "fail" if problems else "pass", "output_changed" if problems else "", detail,
-                        max_abs_err=attached.max_abs_err)]
+                        max_abs_err=attached.max_abs_err, scale=attached.scale)]
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -350,7 +354,7 @@ def check_repeatable(ctx: CheckContext) -> list[CheckResult]:
         if again.close:
             how = "bitwise" if again.bitwise else "within tolerance"
             results.append(CheckResult("repeatable", layer, "pass", "", f"the third call equals the first ({how})",
-                                       max_abs_err=again.max_abs_err, bitwise=again.bitwise))
+                                       max_abs_err=again.max_abs_err, scale=again.scale, bitwise=again.bitwise))
             continue
         current = ctx.truth.layers[layer].value
         stale = current is not None and compare(ctx.repeat_features[layer], current).close
@@ -358,7 +362,7 @@ def check_repeatable(ctx: CheckContext) -> list[CheckResult]:
             "repeatable", layer, "fail", "stale" if stale else "not_repeatable",
             "the third call, on the first call's input, " + ("holds the second input's value" if stale else
                                                              f"differs from the first ({again.detail or f'max abs err {again.max_abs_err:.3g}'})"),
-            max_abs_err=again.max_abs_err, bitwise=False,
+            max_abs_err=again.max_abs_err, scale=again.scale, bitwise=False,
         ))
     return results
 

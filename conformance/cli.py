@@ -11,6 +11,7 @@
     conformance diff baselines/r18.json runs/r18-new --fail-on overhead:10% --markdown diff.md
     conformance manifest save --zoo quick --out reports/manifests/quick.json
     conformance manifest diff reports/manifests/quick.json              # against the installed versions
+    conformance manifest noise                        # float noise across simulated machines, against the bound
     conformance list models|layers MODEL|strategies|checks
 
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
@@ -151,12 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     diff_.add_argument("--markdown", type=Path, default=None, help="also write the diff as Markdown (a pull-request comment)")
 
     manifest = commands.add_parser("manifest", help="golden manifests: module paths, FX nodes, feature_info, feature shapes and fingerprints")
-    manifest.add_argument("action", choices=("save", "diff"))
+    manifest.add_argument("action", choices=("save", "diff", "noise"),
+                          help="save a manifest; diff two (or one against the installed versions); measure float noise across simulated machines")
     manifest.add_argument("files", nargs="*", type=Path, help="diff: BASE [NEW]; without NEW, BASE's models are taken again under the installed versions")
-    manifest.add_argument("--model", action="append", metavar="REF", help="save: the models (repeatable; default the --zoo)")
-    manifest.add_argument("--zoo", default="quick", help="save: quick (default), torchvision, timm or all")
-    manifest.add_argument("--out", type=Path, default=None, help="save: the manifest file")
+    manifest.add_argument("--model", action="append", metavar="REF", help="save, noise: the models (repeatable; default the --zoo)")
+    manifest.add_argument("--zoo", default="quick", help="save, noise: quick (default), torchvision, timm or all")
+    manifest.add_argument("--out", type=Path, default=None, help="save: the manifest file; noise: a directory for the manifests taken (default a temporary one)")
     manifest.add_argument("--seed", type=int, default=0)
+    manifest.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -432,26 +435,47 @@ def _command_diff(args: argparse.Namespace) -> int:
 def _command_manifest(args: argparse.Namespace) -> int:
     from .manifest import build_manifest, diff_manifests, load_manifest, save_manifest
 
-    make_deterministic(seed=args.seed, threads=torch.get_num_threads())
+    make_deterministic(seed=args.seed, threads=args.threads or torch.get_num_threads())
+    if args.action in ("save", "noise") and args.files:
+        raise ConformanceError(f"'manifest {args.action}' takes no positional files", hint="conformance manifest save --zoo quick --out manifests/quick.json")
+    references = args.model or list_models(zoo=args.zoo)
     if args.action == "save":
-        if args.out is None or args.files:
-            raise ConformanceError("'manifest save' takes --out FILE and no positional files", hint="conformance manifest save --zoo quick --out manifests/quick.json")
-        references = args.model or list_models(zoo=args.zoo)
+        if args.out is None:
+            raise ConformanceError("'manifest save' needs --out FILE", hint="conformance manifest save --zoo quick --out manifests/quick.json")
         save_manifest(references=references, out=args.out, seed=args.seed)
         print(f"manifest: {args.out} ({len(references)} models)")
         return 0
+    if args.action == "noise":
+        return _manifest_noise(references, seed=args.seed, out=args.out)
     if not 1 <= len(args.files) <= 2:
         raise ConformanceError("'manifest diff' takes BASE and optionally NEW", hint="conformance manifest diff base.json [new.json]")
     base = load_manifest(args.files[0])
     new = load_manifest(args.files[1]) if len(args.files) == 2 else build_manifest(list(base["models"]), seed=base["seed"])
-    changes = diff_manifests(base, new)
-    moved = {k: (base["versions"].get(k), new["versions"].get(k)) for k in ("torch", "torchvision", "timm") if base["versions"].get(k) != new["versions"].get(k)}
-    if moved:
-        print("versions: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in moved.items()))
-    if changes:
-        print(pd.DataFrame(changes).to_string(index=False, max_colwidth=90))
-    print(f"{len(changes)} difference(s) in {len(base['models'])} models")
-    return 1 if changes else 0
+    result = diff_manifests(base, new)
+    for note in result.notes:
+        print(note)
+    if result.changes:
+        print(pd.DataFrame(result.changes).to_string(index=False, max_colwidth=90))
+    print(f"{len(result.changes)} difference(s) in {len(base['models'])} models")
+    return 1 if result.changes else 0
+
+
+def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> int:
+    """``manifest noise``: the fingerprints' float noise across simulated machines, against the bound."""
+    import tempfile
+
+    from .fingerprints import NOISE_BOUND
+    from .noise import SIMULATED_MACHINES, measure_noise
+
+    with tempfile.TemporaryDirectory() as scratch:
+        print(f"taking the manifest of {len(references)} models on this machine and {len(SIMULATED_MACHINES)} simulated ones", file=sys.stderr)
+        frame = measure_noise(references=references, seed=seed, workdir=out or Path(scratch))
+    shown = frame.assign(largest=frame["largest"].map("{:.2g}".format), of_bound=frame["of_bound"].map("{:.2f}".format))
+    print(shown.to_string(index=False))
+    print(f"\nlargest deviation in units of rms * sqrt(elements summed); the bound is {NOISE_BOUND:g} (conformance/fingerprints.py)")
+    flagged = int((frame["changes"] > 0).sum())
+    print(f"{flagged} simulated machine(s) with differences a diff would report" if flagged else "every simulated machine stays within the bound")
+    return 1 if flagged else 0
 
 
 def _command_list(args: argparse.Namespace) -> int:

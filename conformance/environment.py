@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["run_metadata"]
+__all__ = ["environment_changes", "run_metadata"]
 
 _PACKAGES = ("torch", "torchvision", "timm", "torchextractor", "pandas")
 
@@ -61,6 +61,7 @@ def run_metadata(*, device: str, command: list[str], seed: int, threads: int) ->
             "release": platform.release(),
             "machine": platform.machine(),
             "cpu": _cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(),
             "torch_threads": threads,
             "python_executable": sys.executable,
@@ -69,3 +70,20 @@ def run_metadata(*, device: str, command: list[str], seed: int, threads: int) ->
         },
         "commit_info": _commit_info(),
     }
+
+
+_MACHINE_KEYS = ("cpu", "cpu_capability", "cpu_count", "torch_threads", "gpu")
+_COMPARED_PACKAGES = ("torch", "torchvision", "timm", "torchextractor")
+
+
+def environment_changes(base: dict, new: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """How two documents' machines and package versions differ: ``{key: (base, new)}`` each.
+
+    Machine keys are compared where both sides record them (older files lack some).
+    """
+    machines = [document.get("machine_info") or {} for document in (base, new)]
+    machine = {key: (machines[0][key], machines[1][key]) for key in _MACHINE_KEYS
+               if key in machines[0] and key in machines[1] and machines[0][key] != machines[1][key]}
+    versions = [document.get("versions") or {} for document in (base, new)]
+    moved = {key: (versions[0].get(key), versions[1].get(key)) for key in _COMPARED_PACKAGES if versions[0].get(key) != versions[1].get(key)}
+    return machine, moved

@@ -1,36 +1,41 @@
 """Golden manifests: what a model looks like to feature extraction, under the pinned versions.
 
 A manifest records, per model: module paths, FX node names (``get_graph_node_names`` in
-train and eval), timm ``feature_info`` (module, channels, reduction), the feature shapes of
-each layer set, and a fingerprint of the feature values (sum and norm in float64 at a fixed
-seed). It is a small JSON text file, reviewed in pull requests; :func:`diff_manifests` lists
-what an upgrade changed, with removed and added names paired into likely renames.
+train and eval), timm ``feature_info`` (module, channels, reduction), the layers of each
+layer set, and a fingerprint of every feature at a fixed seed (:mod:`.fingerprints`: shape,
+dtype, sum, norm and a sketch judged against the feature's scale). It also records the
+versions and the machine it was taken on. It is one JSON text file, reviewed in pull
+requests; :func:`diff_manifests` lists what an upgrade changed, with removed and added names
+paired into likely renames, and leaves out value differences within float noise.
 
 Example::
 
     >>> save_manifest(references=["torchvision:resnet18"], out=Path("manifests/quick.json"))
-    >>> diff_manifests(load_manifest("manifests/quick.json"), build_manifest(["torchvision:resnet18"]))
+    >>> diff_manifests(load_manifest("manifests/quick.json"), build_manifest(["torchvision:resnet18"])).changes
+    []
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from .environment import run_metadata
+from .environment import environment_changes, run_metadata
 from .errors import ConformanceError
+from .fingerprints import NOISE_BOUND, compare_fingerprints, fingerprint
 from .layers import LAYER_SETS, resolve_layers
 from .oracle import capture
+from .results import read_document, write_document
 from .zoo import build_model, resolve_model
 
-__all__ = ["build_manifest", "diff_manifests", "load_manifest", "save_manifest"]
+__all__ = ["ManifestDiff", "build_manifest", "diff_manifests", "load_manifest", "save_manifest"]
 
-FORMAT = "feature-conformance-manifest/1"
-FINGERPRINT_RTOL = 1e-4  # float64 sums of float32 features: CPUs differ in the last bits
+FORMAT = "feature-conformance-manifest/2"
 
 
 def _node_names(model: torch.nn.Module) -> dict[str, list[str] | str]:
@@ -43,55 +48,49 @@ def _node_names(model: torch.nn.Module) -> dict[str, list[str] | str]:
     return {"train": train, "eval": evaluation}
 
 
-def _fingerprint(value: Any) -> dict:
-    if not isinstance(value, torch.Tensor):
-        return {"type": type(value).__name__}
-    as_double = value.detach().double()
-    return {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
-            "sum": float(as_double.sum()), "norm": float(as_double.norm())}
-
-
 def _model_manifest(reference: str, *, seed: int) -> dict:
     spec = resolve_model(reference)
     model = build_model(spec=spec, seed=seed)
     info = getattr(model, "feature_info", None)
-    entry: dict[str, Any] = {
+    layer_sets = {layer_set: resolve_layers(model, spec, [layer_set]) for layer_set in LAYER_SETS}
+    x = torch.randn(*spec.input_shape, generator=torch.Generator().manual_seed(seed))
+    truth = capture(model, x, layers=list(dict.fromkeys(layer for layers in layer_sets.values() for layer in layers)))
+    ran = {layer for layer, record in truth.layers.items() if record.calls}
+    return {
         "input_shape": list(spec.input_shape),
         "modules": [name for name, _ in model.named_modules() if name],
         "fx_nodes": _node_names(model),
         "feature_info": [{"module": i["module"], "channels": i["num_chs"], "reduction": i["reduction"]} for i in info] if info else None,
-        "layer_sets": {},
+        "layer_sets": {layer_set: [layer for layer in layers if layer in ran] for layer_set, layers in layer_sets.items()},
+        "features": {layer: fingerprint(record.value) for layer, record in truth.layers.items() if record.calls},
     }
-    x = torch.randn(*spec.input_shape, generator=torch.Generator().manual_seed(seed))
-    for layer_set in LAYER_SETS:
-        layers = resolve_layers(model, spec, [layer_set])
-        truth = capture(model, x, layers=layers)
-        entry["layer_sets"][layer_set] = {layer: _fingerprint(truth.layers[layer].value) for layer in layers if truth.layers[layer].calls}
-    return entry
 
 
 def build_manifest(references: Sequence[str], *, seed: int = 0) -> dict:
-    """The manifest of each model, with the versions it was taken under."""
-    versions = run_metadata(device="cpu", command=[], seed=seed, threads=torch.get_num_threads())["versions"]
-    return {"format": FORMAT, "seed": seed, "versions": versions,
+    """The manifest of each model, with the versions and machine it was taken on."""
+    metadata = run_metadata(device="cpu", command=[], seed=seed, threads=torch.get_num_threads())
+    return {"format": FORMAT, "seed": seed, "versions": metadata["versions"], "machine_info": metadata["machine_info"],
             "models": {reference: _model_manifest(reference, seed=seed) for reference in references}}
 
 
 def save_manifest(*, references: Sequence[str], out: Path, seed: int = 0) -> dict:
+    """Build the manifest of ``references`` and write it to ``out`` (gzip when it ends in ``.gz``)."""
     manifest = build_manifest(references, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_document(out, manifest, sort_keys=True)
     return manifest
 
 
 def load_manifest(path: str | Path) -> dict:
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_document(path)
     except (OSError, ValueError) as exc:
         raise ConformanceError(f"cannot read manifest {path} ({exc})", hint="give a file written by 'conformance manifest save'") from None
-    if manifest.get("format") != FORMAT:
-        raise ConformanceError(f"{path} is not a manifest", hint="give a file written by 'conformance manifest save'")
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        hint = ("it was written by an earlier version: write it again with 'conformance manifest save'" if str(found).startswith("feature-conformance-manifest/")
+                else "give a file written by 'conformance manifest save'")
+        raise ConformanceError(f"{path} is not a {FORMAT} manifest (format: {found})", hint=hint)
     return manifest
 
 
@@ -107,43 +106,90 @@ def _paired(removed: list[str], added: list[str]) -> tuple[list[tuple[str, str]]
     return renames, [a for a in removed if a in left], [b for b in added if b in right]
 
 
+def _change(model: str, what: str, change: str, before: str, after: str, detail: str = "") -> dict:
+    return {"model": model, "what": what, "change": change, "before": before, "after": after, "detail": detail}
+
+
 def _names_diff(model: str, what: str, before: list[str], after: list[str]) -> list[dict]:
     removed = [n for n in before if n not in set(after)]
     added = [n for n in after if n not in set(before)]
     renames, removed, added = _paired(removed, added)
-    return ([{"model": model, "what": what, "change": "renamed", "before": a, "after": b} for a, b in renames]
-            + [{"model": model, "what": what, "change": "removed", "before": a, "after": ""} for a in removed]
-            + [{"model": model, "what": what, "change": "added", "before": "", "after": b} for b in added])
+    return ([_change(model, what, "renamed", a, b) for a, b in renames]
+            + [_change(model, what, "removed", a, "") for a in removed]
+            + [_change(model, what, "added", "", b) for b in added])
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= FINGERPRINT_RTOL * max(abs(a), abs(b), 1e-12)
+def _described(layer: str, entry: dict) -> str:
+    if "sum" not in entry:
+        return f"{layer} {entry.get('type')}"
+    return f"{layer} sum {entry['sum']:.6g} norm {entry['norm']:.6g}"
 
 
-def diff_manifests(base: dict, new: dict) -> list[dict]:
+@dataclass
+class ManifestDiff:
+    """What changed between two manifests, and how far every feature that is not bitwise the
+    same moved, in units of the noise bound (at most 1: float noise, not a change)."""
+
+    changes: list[dict]  # model, what, change, before, after, detail
+    deviations: list[tuple[str, str, float]] = field(default_factory=list)  # (model, layer, deviation / bound)
+    notes: list[str] = field(default_factory=list)  # how the versions and machines of the two sides differ
+
+    @property
+    def within_noise(self) -> list[tuple[str, str, float]]:
+        return [item for item in self.deviations if item[2] <= 1.0]
+
+
+def _feature_changes(model: str, before: dict, after: dict, deviations: list[tuple[str, str, float]]) -> list[dict]:
+    changes = []
+    for layer in [name for name in before if name in after]:
+        x, y = before[layer], after[layer]
+        if (x.get("shape"), x.get("dtype"), x.get("type")) != (y.get("shape"), y.get("dtype"), y.get("type")):
+            changes.append(_change(model, "shape", "changed", f"{layer} {x.get('shape', x.get('type'))} {x.get('dtype', '')}".strip(),
+                                   f"{layer} {y.get('shape', y.get('type'))} {y.get('dtype', '')}".strip()))
+        elif "sketch" in x and x != y:
+            deviation = compare_fingerprints(x, y)
+            deviations.append((model, layer, deviation.ratio))
+            if deviation.changed:
+                changes.append(_change(model, "values", "changed", _described(layer, x), _described(layer, y), deviation.describe()))
+    return changes
+
+
+def diff_manifests(base: dict, new: dict) -> ManifestDiff:
     """Every difference between two manifests: names renamed, removed or added, shapes and
-    fingerprints changed, feature_info changed, models on one side only."""
+    values changed beyond float noise, feature_info changed, models on one side only."""
     changes: list[dict] = []
+    deviations: list[tuple[str, str, float]] = []
     for model in sorted(set(base["models"]) | set(new["models"])):
         if model not in new["models"] or model not in base["models"]:
-            side = "removed" if model not in new["models"] else "added"
-            changes.append({"model": model, "what": "model", "change": side, "before": "", "after": ""})
+            changes.append(_change(model, "model", "removed" if model not in new["models"] else "added", "", ""))
             continue
         a, b = base["models"][model], new["models"][model]
         changes += _names_diff(model, "module", a["modules"], b["modules"])
         for mode in ("train", "eval"):
             changes += _names_diff(model, f"fx node ({mode})", a["fx_nodes"].get(mode, []), b["fx_nodes"].get(mode, []))
         if a["fx_nodes"].get("error") != b["fx_nodes"].get("error"):
-            changes.append({"model": model, "what": "fx tracing", "change": "changed", "before": a["fx_nodes"].get("error", "traces"), "after": b["fx_nodes"].get("error", "traces")})
+            changes.append(_change(model, "fx tracing", "changed", a["fx_nodes"].get("error", "traces"), b["fx_nodes"].get("error", "traces")))
         if a["feature_info"] != b["feature_info"]:
-            changes.append({"model": model, "what": "feature_info", "change": "changed", "before": json.dumps(a["feature_info"]), "after": json.dumps(b["feature_info"])})
+            changes.append(_change(model, "feature_info", "changed", json.dumps(a["feature_info"]), json.dumps(b["feature_info"])))
         for layer_set in sorted(set(a["layer_sets"]) | set(b["layer_sets"])):
-            before, after = a["layer_sets"].get(layer_set, {}), b["layer_sets"].get(layer_set, {})
-            changes += _names_diff(model, f"{layer_set} layers", list(before), list(after))
-            for layer in set(before) & set(after):
-                x, y = before[layer], after[layer]
-                if (x.get("shape"), x.get("dtype")) != (y.get("shape"), y.get("dtype")):
-                    changes.append({"model": model, "what": f"{layer_set} shape", "change": "changed", "before": f"{layer} {x.get('shape')} {x.get('dtype')}", "after": f"{layer} {y.get('shape')} {y.get('dtype')}"})
-                elif "sum" in x and not (_close(x["sum"], y["sum"]) and _close(x["norm"], y["norm"])):
-                    changes.append({"model": model, "what": f"{layer_set} values", "change": "changed", "before": f"{layer} sum {x['sum']:.6g} norm {x['norm']:.6g}", "after": f"{layer} sum {y['sum']:.6g} norm {y['norm']:.6g}"})
-    return changes
+            changes += _names_diff(model, f"{layer_set} layers", a["layer_sets"].get(layer_set, []), b["layer_sets"].get(layer_set, []))
+        changes += _feature_changes(model, a["features"], b["features"], deviations)
+    result = ManifestDiff(changes, deviations)
+    result.notes = _notes(base, new, changes, result.within_noise)
+    return result
+
+
+def _notes(base: dict, new: dict, changes: list[dict], within_noise: list[tuple[str, str, float]]) -> list[str]:
+    """What the reader needs to weigh the changes: versions, machines, and the noise left out."""
+    machine, versions = environment_changes(base, new)
+    notes = []
+    if versions:
+        notes.append("versions: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in versions.items()))
+    if machine:
+        notes.append("machines: " + ", ".join(f"{key} {a} -> {b}" for key, (a, b) in machine.items()))
+    if within_noise:
+        largest = max(ratio for _, _, ratio in within_noise)
+        notes.append(f"{len(within_noise)} feature(s) differ within float noise (largest {largest:.2g}x the bound {NOISE_BOUND:g}): not listed")
+    if machine and any(change["what"] == "values" for change in changes):
+        notes.append("every value change listed exceeds the noise measured across CPUs and thread counts: it would show on one machine too")
+    return notes

@@ -14,6 +14,7 @@ directory as a conformance run, and join it on model and strategy.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from dataclasses import asdict
@@ -25,11 +26,14 @@ import pandas as pd
 from .checks import CheckResult
 from .errors import ConformanceError
 
-__all__ = ["BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs", "read_metadata", "summary_table"]
+__all__ = [
+    "BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs",
+    "read_document", "read_metadata", "summary_table", "write_document",
+]
 
 COLUMNS = (
     "run_id", "model", "family", "strategy", "layer", "check", "status", "diagnosis", "detail",
-    "max_abs_err", "max_rel_err", "bitwise", "device",
+    "max_abs_err", "scale", "bitwise", "device",
 )
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
@@ -174,6 +178,19 @@ def _write_json(path: Path, document: dict) -> None:
     temporary.replace(path)
 
 
+def write_document(path: Path, document: dict, *, sort_keys: bool = False) -> None:
+    """A JSON document (baseline, manifest), gzip-compressed when the name ends in ``.gz``."""
+    data = (json.dumps(document, indent=1, sort_keys=sort_keys, default=str) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+
+
+def read_document(path: Path) -> dict:
+    """A JSON document written by :func:`write_document`; ``OSError`` or ``ValueError`` when unreadable."""
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -207,9 +224,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if path.suffix == ".json":
         frame = pd.DataFrame(json.loads(path.read_text())["rows"])
     else:
-        frame = pd.read_csv(path, keep_default_na=False, na_values={"max_abs_err": [""], "max_rel_err": [""]})
-    for column in ("max_abs_err", "max_rel_err"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        frame = pd.read_csv(path, keep_default_na=False, na_values={"max_abs_err": [""], "scale": [""]})
+    for column in ("max_abs_err", "scale"):
+        if column in frame:  # results written before 0.2 have no scale
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 

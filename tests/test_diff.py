@@ -12,9 +12,9 @@ from conformance.errors import ConformanceError
 from test_cli import PITFALLS, conformance
 
 
-def _cell(strategy, layer, check, status, err=math.nan, model="m"):
+def _cell(strategy, layer, check, status, err=math.nan, model="m", scale=1.0):
     return {"model": model, "family": "f", "strategy": strategy, "layer": layer, "check": check, "status": status,
-            "diagnosis": "" if status == "pass" else "inplace_aliasing", "detail": "", "max_abs_err": err}
+            "diagnosis": "" if status == "pass" else "inplace_aliasing", "detail": "", "max_abs_err": err, "scale": scale}
 
 
 def _cost(strategy, metric, value, low, high):
@@ -53,12 +53,38 @@ def test_every_kind_of_change_is_found_and_only_regressions_count():
     assert result.warnings == []
 
 
+def test_drift_is_judged_against_the_scale_of_the_feature():
+    """The same growth of the error is drift on a feature of RMS 1 and float noise on one of RMS 1000."""
+    base = Side(pd.DataFrame([_cell("fx", "small", "values", "pass", 0.0), _cell("fx", "large", "values", "pass", 0.0, scale=1000.0),
+                              _cell("fx", "tiny", "values", "pass", 0.0)]), pd.DataFrame(), MACHINE)
+    new = Side(pd.DataFrame([_cell("fx", "small", "values", "pass", 5e-3), _cell("fx", "large", "values", "pass", 5e-3, scale=1000.0),
+                             _cell("fx", "tiny", "values", "pass", 5e-5)]), pd.DataFrame(), MACHINE)
+    drifted = diff(base, new).changes
+    assert list(drifted["layer"]) == ["small"] and drifted["kind"].tolist() == ["drift"]
+    assert "grew by 0.005 of the feature's scale" in drifted["detail"][0]
+
+
+def test_costs_from_another_machine_are_listed_but_never_counted():
+    """fx's +25 % overhead, intervals apart, is a regression on one machine, not across two."""
+    elsewhere = Side(NEW.results, NEW.bench, {**MACHINE, "machine_info": {**MACHINE["machine_info"], "cpu": "Y"}})
+    costs = diff(BASE, elsewhere, fail_on=[parse_fail_on("overhead:10%")]).changes.query("kind == 'cost'")
+    assert set(costs["strategy"]) == {"fx", "hooks"} and not costs["regression"].any()
+    assert "different machines: not counted" in costs.set_index("strategy").loc["fx", "detail"]
+
+
+def test_results_without_a_scale_are_not_judged_for_drift_and_say_so():
+    old = Side(BASE.results.drop(columns="scale").reindex(columns=BASE.results.columns), BASE.bench, MACHINE)
+    result = diff(old, NEW)
+    assert "drift" not in set(result.changes["kind"])
+    assert any("BASE records no feature scale" in warning for warning in result.warnings)
+
+
 def test_same_side_is_no_change_and_other_machines_are_a_warning():
     assert diff(BASE, BASE).changes.empty
     other = Side(BASE.results, BASE.bench, {"machine_info": {**MACHINE["machine_info"], "cpu": "Y"}, "versions": {"torch": "2.9.1"}})
     result = diff(BASE, other)
     assert result.changes.empty and len(result.warnings) == 2
-    assert "different machines" in result.warnings[0] and "torch 2.14.1 -> 2.9.1" in result.warnings[1]
+    assert "different machines (cpu X -> Y)" in result.warnings[0] and "torch 2.14.1 -> 2.9.1" in result.warnings[1]
 
 
 @pytest.mark.parametrize("text", ["overhead", "overhead:ten%", "speed:10%"])
@@ -79,6 +105,9 @@ def test_baseline_and_diff_through_the_cli(tmp_path):
     assert saved.returncode == 0, saved.stderr
     same = conformance("diff", str(tmp_path / "base.json"), str(run))
     assert same.returncode == 0 and "0 regression(s)" in same.stdout
+    assert conformance("baseline", "save", str(run), "--out", str(tmp_path / "base.json.gz")).returncode == 0
+    compressed = conformance("diff", str(tmp_path / "base.json.gz"), str(tmp_path / "base.json"))
+    assert compressed.returncode == 0 and "no change" in compressed.stdout
     rows = pd.read_csv(run / "results.csv", keep_default_na=False)
     rows.loc[(rows["strategy"] == "hooks+clone") & (rows["layer"] == "bn"), "status"] = "fail"  # a planted regression
     rows.to_csv(run / "results.csv", index=False)
