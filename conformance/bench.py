@@ -44,8 +44,6 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.benchmark.utils.common import set_torch_threads
-from torch.utils.benchmark.utils.timer import timer as synchronised_clock
 
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
@@ -375,6 +373,14 @@ def contestant_call(name: str, model: nn.Module, *, layers: Sequence[str]) -> tu
     return extractor, extractor.close
 
 
+def synchronised_clock() -> float:
+    """torch's accelerator-synchronising clock, from ``torch.utils.benchmark``; imported on first
+    use because importing it logs a warning on machines without CUDA, whatever the command."""
+    from torch.utils.benchmark.utils.timer import timer
+
+    return timer()
+
+
 def _build_strategy(name: str, model: nn.Module, layers: list[str]) -> tuple[_Contestant, list[dict]]:
     """The strategy's extractor on a copy of ``model``, with its build_time and params_retained rows.
 
@@ -450,6 +456,8 @@ def measure_costs(
     deep copies. A strategy that cannot express the request, fails to build or fails to
     run gets rows with status ``unsupported`` or ``error`` and a reason; the others go on.
     """
+    from torch.utils.benchmark.utils.common import set_torch_threads
+
     log = log or (lambda message: None)
     layers = list(layers)
     threads = threads or torch.get_num_threads()
