@@ -28,10 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from strategies import Extractor, Strategy, Unsupported
+from strategies import Extractor, Strategy, Tap, Unsupported
 
-from .checks import ALL_LAYERS, CheckResult, compare, snapshot, tensor_digest, tolerance
-from .oracle import OracleCapture, capture, gradients
+from .checks import ALL_LAYERS, CheckResult, snapshot, tensor_digest
+from .compare import compare, tolerance
+from .diagnoses import UNEXPLAINED
+from .layers import node_table, runs_in
+from .oracle import OracleCapture, capture, gradients, locate_nodes
 
 __all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "ModelRejects", "Probe"]
 
@@ -53,8 +56,10 @@ class Probe:
 
     strategy: Strategy
     model: nn.Module  # the pristine model; checks act on deep copies
-    layers: list[str]  # the request the strategy can serve
+    layers: list[str]  # the request the strategy can serve (taps)
+    requested: list[str]  # the whole request, layers the strategy refused included
     untrusted: dict[str, str]  # layer -> why its eval-mode values are wrong
+    tracer_kwargs: Mapping[str, Any]  # the model's FX options, for the strategy and the oracle
     input: torch.Tensor
     previous_input: torch.Tensor
     truth: OracleCapture  # eval mode, for the input
@@ -72,7 +77,7 @@ class Probe:
     def attach(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None) -> Extractor:
         """The strategy attached to a fresh deep copy of the model (or to ``model``)."""
         target = copy.deepcopy(self.model) if model is None else model
-        return self.strategy.attach(target, layers=list(self.layers if layers is None else layers))
+        return self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs)
 
     def oracle(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per model and request, shared by every strategy; raises
@@ -110,7 +115,7 @@ def _judge(check: str, layer: str, features: Mapping[str, Any], truth: Any, *, c
     if comparison.close:
         return CheckResult(check, layer, "pass", "", f"{context}: equals the truth", max_abs_err=comparison.max_abs_err,
                            scale=comparison.scale, bitwise=comparison.bitwise)
-    diagnosis = f"{comparison.mismatch}_mismatch" if comparison.mismatch else "wrong_values"
+    diagnosis = f"{comparison.mismatch}_mismatch" if comparison.mismatch else UNEXPLAINED
     detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
     if previous is not None and compare(features[layer], previous).close:
         diagnosis, detail = "stale", "holds the value for the input given before"
@@ -209,9 +214,9 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     def oracle() -> tuple[OracleCapture, OracleCapture]:
         model = copy.deepcopy(probe.model).train()
         torch.manual_seed(probe.seed)
-        in_train = capture(model, probe.input, layers=probe.layers, on_copy=False)
+        in_train = capture(model, probe.input, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
         model.eval()
-        return in_train, capture(model, probe.input, layers=probe.layers, on_copy=False)
+        return in_train, capture(model, probe.input, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
 
     try:
         train_truth, eval_truth = probe.oracle(check, oracle)
@@ -261,7 +266,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
 
     def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = {layer: weights[layer] for layer in layers}
-        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen))
+        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
 
     model = copy.deepcopy(probe.model)
     x = probe.input.detach().clone().requires_grad_(True)
@@ -286,7 +291,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
                         rows[layer] = CheckResult(check, layer, "pass", "", f"one backward from the {len(graphed)} features: the input and {count} parameter gradients equal the oracle's")
                 for layer in graphed if problems else ():
                     alone, count = matcher.problems(features, [layer], weights, x, truth_for([layer]))
-                    rows[layer] = (CheckResult(check, layer, "fail", "wrong_gradient", "; ".join(alone)) if alone
+                    rows[layer] = (CheckResult(check, layer, "fail", *_gradient_diagnosis(probe, layer, "; ".join(alone))) if alone
                                    else CheckResult(check, layer, "pass", "", f"the input and {count} parameter gradients equal the oracle's"))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself cannot be differentiated: {exc}")
@@ -300,6 +305,18 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
         return CheckResult(check, layer, "skipped", "", why)
 
     return _per_layer(check, probe, judge)
+
+
+def _gradient_diagnosis(probe: Probe, layer: str, detail: str) -> tuple[str, str]:
+    """A wrong gradient of a feature whose value is within tolerance: when the value is bitwise
+    another node's, that node is what the strategy returned (``wrong_node``)."""
+    value, truth = probe.together.get(layer), probe.truth.layers[layer].value
+    if isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and not torch.equal(value, truth):
+        nodes = [node for node in locate_nodes(probe.model, probe.input, value, close=lambda a, b: torch.equal(a, b), tracer_kwargs=probe.tracer_kwargs)
+                 if node != layer]
+        if nodes:
+            return "wrong_node", f"the feature is node {nodes[0]!r}'s value, within tolerance of the truth but not it; {detail}"
+    return "wrong_gradient", f"the value is right, its gradient is not; {detail}"
 
 
 class _ParameterMatcher:
@@ -382,7 +399,7 @@ def _other_input_verdict(check: str, probe: Probe, x: torch.Tensor, *, condition
     names how ``x`` differs from the input); with ``use_input_first`` the extractor is
     first called on the input."""
     try:
-        truth = probe.oracle(check, lambda: capture(probe.model, x, layers=probe.layers))
+        truth = probe.oracle(check, lambda: capture(probe.model, x, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails {condition}: {exc}")
     try:
@@ -436,6 +453,12 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
             mine, theirs = _parameter_storages(extractor.module), _parameter_storages(twin.module)
             modes = (extractor.module.training, twin.module.training)
             kinds = (type(extractor.module).__name__, type(twin.module).__name__)
+            got_in_original_mode = None
+            if modes[0] != modes[1]:  # the mechanism to measure: another copy, set to the original's mode before its first call
+                fresh = copy.deepcopy(extractor)
+                fresh.module.train(modes[0])
+                got_in_original_mode = snapshot(fresh(probe.input).features)
+                fresh.close()
     finally:
         if twin is not None:
             with contextlib.suppress(Exception):
@@ -454,8 +477,13 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
     if original[0].status == "fail":
         row.status, row.diagnosis = "fail", row.diagnosis or original[0].diagnosis
         row.detail = f"{row.detail}; {original[0].detail}"
+    if got_in_original_mode is not None and row.status == "fail":
+        again = _request_verdict(check, probe, got_in_original_mode, context="the copy set to the original's mode")[0]
+        if again.status == "pass":
+            row.diagnosis = "mode_changed"
+            notes.append(("mode_changed", "another copy, set to the original's mode before its first call, gives the truth"))
     if notes:
-        row.status, row.diagnosis = "fail", row.diagnosis or notes[0][0]
+        row.status, row.diagnosis = "fail", row.diagnosis if row.diagnosis not in ("", UNEXPLAINED) else notes[0][0]
         row.detail = "; ".join([row.detail, *(text for _, text in notes)])
     return rows
 
@@ -595,7 +623,7 @@ def check_device_move(probe: Probe) -> list[CheckResult]:
     if probe.input.is_cuda:
         truth = probe.truth
     else:
-        truth = probe.oracle(check, lambda: capture(copy.deepcopy(probe.model).cuda(), on_gpu, layers=probe.layers))
+        truth = probe.oracle(check, lambda: capture(copy.deepcopy(probe.model).cuda(), on_gpu, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
     with _attached(probe, model=copy.deepcopy(probe.model).cpu()) as extractor:
         extractor.module.to("cuda")
         try:
@@ -606,9 +634,49 @@ def check_device_move(probe: Probe) -> list[CheckResult]:
     return _request_verdict(check, moved, got, context="moved to CUDA")
 
 
+def check_mode_graphs(probe: Probe) -> list[CheckResult]:
+    """Where the model's train and eval passes run other nodes, a strategy that takes other layers
+    in each mode (FX's train_return_nodes and eval_return_nodes) gives the truth in both modes."""
+    check = "mode_graphs"
+    tables = probe.oracle(check, lambda: {mode: node_table(probe.model, example=probe.input, tracer_kwargs=probe.tracer_kwargs, train=mode == "train")
+                                          for mode in ("train", "eval")})
+    if [n.name for n in tables["train"].nodes if n.tensor] == [n.name for n in tables["eval"].nodes if n.tensor]:
+        return [CheckResult(check, ALL_LAYERS, "skipped", "", "the model runs the same nodes in train and eval mode")]
+    attach_per_mode = getattr(probe.strategy, "attach_per_mode", None)
+    if attach_per_mode is None:
+        return [CheckResult(check, ALL_LAYERS, "unsupported", "", "the strategy takes one list of layers for both modes (train_mode judges the layers that run in both)")]
+    taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in probe.requested]
+    layers = {mode: [tap for tap in taps if runs_in(tap, tables[mode])] for mode in tables}
+    try:
+        extractor = attach_per_mode(copy.deepcopy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs)
+        extractor.module.train()
+        torch.manual_seed(probe.seed)
+        features = {"train": snapshot(extractor(probe.input).features)}
+        extractor.module.eval()
+        features["eval"] = snapshot(extractor(probe.input).features)
+        extractor.close()
+    except Exception as exc:
+        return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"attached per mode: {_failure(exc)}")]
+
+    def truth(mode: str) -> OracleCapture:
+        model = copy.deepcopy(probe.model).train(mode == "train")
+        torch.manual_seed(probe.seed)
+        return capture(model, probe.input, layers=layers[mode], on_copy=False, tracer_kwargs=probe.tracer_kwargs)
+
+    truths = probe.oracle(f"{check}:truths", lambda: {mode: truth(mode) for mode in tables})
+    verdicts = [(mode, _judge(check, tap, features[mode], truths[mode].layers[tap].value, context=f"{mode} mode")) for mode in tables for tap in layers[mode]]
+    failed = [row for _, row in verdicts if row.status == "fail"]
+    counts = ", ".join(f"{len(layers[mode])} in {mode} mode" for mode in tables)
+    if failed:
+        shown = "; ".join(row.detail for row in failed[:4])
+        return [CheckResult(check, ALL_LAYERS, "fail", failed[0].diagnosis, f"{len(failed)} of {len(verdicts)} wrong ({counts}): {shown}")]
+    return [CheckResult(check, ALL_LAYERS, "pass", "", f"the truth in both modes: {counts}")]
+
+
 BEHAVIOUR_CHECKS: dict[str, Callable[[Probe], list[CheckResult]]] = {
     "set_independence": check_set_independence,
     "train_mode": check_train_mode,
+    "mode_graphs": check_mode_graphs,
     "gradients": check_gradients,
     "input_size": check_input_size,
     "batch_consistency": check_batch_consistency,

@@ -39,16 +39,17 @@ import time
 import timeit
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from strategies import StrategyUnavailable, Unsupported, get_strategy
+from strategies import StrategyUnavailable, Tap, Unsupported, get_strategy
 
 from .errors import ConformanceError
 from .layers import resolve_layers
+from .nodes import record
 from .results import BenchWriter
 from .zoo import ModelSpec, build_model
 
@@ -56,6 +57,8 @@ __all__ = [
     "FLOOR",
     "FORWARD",
     "METRIC_UNITS",
+    "ORACLE",
+    "REFERENCES",
     "BenchConfig",
     "BenchCosts",
     "Floor",
@@ -70,6 +73,9 @@ __all__ = [
 
 FORWARD = "(forward)"
 FLOOR = "(floor)"
+ORACLE = "(oracle)"  # the op-level oracle's pass: every op named, the requested nodes cloned
+#: Contestants that are no strategy: timed for comparison, never ranked.
+REFERENCES = (FORWARD, FLOOR, ORACLE)
 METRIC_UNITS = {
     "latency": "s",
     "overhead": "ratio",
@@ -97,25 +103,32 @@ class Floor(nn.Module):
     """The model's forward pass, stopped once every requested layer has returned.
 
     Its cost is the least any strategy can pay for the request: the work up to the layer
-    that completes last. A forward hook on each requested layer ends the pass with an
-    exception. When a requested layer never runs, the pass goes to the end.
+    that completes last. A forward hook on each requested module ends the pass with an
+    exception once the call asked for has returned (the first, for a module path); an op
+    counts as returned when the module whose code runs it returns, and an op of the model's
+    own forward when the pass ends. When a requested layer never runs, the pass goes to the end.
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[str]) -> None:
         super().__init__()
         self.model = model
-        self.layers = list(layers)
-        self._waiting: set[str] = set()
-        for name in self.layers:
-            model.get_submodule(name).register_forward_hook(functools.partial(self._returned, name))
+        self.layers = [layer if isinstance(layer, Tap) else Tap(layer) for layer in layers]
+        self._waiting: dict[str, int] = {}
+        for tap in self.layers:
+            path = tap.scope if tap.is_op else tap.module
+            if path:
+                model.get_submodule(path).register_forward_hook(functools.partial(self._returned, tap))
 
-    def _returned(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        self._waiting.discard(name)
+    def _returned(self, tap: Tap, module: nn.Module, args: Any, output: Any) -> None:
+        if tap in self._waiting:
+            self._waiting[tap] -= 1
+            if self._waiting[tap] <= 0:
+                del self._waiting[tap]
         if not self._waiting:
             raise _FloorReached
 
     def forward(self, x: torch.Tensor) -> Any:
-        self._waiting = set(self.layers)
+        self._waiting = {tap: 1 if tap.is_op else tap.call or 1 for tap in self.layers}
         try:
             return self.model(x)
         except _FloorReached:
@@ -163,7 +176,7 @@ def summarise_timing(samples: dict[str, list[float]]) -> list[dict]:
     rank: the two are indistinguishable at this precision, and no order is claimed.
     """
     rows = []
-    strategies = [name for name in samples if name not in (FORWARD, FLOOR)]
+    strategies = [name for name in samples if name not in REFERENCES]
     for name, seconds in samples.items():
         median, low, high = median_interval(seconds)
         quartiles = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [median, median, median]
@@ -175,6 +188,9 @@ def summarise_timing(samples: dict[str, list[float]]) -> list[dict]:
             rows.append(_row(name, metric, median, low=low, high=high, rounds=len(samples[name]), detail=f"paired with {reference} round by round"))
             if metric == "overhead":
                 overhead[name] = (median, low, high)
+    if ORACLE in samples:
+        median, low, high = median_interval(_ratios(samples[ORACLE], samples[FORWARD]))
+        rows.append(_row(ORACLE, "overhead", median, low=low, high=high, rounds=len(samples[ORACLE]), detail=f"paired with {FORWARD} round by round"))
     for name, rank, leader in tie_ranks(overhead):
         detail = f"indistinguishable from {leader}: overhead intervals overlap" if leader else ""
         rows.append(_row(name, "rank", rank, rounds=len(samples[name]), detail=detail))
@@ -361,7 +377,8 @@ def _sharing_weights(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def contestant_call(name: str, model: nn.Module, *, layers: Sequence[str]) -> tuple[Callable[[torch.Tensor], Any], Callable[[], None]]:
+def contestant_call(name: str, model: nn.Module, *, layers: Sequence[str], tracer_kwargs: Mapping[str, Any] | None = None,
+                    ) -> tuple[Callable[[torch.Tensor], Any], Callable[[], None]]:
     """What is timed for ``name`` (:data:`FORWARD`, :data:`FLOOR` or a strategy), on a deep
     copy of ``model`` (sharing its weights), and how to close it. Raises :class:`~strategies.Unsupported` as the strategy does."""
     target = _sharing_weights(model)
@@ -369,7 +386,10 @@ def contestant_call(name: str, model: nn.Module, *, layers: Sequence[str]) -> tu
         return target, lambda: None
     if name == FLOOR:
         return Floor(target, layers=layers), lambda: None
-    extractor = get_strategy(name).attach(target, layers=list(layers))
+    if name == ORACLE:
+        wanted = [str(layer) for layer in layers]
+        return (lambda x: record(target, x, wanted=wanted, tracer_kwargs=tracer_kwargs).values), lambda: None
+    extractor = get_strategy(name).attach(target, layers=list(layers), tracer_kwargs=tracer_kwargs)
     return extractor, extractor.close
 
 
@@ -381,7 +401,7 @@ def synchronised_clock() -> float:
     return timer()
 
 
-def _build_strategy(name: str, model: nn.Module, layers: list[str]) -> tuple[_Contestant, list[dict]]:
+def _build_strategy(name: str, model: nn.Module, layers: list[str], tracer_kwargs: Mapping[str, Any] | None) -> tuple[_Contestant, list[dict]]:
     """The strategy's extractor on a copy of ``model``, with its build_time and params_retained rows.
 
     Builds (attach, then close) are repeated and timed; the last one is kept.
@@ -391,7 +411,7 @@ def _build_strategy(name: str, model: nn.Module, layers: list[str]) -> tuple[_Co
     seconds: list[float] = []
     while True:
         start = synchronised_clock()
-        extractor = strategy.attach(target, layers=layers)
+        extractor = strategy.attach(target, layers=layers, tracer_kwargs=tracer_kwargs)
         seconds.append(synchronised_clock() - start)
         if len(seconds) >= _MAX_BUILDS or (len(seconds) >= _MIN_BUILDS and sum(seconds) >= _BUILD_SECONDS):
             break
@@ -448,6 +468,7 @@ def measure_costs(
     precision: float = 0.01,
     min_rounds: int = 8,
     max_rounds: int = 1000,
+    tracer_kwargs: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchCosts:
     """Latency, overhead, floor_ratio, rank, build_time and memory of each strategy on one request.
@@ -466,14 +487,15 @@ def measure_costs(
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)).to(dev)
     probe = _MemoryProbe(dev)
     rows: list[dict] = []
-    contestants = [_Contestant(FORWARD, model), _Contestant(FLOOR, contestant_call(FLOOR, model, layers=layers)[0])]
+    contestants = [_Contestant(FORWARD, model), *(_Contestant(name, contestant_call(name, model, layers=layers, tracer_kwargs=tracer_kwargs)[0])
+                                                 for name in (FLOOR, ORACLE))]
     built: list[_Contestant] = []
     with set_torch_threads(threads), torch.no_grad(), _frozen_garbage_collector():
         _warm(contestants[0], x)
         for name in strategies:
             log(f"building {name}")
             try:
-                contestant, build_rows = _build_strategy(name, model, layers)
+                contestant, build_rows = _build_strategy(name, model, layers, tracer_kwargs)
             except (Unsupported, StrategyUnavailable) as exc:
                 rows += _failed_rows(name, STRATEGY_METRICS, "unsupported", str(exc))
                 continue
@@ -490,7 +512,8 @@ def measure_costs(
             rows += build_rows
             rows.append(_memory_row(name, "retained_memory", retained, probe, detail="first call of a fresh extractor, features dropped"))
             built.append(contestant)
-        _warm(contestants[1], x)
+        for reference in contestants[1:]:
+            _warm(reference, x)
         contestants += built
         log(f"timing {len(contestants)} contestants in interleaved rounds (up to {max_time:g} s)")
         with timing_lock(on_wait=log):
@@ -501,7 +524,7 @@ def measure_costs(
             measured = [probe.measure(lambda: contestant.call(x)) for _ in range(_MEMORY_CALLS)] if probe.method else []
             peak = statistics.median(p for p, _ in measured) if measured else math.nan
             rows.append(_memory_row(contestant.name, "peak_memory", peak, probe, detail=f"median of {len(measured)} calls above the memory in use before each"))
-            if contestant.name in (FORWARD, FLOOR):
+            if contestant.name in REFERENCES:
                 retained = statistics.median(r for _, r in measured) if measured else math.nan
                 rows.append(_memory_row(contestant.name, "retained_memory", retained, probe, detail="steady state, output dropped"))
             contestant.close()
@@ -575,7 +598,7 @@ def bench(config: BenchConfig, *, writer: BenchWriter, log: Callable[[str], None
                 costs = measure_costs(
                     model, layers=layers, strategies=config.strategies, input_shape=spec.input_shape, device=config.device,
                     seed=config.seed, threads=config.threads, max_time=config.max_time, precision=config.precision,
-                    log=lambda message: log(f"  {message}"),
+                    tracer_kwargs=spec.tracer_kwargs, log=lambda message: log(f"  {message}"),
                 )
             except Exception as exc:  # the plain forward or the floor failed: nothing to compare with
                 _write_failure(writer, spec, layers, f"forward_failed: {type(exc).__name__}: {exc}")

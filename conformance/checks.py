@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -22,6 +21,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .compare import compare
+from .diagnoses import diagnose
+from .nodes import Node
 from .oracle import OracleCapture
 
 __all__ = [
@@ -30,13 +32,10 @@ __all__ = [
     "PER_LAYER_CHECKS",
     "CheckContext",
     "CheckResult",
-    "Comparison",
-    "compare",
     "model_changes",
     "snapshot",
     "tensor_digest",
     "tensor_digests",
-    "tolerance",
 ]
 
 ALL_LAYERS = "*"  # the layer of a request-wide row
@@ -77,84 +76,17 @@ class CheckContext:
     same_container: bool = False  # the second call returned the very object the first did
     repeat_features: Mapping[str, Any] = field(default_factory=dict)  # the third call, on the previous input again
     measure_model_changes: Callable[[], list[str]] = lambda: []  # costs a forward: run when first read
+    # What the diagnoses measure, each run only when a failure needs it:
+    graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
+    inplace_nodes: Callable[[], list[Node]] = lambda: []  # the in-place ops of the eager pass
+    keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
+    counterfactual: Callable[..., dict[str, Any]] = lambda **change: {}  # the layers' values with one change to the model
+    locate_nodes: Callable[[Any], list[str]] = lambda value: []  # nodes of the pass whose value is this
 
     @functools.cached_property
     def model_changes(self) -> list[str]:
         """How the model differs after the extractor is closed (measured once, on first use)."""
         return self.measure_model_changes()
-
-
-# (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
-_TOLERANCE = {
-    torch.float64: (1e-7, 1e-7),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
-}
-
-
-def tolerance(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    """``(rtol, atol)`` for comparing values of ``dtype`` computed on ``device``."""
-    rtol, atol = _TOLERANCE.get(dtype, (0.0, 0.0))
-    scale = 10.0 if device.type == "cuda" else 1.0
-    return rtol * scale, atol * scale
-
-
-@dataclass
-class Comparison:
-    """How an actual value compares with an expected one."""
-
-    close: bool
-    bitwise: bool
-    max_abs_err: float | None = None
-    scale: float | None = None  # RMS of the expected value's floating-point leaves
-    mismatch: str = ""  # "structure" or "shape" when the values cannot be compared element-wise
-    detail: str = ""
-
-
-_TRACING_TENSORS = ("FakeTensor", "FunctionalTensor", "Proxy")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"tensor{tuple(value.shape)}"
-    return type(value).__name__
-
-
-def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
-    """Compare two values (tensors or nested structures of tensors) with dtype/device
-    tolerances, multiplied by ``scale`` where another runtime computed ``actual``."""
-    actual_leaves, actual_spec = tree_flatten(actual)
-    expected_leaves, expected_spec = tree_flatten(expected)
-    if actual_spec != expected_spec:
-        return Comparison(False, False, mismatch="structure", detail=f"got {_describe(actual)}, expected {_describe(expected)}")
-    close = bitwise = True
-    max_abs = squares = 0.0
-    count = 0
-    for got, want in zip(actual_leaves, expected_leaves):
-        if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
-            same = type(got) is type(want) and got == want
-            close, bitwise = close and same, bitwise and same
-            continue
-        if got.shape != want.shape:
-            return Comparison(False, False, mismatch="shape", detail=f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        if got.device.type == "meta" or type(got).__name__ in _TRACING_TENSORS:
-            return Comparison(False, False, mismatch="structure", detail=f"got a {type(got).__name__} left over from tracing")
-        got = got.detach().to(want.device)
-        bitwise = bitwise and got.dtype == want.dtype and torch.equal(got, want)
-        if not want.is_floating_point():
-            close = close and torch.equal(got, want)
-            continue
-        want64 = want.double()
-        diff = (got.double() - want64).abs()
-        if diff.numel():
-            max_abs = max(max_abs, diff.max().item())
-            squares += want64.square().sum().item()
-            count += want64.numel()
-        rtol, atol = tolerance(want.dtype, want.device)
-        rtol, atol = rtol * scale, atol * scale
-        close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
-    return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)
 
 
 def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,50 +102,6 @@ def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
             return leaf
 
     return {name: tree_map(freeze, value) for name, value in features.items()}
-
-
-def _as_token_map(value: Any, truth: Any) -> Any:
-    """``truth`` (N, tokens, C) laid out like ``value`` (N, C, H, W), prefix tokens dropped; else None."""
-    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dim() == 4 and truth.dim() == 3):
-        return None
-    batch, channels, height, width = value.shape
-    if truth.shape[0] != batch or truth.shape[2] != channels or truth.shape[1] < height * width:
-        return None
-    return truth[:, truth.shape[1] - height * width:, :].transpose(1, 2).reshape(batch, channels, height, width)
-
-
-def _diagnose_shape(value: Any, truth: Any) -> tuple[str, str]:
-    """A shape mismatch that is the same values in another layout."""
-    token_map = _as_token_map(value, truth)
-    if token_map is not None and compare(value, token_map).close:
-        return "reformatted", "the true tokens, prefix tokens dropped, laid out as an NCHW map"
-    return "", ""
-
-
-def _diagnose(ctx: CheckContext, layer: str, value: Any) -> tuple[str, str]:
-    """Why a value differs from the truth, when the oracle's records say."""
-    truth = ctx.truth.layers[layer]
-    count = len(truth.calls)
-    if compare(value, truth.after_forward[-1]).close:
-        return "inplace_aliasing", "equals the output after a later in-place op overwrote it"
-    for index in range(count - 1):
-        if compare(value, truth.calls[index]).close:
-            return "reused_module", f"matches call {index + 1} of {count}"
-        if compare(value, truth.after_forward[index]).close:
-            return "reused_module", f"matches call {index + 1} of {count} after a later in-place op"
-    for other, other_truth in ctx.truth.layers.items():
-        if other != layer and other_truth.calls and compare(value, other_truth.value).close:
-            return "wrong_layer", f"matches layer {other!r}"
-    previous = ctx.previous_truth.layers[layer].value
-    if previous is not None and compare(value, previous).close:
-        return "stale", "matches this layer's value for the previous input"
-    if layer in ctx.replayed and ctx.truth.chain_break and compare(value, ctx.replayed[layer]).close:
-        return "children_not_chained", f"matches the children replayed in registration order; {ctx.truth.chain_break.reason}"
-    if isinstance(value, torch.Tensor):
-        modules = ctx.locate(value)
-        if modules:
-            return "wrong_layer", f"matches module {', '.join(repr(m) for m in modules[:3])}"
-    return "", ""
 
 
 def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: str = "this input") -> CheckResult:
@@ -241,12 +129,8 @@ def check_values(ctx: CheckContext) -> list[CheckResult]:
             max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise,
         )
         if not comparison.close:
-            diagnosis, why = _diagnose_shape(value, truth.value) if comparison.mismatch == "shape" else ("", "")
-            if not diagnosis:
-                diagnosis, why = _diagnose(ctx, layer, value)
-            if not diagnosis and comparison.mismatch:
-                diagnosis = f"{comparison.mismatch}_mismatch"
-            row.diagnosis, row.detail = diagnosis, "; ".join(filter(None, [comparison.detail, why]))
+            row.diagnosis, why = diagnose(ctx, layer, value)
+            row.detail = "; ".join(filter(None, [comparison.detail, why]))
         elif not comparison.bitwise:
             row.detail = "within tolerance, not bitwise equal"
         results.append(row)
@@ -265,9 +149,11 @@ def _leaf_property(ctx: CheckContext, check: str, describe: Callable[[torch.Tens
             continue
         got = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(ctx.features[layer])[0]]
         want = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(truth)[0]]
-        ok = got == want
-        detail = "" if ok else f"got {', '.join(map(str, got))}; expected {', '.join(map(str, want))}"
-        results.append(CheckResult(check, layer, "pass" if ok else "fail", "" if ok else f"{check}_mismatch", detail))
+        if got == want:
+            results.append(CheckResult(check, layer, "pass"))
+            continue
+        diagnosis, why = diagnose(ctx, layer, ctx.features[layer])
+        results.append(CheckResult(check, layer, "fail", diagnosis, f"got {', '.join(map(str, got))}; expected {', '.join(map(str, want))}; {why}"))
     return results
 
 
@@ -456,8 +342,9 @@ def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
         if comparison.close:
             results.append(CheckResult("kwargs_and_tuples", layer, "pass", "", f"{'; '.join(kinds)}: captured exactly"))
         else:
+            diagnosis, why = diagnose(ctx, layer, ctx.features[layer])
             detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
-            results.append(CheckResult("kwargs_and_tuples", layer, "fail", "silently_wrong", f"{'; '.join(kinds)}: {detail}"))
+            results.append(CheckResult("kwargs_and_tuples", layer, "fail", diagnosis, f"{'; '.join(kinds)}: silently wrong, {detail}; {why}"))
     return results
 
 

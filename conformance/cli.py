@@ -34,11 +34,11 @@ import torch
 from strategies import CORE_STRATEGIES, available_strategies, list_strategies
 
 from .errors import ConformanceError
-from .layers import LAYER_SETS, resolve_layers
+from .layers import LAYER_SETS, SET_NAMES, resolve_layers
 from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
 from .environment import run_metadata
 from .bench import BenchConfig, bench
-from .reports import capability_matrix, cell_models, cost_tables
+from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, Timings, make_deterministic, run
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="fnmatch patterns selecting zoo models")
     run_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="fnmatch patterns excluding zoo models")
     run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
-    run_.add_argument("--layers", nargs="+", default=["@children", "@stages"], metavar="LAYER", help="module paths or @children, @stages, @leaves (default: @children @stages)")
+    run_.add_argument("--layers", nargs="+", default=["@children", "@stages"], metavar="LAYER",
+                      help="module paths, FX node names, or @children, @stages, @leaves, @nodes (default: @children @stages)")
     run_.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
     run_.add_argument("--checks", nargs="+", default=["default"], metavar="NAME",
                       help=f"check names or profiles ({', '.join(PROFILES)}; default: default, all but {', '.join(PROFILES['slow'])})")
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_ = commands.add_parser("bench", help="what each strategy costs: latency, overhead, floor ratio, build time, memory")
     bench_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable; default torchvision:resnet18)")
     bench_.add_argument("--layers", action="append", nargs="+", metavar="LAYER",
-                        help="one layer request: module paths or @children, @stages, @leaves; repeat the option for more requests (default: @stages)")
+                        help="one layer request: module paths, FX node names or @children, @stages, @leaves, @nodes; repeat the option for more requests (default: @stages)")
     bench_.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
     bench_.add_argument("--device", default="cpu", help="cpu or cuda")
     bench_.add_argument("--input-shape", default=None, metavar="N,C,H,W", help="input shape for every model")
@@ -129,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 
     recommend = commands.add_parser("recommend", help="the strategies that pass the checks you need, cheapest first, with the evidence")
     recommend.add_argument("--model", required=True, metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory")
-    recommend.add_argument("--layers", nargs="+", required=True, metavar="LAYER", help="module paths or @children, @stages, @leaves")
+    recommend.add_argument("--layers", nargs="+", required=True, metavar="LAYER", help="module paths, FX node names or @children, @stages, @leaves, @nodes")
     recommend.add_argument("--need", nargs="+", default=[], metavar="CHECK", help="checks every recommended strategy must pass, besides values")
     recommend.add_argument("--strategies", nargs="+", default=["all"], metavar="NAME", help="strategy names, or all (default)")
     recommend.add_argument("--results", type=Path, default=None, help="read a run (and bench) from this directory instead of measuring")
@@ -165,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
     list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
     list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, timm or all")
+    list_.add_argument("--nodes", action="store_true",
+                       help="for 'list layers': every node of the forward pass (train and eval), what it is, and which strategies can express it")
     return parser
 
 
@@ -211,8 +214,8 @@ def _command_run(args: argparse.Namespace) -> int:
             raise ConformanceError(f"shard {args.shard} holds no model", hint="use fewer shards than models")
     models = [resolve_model(ref, input_shape=input_shape) for ref in references]
     for layer in args.layers:
-        if layer.startswith("@") and layer not in LAYER_SETS:
-            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
+        if layer.startswith("@") and layer not in SET_NAMES:
+            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(SET_NAMES)}")
 
     if args.jobs > 1:
         return _run_in_processes(args, references, strategies, checks)
@@ -244,17 +247,20 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
     """Write ``summary.md`` and print the capability matrix and the status counts."""
     text = summary_table(frame).to_string()
     matrix = capability_matrix(frame).to_string()
+    top = headline(frame).drop(columns="query").to_string(index=False)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
         f"{len(frame)} rows, {frame['model'].nunique()} models, device {metadata['device']}, "
         f"torch {metadata['versions']['torch']}, torchvision {metadata['versions']['torchvision']}, timm {metadata['versions']['timm']}\n\n"
+        f"## Headline\n\n{fence}\n{top}\n{fence}\n\n"
         f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
         f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
         f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
     )
     print(matrix)
+    print(f"\n{top}")
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
@@ -311,8 +317,8 @@ def _command_bench(args: argparse.Namespace) -> int:
     models = [resolve_model(ref, input_shape=input_shape) for ref in args.model or ["torchvision:resnet18"]]
     requests = args.layers or [["@stages"]]
     for layer in (item for request in requests for item in request):
-        if layer.startswith("@") and layer not in LAYER_SETS:
-            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
+        if layer.startswith("@") and layer not in SET_NAMES:
+            raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(SET_NAMES)}")
     out, metadata = _start(args)
     metadata["bench"] = {"max_time": args.max_time, "precision": args.precision, "grad": False}
     writer = BenchWriter(out, metadata=metadata, overwrite=args.overwrite)
@@ -495,6 +501,11 @@ def _command_list(args: argparse.Namespace) -> int:
             raise ConformanceError("'list layers' needs a model", hint="conformance list layers torchvision:resnet18")
         spec = resolve_model(args.model)
         model = build_model(spec=spec, seed=0)
+        if args.nodes:
+            from .expressible import node_listing
+
+            print(node_listing(model, spec).to_string(index=False))
+            return 0
         for layer_set in LAYER_SETS:
             print(f"{layer_set}: {' '.join(resolve_layers(model, spec, [layer_set]))}")
     return 0

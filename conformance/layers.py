@@ -1,25 +1,34 @@
-"""Layer specs: module paths and the named sets ``@children``, ``@stages``, ``@leaves``.
+"""Layer specs: module paths, FX-style node names, and the sets ``@children``, ``@stages``,
+``@leaves`` and ``@nodes``; each resolves to a :class:`~strategies.base.Tap`.
 
-A layer is a module path (``layer1``, ``features.3``) and means the output of that
-module's forward call. ``@stages`` is timm's ``feature_info`` for timm models, a curated
-list for the torchvision families that have natural stages, and, for families built on
-one container (``features``, ``layers``), the last child of the container at each
-spatial resolution, found by a shape probe on the meta device.
+A module path (``layer1``, ``features.3``) means the output of that module's forward call
+(its last call when it runs more than once). Any other name is looked up among the nodes
+of the eager forward pass, named as torchvision names FX nodes (:mod:`.nodes`): a call of
+a module (``layer1.0.relu_1``: call 2) or an op in a module's code (``layer1.0.add``).
+``@stages`` is timm's ``feature_info`` for timm models, a curated list for the torchvision
+families that have natural stages, and, for families built on one container
+(``features``, ``layers``), the last child of the container at each spatial resolution,
+found by a shape probe on the meta device. ``@nodes`` is every node with a tensor value,
+in the order the eval-mode forward pass runs them; there a module's node means the call
+it names (``layer1.0.relu`` is call 1 of 2, as in FX).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from strategies.base import Tap
+
 from .errors import ConformanceError
+from .nodes import Node, NodeTable, record_faithfully
 from .zoo import ModelSpec
 
-__all__ = ["LAYER_SETS", "resolve_layers", "stage_layers"]
+__all__ = ["LAYER_SETS", "NODE_SET", "SET_NAMES", "example_input", "node_table", "node_tap", "resolve_layers", "runs_in", "stage_layers"]
 
 
 def _children(model: nn.Module) -> list[str]:
@@ -120,27 +129,100 @@ def _completion_order(model: nn.Module) -> list[str]:
     return order
 
 
-def resolve_layers(model: nn.Module, spec: ModelSpec, requested: Sequence[str]) -> list[str]:
-    """Expand layer sets and check every path names a module; duplicates dropped.
+NODE_SET = "@nodes"
+#: Every set a layer request may name.
+SET_NAMES = (*LAYER_SETS, NODE_SET)
 
-    Explicit paths keep the order given. When layer sets are expanded, the union is put in
-    completion order (children before parents), the order a forward pass produces them.
+
+def example_input(spec: ModelSpec) -> torch.Tensor:
+    """A fixed-seed input of the model's shape, for finding its nodes."""
+    return torch.randn(*spec.input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def node_table(model: nn.Module, *, example: torch.Tensor, tracer_kwargs: Mapping[str, Any] | None = None, train: bool = False) -> NodeTable:
+    """The nodes of one forward pass of a copy of ``model`` (eval mode, or train), named as FX names them."""
+    copy_ = copy.deepcopy(model).train(train)
+    param = next(copy_.parameters(), None)
+    example = example.to(param.device) if param is not None else example
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            output = copy.deepcopy(copy_)(example)
+        return record_faithfully(copy_, example, output=output, before_each=lambda: torch.manual_seed(0), tracer_kwargs=tracer_kwargs)
+
+
+def runs_in(tap: Tap, table: NodeTable) -> bool:
+    """Whether the layer runs in the pass ``table`` records: its node, or a node inside its module."""
+    if tap.is_op or tap.call is not None:
+        return tap in table
+    return any(node.module == tap.module or node.scope == tap.module or node.scope.startswith(f"{tap.module}.") for node in table.nodes)
+
+
+def node_tap(node: Node) -> Tap:
+    """The tap of one node: a module's call, or an op."""
+    if node.kind == "module":
+        return Tap(node.name, module=node.module, call=node.call, calls=node.calls)
+    return Tap(node.name, op=node.op, scope=node.scope)
+
+
+def resolve_layers(model: nn.Module, spec: ModelSpec, requested: Sequence[str], *, example: torch.Tensor | None = None) -> list[Tap]:
+    """Expand layer sets, check every name, and give each its tap; duplicates dropped.
+
+    Explicit names keep the order given. When sets are expanded, the union is put in the
+    order a forward pass completes them. The nodes of the forward pass (``example``, else a
+    fixed-seed input) are recorded only when a name is not a module path or ``@nodes`` is asked;
+    a name is looked up in the eval-mode pass, then in the train-mode pass.
     """
     modules = {name for name, _ in model.named_modules() if name}
-    layers: list[str] = []
+    tables: dict[str, NodeTable] = {}
+
+    def nodes(mode: str = "eval") -> NodeTable:
+        if mode not in tables:
+            tables[mode] = node_table(model, example=example_input(spec) if example is None else example, tracer_kwargs=spec.tracer_kwargs,
+                                      train=mode == "train")
+        return tables[mode]
+
+    def found(name: str) -> Node | None:
+        """The node named ``name`` with a tensor value, in the eval pass, else the train pass."""
+        for mode in ("eval", "train"):
+            if name in nodes(mode) and nodes(mode)[name].tensor:
+                return nodes(mode)[name]
+        return None
+
+    layers: list[Tap] = []
     for item in requested:
-        if item.startswith("@"):
+        if item == NODE_SET:
+            layers.extend(node_tap(node) for node in nodes().nodes if node.tensor and node.kind in ("module", "function"))
+        elif item.startswith("@"):
             if item not in LAYER_SETS:
-                raise ConformanceError(f"unknown layer set {item!r}", hint=f"choose one of {', '.join(LAYER_SETS)}")
-            layers.extend(LAYER_SETS[item](model, spec))
+                raise ConformanceError(f"unknown layer set {item!r}", hint=f"choose one of {', '.join(SET_NAMES)}")
+            layers.extend(Tap(name) for name in LAYER_SETS[item](model, spec))
         elif item in modules:
-            layers.append(item)
+            layers.append(Tap(item))
+        elif found(item) is not None:
+            layers.append(node_tap(found(item)))
         else:
-            close = difflib.get_close_matches(item, sorted(modules), n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"'conformance list layers {spec.id}' prints them"
-            raise ConformanceError(f"{spec.id} has no module {item!r}", hint=hint)
-    layers = list(dict.fromkeys(layers))
+            known = sorted(modules | {node.name for mode in ("eval", "train") for node in nodes(mode).nodes if node.tensor})
+            close = difflib.get_close_matches(item, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"'conformance list layers {spec.id} --nodes' prints them"
+            raise ConformanceError(f"{spec.id} has no module or node {item!r}", hint=hint)
+    layers = list({str(tap): tap for tap in reversed(layers)}.values())[::-1]
     if any(item.startswith("@") for item in requested):
-        position = {name: index for index, name in enumerate(_completion_order(model))}
-        layers.sort(key=position.__getitem__)
+        layers.sort(key=_positions(model, layers, tables.get("eval")))
     return layers
+
+
+def _positions(model: nn.Module, layers: list[Tap], table: NodeTable | None) -> Callable[[Tap], float]:
+    """The position of each tap in the forward pass: its node's, or, for a module without one
+    (not a leaf), that of the last node inside it; module completion order without a table."""
+    if table is None:
+        position = {name: index for index, name in enumerate(_completion_order(model))}
+        return lambda tap: position[tap]
+    index = {node.name: i for i, node in enumerate(table.nodes)}
+    last_inside: dict[str, int] = {}
+    for i, node in enumerate(table.nodes):
+        path = node.module if node.kind == "module" else node.scope
+        while path:
+            last_inside[path] = i
+            path = path.rpartition(".")[0]
+    return lambda tap: index.get(tap, last_inside.get(tap.module or "", len(index)) + 0.5)

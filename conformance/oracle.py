@@ -6,20 +6,30 @@ itself, cloned again after the whole forward pass, so that a strategy holding th
 post-forward state of the same storage (in-place aliasing) can be recognised. Forward
 pre-hooks on the top-level children record whether the model is a plain chain of its
 children, which replaying strategies (``ilg``, timm's FeatureListNet) assume.
+
+Requested ops (``layer1.0.add``: a :class:`~strategies.base.Tap` with no module) come from
+the op-level recorder (:mod:`.nodes`) in a second pass over a twin copy, started from the
+same random state; that pass's output must be bitwise the first's, so that the recorder
+cannot have changed what the model computes.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from strategies.base import clone_tree
+from strategies.base import Tap, clone_tree
 
-__all__ = ["ChainBreak", "LayerTruth", "OracleCapture", "capture", "gradients", "locate", "replay_children"]
+from .nodes import record, record_faithfully, unrecorded
+
+__all__ = [
+    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "keyword_calls", "locate", "locate_nodes",
+    "replay_children",
+]
 
 
 @dataclass
@@ -29,11 +39,14 @@ class LayerTruth:
     calls: list[Any] = field(default_factory=list)  # output of each call, cloned at capture
     after_forward: list[Any] = field(default_factory=list)  # the same outputs, cloned after the pass
     keywords: list[str] = field(default_factory=list)  # keyword arguments of the last call
+    index: int = -1  # the call that is the reference: the last, or the one a node name names
 
     @property
     def value(self) -> Any:
-        """The reference: the output of the module's last call."""
-        return self.calls[-1] if self.calls else None
+        """The reference: the output of the module's last call (or of the call the tap names)."""
+        if not self.calls or not -len(self.calls) <= self.index < len(self.calls):
+            return None
+        return self.calls[self.index]
 
 
 @dataclass(frozen=True)
@@ -83,22 +96,49 @@ def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], out
     return None
 
 
-def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy: bool = True) -> OracleCapture:
+def _taps(layers: Sequence[str]) -> list[Tap]:
+    return [layer if isinstance(layer, Tap) else Tap(layer) for layer in layers]
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy: bool = True,
+            tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
     """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
 
     With ``on_copy=False`` the model itself runs, so that state it carries from call to
     call (batch-norm running statistics in train mode) is that of a sequence of calls.
+    ``tracer_kwargs`` are the model's FX options, which decide how ops are named.
     """
     copy_ = copy.deepcopy(model) if on_copy else model
-    truths = {name: LayerTruth() for name in layers}
-    raw: dict[str, list[Any]] = {name: [] for name in layers}
+    taps = _taps(layers)
+    ops = [tap for tap in taps if tap.is_op]
+    twin = copy.deepcopy(copy_) if ops else None  # the model as the pass starts, for the recorder
+    device = x.device
+    start = _rng_state(device)
+    truths = {tap: LayerTruth(index=tap.call - 1 if tap.call else -1) for tap in taps}
+    by_module: dict[str, list[Tap]] = {}
+    for tap in taps:
+        if not tap.is_op:
+            by_module.setdefault(tap.module, []).append(tap)
+    raw: dict[str, list[Any]] = {module: [] for module in by_module}
     handles = []
-    for name in layers:
-        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, name: str = name) -> None:
-            truths[name].calls.append(clone_tree(output))
-            truths[name].keywords = sorted(kwargs)
-            raw[name].append(output)
-        handles.append(copy_.get_submodule(name).register_forward_hook(hook, with_kwargs=True))
+    for module, module_taps in by_module.items():
+        def hook(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
+            value = clone_tree(output)
+            for tap in module_taps:
+                truths[tap].calls.append(value)
+                truths[tap].keywords = sorted(kwargs)
+            raw[module].append(output)
+        handles.append(copy_.get_submodule(module).register_forward_hook(hook, with_kwargs=True))
 
     children = [name for name, _ in copy_.named_children()]
     order: list[str] = []
@@ -120,10 +160,20 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
     finally:
         for handle in handles:
             handle.remove()
-    for name in layers:
-        truths[name].after_forward = [clone_tree(value) for value in raw[name]]
+    for module, module_taps in by_module.items():
+        after = [clone_tree(value) for value in raw[module]]
+        for tap in module_taps:
+            truths[tap].after_forward = after
+    if ops:
+        end = _rng_state(device)
+        table = record_faithfully(twin, x, output=output, before_each=lambda: _set_rng_state(start, device),
+                                  wanted=[str(tap) for tap in ops], tracer_kwargs=tracer_kwargs)
+        _set_rng_state(end, device)
+        for tap in ops:
+            if tap in table.values:
+                truths[tap].calls, truths[tap].after_forward = [table.values[tap]], [table.after_forward[tap]]
     return OracleCapture(
-        layers=truths,
+        layers={str(tap): truth for tap, truth in truths.items()},
         output=output,
         children=children,
         chain_break=_chain_break(children, order, child_inputs, child_outputs),
@@ -132,12 +182,13 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
 
 def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str]) -> dict[str, Any]:
     """The layers' values when the top-level children run one after another in registration
-    order, as replaying strategies run them; layers not reached before a crash are absent."""
+    order, as replaying strategies run them; layers not reached before a crash, and layers
+    that are no module's output, are absent."""
     copy_ = copy.deepcopy(model)
     seen: dict[str, Any] = {}
     handles = [
-        copy_.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, clone_tree(out)))
-        for name in layers
+        copy_.get_submodule(tap.module).register_forward_hook(lambda m, a, out, name=str(tap): seen.__setitem__(name, clone_tree(out)))
+        for tap in _taps(layers) if tap.is_module_output
     ]
     try:
         with torch.no_grad():
@@ -170,24 +221,39 @@ def locate(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Cal
     return found
 
 
-def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor],
+              tracer_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The true gradients of ``sum((output of layer * weights[layer]).sum())`` over the
     layers, for the input and for every parameter by name (those no layer depends on are
     absent). The model runs in its current mode.
 
     The hooks clone the output, which autograd differentiates through, so a later in-place
-    op cannot change the value a loss is taken from.
+    op cannot change the value a loss is taken from; requested ops come from the op-level
+    recorder in the same pass.
     """
     copy_ = copy.deepcopy(model)
+    taps = _taps(list(weights))
     taken: dict[str, torch.Tensor] = {}
-    handles = [
-        copy_.get_submodule(layer).register_forward_hook(lambda m, a, out, layer=layer: taken.__setitem__(layer, out.clone()))
-        for layer in weights
-    ]
+    calls: dict[str, int] = {}
+    handles = []
+    for tap in taps:
+        if tap.is_op:
+            continue
+
+        def hook(m: nn.Module, a: Any, out: Any, tap: Tap = tap) -> None:
+            with unrecorded():
+                calls[tap] = calls.get(tap, 0) + 1
+                if tap.call is None or calls[tap] == tap.call:
+                    taken[tap] = out.clone()
+        handles.append(copy_.get_submodule(tap.module).register_forward_hook(hook))
+    ops = [str(tap) for tap in taps if tap.is_op]
     x = x.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad():
-            copy_(x)
+            if ops:
+                taken.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs).values)
+            else:
+                copy_(x)
             named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
             loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
             grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
@@ -195,3 +261,73 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
         for handle in handles:
             handle.remove()
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
+
+
+def keyword_calls(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The modules called with keyword arguments in one forward pass, in the order they ran."""
+    copy_ = copy.deepcopy(model)
+    called: list[str] = []
+
+    def pre_hook(module: nn.Module, args: Any, kwargs: dict[str, Any], name: str) -> None:
+        if kwargs and name not in called:
+            called.append(name)
+
+    handles = [module.register_forward_pre_hook(lambda m, a, k, name=name: pre_hook(m, a, k, name), with_kwargs=True)
+               for name, module in copy_.named_modules() if name]
+    try:
+        with torch.no_grad():
+            copy_(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
+
+
+def counterfactual(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], skip_inplace: str | None = None,
+                   drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The layers' values when the model runs with one change: the in-place op node
+    ``skip_inplace`` not run (its input passes through), or the module ``drop_keywords``
+    called with its positional arguments only. Layers that do not run are absent."""
+    copy_ = copy.deepcopy(model)
+    taps = _taps(layers)
+    seen: dict[str, Any] = {}
+    handles = []
+    for tap in taps:
+        if tap.is_op:
+            continue
+
+        def hook(m: nn.Module, a: Any, out: Any, tap: Tap = tap, count: list[int] = [0]) -> None:
+            with unrecorded():
+                count[0] += 1
+                if tap.call is None or count[0] == tap.call:
+                    seen[tap] = clone_tree(out)
+        handles.append(copy_.get_submodule(tap.module).register_forward_hook(hook))
+    if drop_keywords is not None:
+        handles.append(copy_.get_submodule(drop_keywords).register_forward_pre_hook(lambda m, a, k: (a, {}), with_kwargs=True))
+    ops = [str(tap) for tap in taps if tap.is_op]
+    try:
+        with torch.no_grad():
+            if ops or skip_inplace is not None:
+                seen.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=None if skip_inplace is None else skip_inplace.__eq__).values)
+            else:
+                copy_(x)
+    except Exception:  # the changed model may not run at all: then the change reproduces nothing
+        return {}
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {str(name): value for name, value in seen.items()}
+
+
+def locate_nodes(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Callable[[Any, Any], bool],
+                 tracer_kwargs: Mapping[str, Any] | None = None) -> list[str]:
+    """The nodes of the forward pass (:mod:`.nodes`) whose value is ``value`` (compared on the fly, nothing stored)."""
+    found: list[str] = []
+
+    def visit(node: Any, produced: Any) -> None:
+        if isinstance(produced, torch.Tensor) and produced.shape == value.shape and close(produced, value):
+            found.append(node.name)
+
+    with torch.no_grad():
+        record(copy.deepcopy(model), x, visit=visit, tracer_kwargs=tracer_kwargs)
+    return found

@@ -23,9 +23,9 @@ from typing import Sequence, Union
 
 import pandas as pd
 
-from .bench import FLOOR, FORWARD
+from .bench import FLOOR, FORWARD, REFERENCES
 from .errors import ConformanceError
-from .reports import capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, markdown_table, model_verdicts
+from .reports import capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, headline, markdown_table, model_verdicts
 from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results, read_metadata
 
 __all__ = ["Sources", "load_sources", "write_report"]
@@ -107,6 +107,10 @@ def _document(sources: Sources, plots: dict[str, Image], command: str) -> tuple[
     sections = [Section("Environment", [f"Regenerate with: `{command}`", _environment(sources)])]
     if not frame.empty:
         models, strategies = frame["model"].nunique(), frame["strategy"].nunique()
+        sections.append(Section("Headline", [
+            "Failures by the mechanism their diagnosis measured; an unexplained failure is one no mechanism reproduces.",
+            headline(frame),
+        ]))
         sections.append(Section("Findings", [
             f"{len(frame)} rows: {models} models, {strategies} strategies, {frame['check'].nunique()} checks. "
             "Each finding names the query that selects its rows in the results (`pandas.DataFrame.query`).",
@@ -124,8 +128,9 @@ def _document(sources: Sources, plots: dict[str, Image], command: str) -> tuple[
         ]))
     if not bench.empty:
         blocks: list[Block] = [
-            "Latency per call under `torch.no_grad()`, interleaved with the plain forward `(forward)` and the "
-            "floor `(floor)` (the forward stopped once every requested layer has returned). Ratios are medians "
+            "Latency per call under `torch.no_grad()`, interleaved with the plain forward `(forward)`, the "
+            "floor `(floor)` (the forward stopped once every requested layer has returned) and the op-level "
+            "oracle `(oracle)` (the pass that records every op and clones the requested ones). Ratios are medians "
             "of per-round ratios with 95 % intervals; strategies that share a rank are indistinguishable."
         ]
         for (model, layers), (table, notes) in cost_tables(bench).items():
@@ -170,7 +175,7 @@ def _plots(sources: Sources, out: Path) -> dict[str, Image]:
     ok = sources.bench[sources.bench["status"] == "ok"] if not sources.bench.empty else pd.DataFrame()
     if ok.empty:
         return made
-    strategies = [s for s in dict.fromkeys(ok["strategy"]) if s not in (FORWARD, FLOOR)]
+    strategies = [s for s in dict.fromkeys(ok["strategy"]) if s not in REFERENCES]
     for metric, name, label in (("overhead", "overhead", "latency / plain forward"), ("peak_memory", "peak_memory", "peak memory of a call (MiB)")):
         data = ok[ok["metric"] == metric]
         order = ([FORWARD, FLOOR] if metric == "peak_memory" else []) + strategies

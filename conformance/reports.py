@@ -25,10 +25,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .bench import FLOOR, FORWARD
+from .bench import REFERENCES
+from .diagnoses import UNEXPLAINED
 from .errors import ConformanceError
 
-__all__ = ["Finding", "capability_matrix", "cell_models", "cell_text", "cost_tables", "failing_models", "family_table", "findings", "markdown_table", "model_verdicts"]
+__all__ = [
+    "Finding", "capability_matrix", "cell_models", "cell_text", "cost_tables", "failing_models", "family_table", "findings", "headline",
+    "markdown_table", "model_verdicts", "unexplained",
+]
 
 #: The status a model takes in a cell when its rows disagree: the first found.
 _PRECEDENCE = ("fail", "error", "pass", "unsupported", "skipped")
@@ -108,7 +112,7 @@ def cost_tables(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame,
     for (model, layers), request in rows.groupby(["model", "layers"], sort=False):
         measured = request[request["status"] == "ok"]
         value = measured.set_index(["strategy", "metric"])
-        order = [FORWARD, FLOOR] + list(
+        order = [*REFERENCES] + list(
             measured[measured["metric"] == "rank"].sort_values("value", kind="stable")["strategy"]
         )
 
@@ -116,7 +120,7 @@ def cost_tables(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame,
             return float(value[column].get((strategy, metric), math.nan))
 
         leaders: dict[float, str] = {}  # the first strategy of each rank leads its group
-        for strategy in order[2:]:
+        for strategy in order[len(REFERENCES):]:
             leaders.setdefault(get(strategy, "rank"), strategy)
         lines = []
         for strategy in order:
@@ -215,6 +219,29 @@ def findings(frame: pd.DataFrame, *, limit: int = 12) -> list[Finding]:
         found.append(Finding(text=text, query=" and ".join(conditions), rows=len(group), models=len(models)))
     found.sort(key=lambda f: ("check == 'values'" not in f.query, -f.models, -f.rows))  # wrong values first
     return found[:limit]
+
+
+def unexplained(frame: pd.DataFrame) -> pd.DataFrame:
+    """The failing rows no diagnosis explains."""
+    return frame[(frame["status"] == "fail") & frame["diagnosis"].isin(["", UNEXPLAINED])]
+
+
+def headline(frame: pd.DataFrame) -> pd.DataFrame:
+    """One table to read first: models, cells, failures by mechanism, unexplained failures (the
+    target is none) and errors by cause, each with the query that selects its rows."""
+    failed, errors = frame[frame["status"] == "fail"], frame[frame["status"] == "error"]
+    lines = [
+        ("models", frame["model"].nunique(), ""),
+        ("cells (model, strategy, layer, check)", len(frame), ""),
+        ("failures", len(failed), "status == 'fail'"),
+        ("  unexplained", len(unexplained(frame)), f"status == 'fail' and diagnosis in ['', {UNEXPLAINED!r}]"),
+    ]
+    for diagnosis, count in failed[~failed.index.isin(unexplained(frame).index)]["diagnosis"].value_counts().items():
+        lines.append((f"  {diagnosis}", count, f"status == 'fail' and diagnosis == {diagnosis!r}"))
+    lines.append(("errors", len(errors), "status == 'error'"))
+    for diagnosis, count in errors["diagnosis"].value_counts().items():
+        lines.append((f"  {diagnosis or 'no cause given'}", count, f"status == 'error' and diagnosis == {diagnosis!r}"))
+    return pd.DataFrame(lines, columns=["what", "rows", "query"])
 
 
 def cell_text(value: object) -> str:

@@ -5,8 +5,9 @@ then for each strategy run one isolated *unit*: attach to a deep copy, call it o
 previous input, the input and the previous input again, close it, run the value checks
 (``checks.py``), then the behaviour checks (``behaviour.py``), each under its own time
 limit, and write the rows. A unit or check that fails or runs past its time limit becomes
-rows with a reason; it never ends the run. A request that fails as a whole is retried one
-layer at a time, so each layer gets its own verdict.
+rows with a reason; it never ends the run. Layers a strategy names as beyond its API are
+``unsupported`` and the rest extracted without them; a request that fails or is refused as a
+whole is retried one layer at a time, so each layer gets its own verdict.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -29,10 +30,13 @@ from torch import nn
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
-from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, compare, model_changes, snapshot, tensor_digests
+from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
+from .compare import compare
 from .errors import ConformanceError
 from .layers import resolve_layers
-from .oracle import OracleCapture, capture, locate, replay_children
+from .diagnoses import graph_ops
+from .nodes import Node, record
+from .oracle import OracleCapture, capture, counterfactual, keyword_calls, locate, locate_nodes, replay_children
 from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
 from .zoo import BIG_MODEL_PARAMS, ModelSpec, build_model
@@ -162,17 +166,44 @@ class _ModelRun:
         self.spec, self.model, self.layers, self.config, self.timings = spec, model, layers, config, timings
         self.previous_input, self.input = _inputs(spec.input_shape, seed=config.seed, device=config.device)
         with timings.phase("forward"):
-            self.previous_truth = capture(model, self.previous_input, layers=layers)
-            self.truth: OracleCapture = capture(model, self.input, layers=layers)
+            self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
+            self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
             self.replayed = replay_children(model, self.input, layers=layers) if self.truth.chain_break else {}
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
+        self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
     def locate(self, value: torch.Tensor) -> list[str]:
         """Modules of the model whose output, for the input, is ``value``."""
-        with self.timings.phase("forward"):
+        with self.timings.phase("diagnoses"):
             return locate(self.model, self.input, value, close=lambda a, b: compare(a, b).close)
+
+    def locate_nodes(self, value: torch.Tensor) -> list[str]:
+        """Nodes of the forward pass whose value, for the input, is ``value``."""
+        with self.timings.phase("diagnoses"):
+            return locate_nodes(self.model, self.input, value, close=lambda a, b: compare(a, b).close, tracer_kwargs=self.spec.tracer_kwargs)
+
+    def _memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """What a diagnosis measures, once per model, shared by its strategies."""
+        if key not in self.diagnosis_memo:
+            with self.timings.phase("diagnoses"):
+                self.diagnosis_memo[key] = compute()
+        return self.diagnosis_memo[key]
+
+    def inplace_nodes(self) -> list[Node]:
+        def compute() -> list[Node]:
+            with torch.no_grad():
+                table = record(copy.deepcopy(self.model), self.input, tracer_kwargs=self.spec.tracer_kwargs)
+            return [node for node in table.nodes if node.inplace and node.kind == "function"]
+        return self._memo(("inplace",), compute)
+
+    def keyword_calls(self) -> list[str]:
+        return self._memo(("keywords",), lambda: keyword_calls(self.model, self.input))
+
+    def counterfactual(self, **change: str) -> dict[str, Any]:
+        return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
+            self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 
     def attempt(self, strategy_name: str, layers: list[str]) -> _Attempt:
         strategy = get_strategy(strategy_name)
@@ -180,7 +211,7 @@ class _ModelRun:
             model = copy.deepcopy(self.model)
         try:
             with self.timings.phase("tracing"):
-                extractor = strategy.attach(model, layers=layers)
+                extractor = strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs)
         except Unsupported as exc:
             return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers)
         except CellTimeout:
@@ -215,6 +246,8 @@ class _ModelRun:
             locate=self.locate, device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
+            graph_ops=lambda: graph_ops(extractor.module), inplace_nodes=self.inplace_nodes, keyword_calls=self.keyword_calls,
+            counterfactual=self.counterfactual, locate_nodes=self.locate_nodes,
         )
         return _Attempt(layers, context=context)
 
@@ -236,13 +269,16 @@ class _ModelRun:
         try:
             with time_limit(self.config.cell_timeout):
                 combined = self.attempt(strategy_name, self.layers)
-                left_out = set(combined.unsupported_layers or ()) & set(self.layers)
-                if combined.status == "unsupported" and left_out and left_out != set(self.layers):
-                    left = [layer for layer in self.layers if layer in left_out]
-                    rows += _rows_for(left, self.config.checks, "unsupported", "", f"{', '.join(left)}: {combined.detail}", request_wide=False)
-                    combined = self.attempt(strategy_name, [layer for layer in self.layers if layer not in left_out])
+                while combined.status == "unsupported" and combined.unsupported_layers:
+                    named = [layer for layer in combined.layers if layer in set(combined.unsupported_layers)]
+                    rest = [layer for layer in combined.layers if layer not in set(named)]
+                    if not named or not rest:
+                        break
+                    rows += _rows_for(named, self.config.checks, "unsupported", "", f"{', '.join(named)}: {combined.detail}", request_wide=False)
+                    combined = self.attempt(strategy_name, rest)
                 alone = []
-                if combined.context is None and combined.status == "error" and len(combined.layers) > 1:
+                refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None
+                if combined.context is None and (combined.status == "error" or refused_whole) and len(combined.layers) > 1:
                     alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
                 working = combined
                 working_layers = [a.layers[0] for a in alone if a.context is not None]
@@ -252,9 +288,10 @@ class _ModelRun:
             return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
         with self.timings.phase("checks"):
             rows += self._rows(combined, value_checks, per_layer=not alone, request_wide=True)
+            why = "was refused" if refused_whole else "failed"
             for attempt in alone:
                 for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):
-                    row.detail = f"requested alone, as the whole request failed; {row.detail}".rstrip("; ")
+                    row.detail = f"requested alone, as the whole request {why}; {row.detail}".rstrip("; ")
                     rows.append(row)
         if behaviour_checks:
             rows += self._behaviour_rows(strategy_name, behaviour_checks, working, alone)
@@ -273,7 +310,8 @@ class _ModelRun:
             return rows + _rows_for(uncovered, checks, working.status, working.diagnosis, f"cannot be extracted: {working.detail}")
         ctx = working.context
         probe = Probe(
-            strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, untrusted=_untrusted(ctx),
+            strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, requested=self.layers, untrusted=_untrusted(ctx),
+            tracer_kwargs=self.spec.tracer_kwargs,
             input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
             together=ctx.features, model_digests=self.model_digests, leaves_model_untouched=not ctx.model_changes,
             seed=self.config.seed, memo=self.oracle_memo,

@@ -18,10 +18,10 @@ import importlib
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -80,6 +80,7 @@ class ModelSpec:
     name: str  # torchvision/timm model name, or the factory reference
     input_shape: tuple[int, ...]
     factory: Callable[[], nn.Module]
+    tracer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the author's FX options (factory.tracer_kwargs)
 
     @property
     def id(self) -> str:
@@ -185,7 +186,18 @@ def _user_spec(reference: str, input_shape: tuple[int, ...] | None) -> ModelSpec
             hint=f"callables there: {', '.join(sorted(public)) or 'none'}",
         )
     shape = input_shape or tuple(getattr(factory, "input_shape", DEFAULT_INPUT_SHAPE))
-    return ModelSpec("user", reference, shape, factory)
+    return ModelSpec("user", reference, shape, factory, _tracer_kwargs(reference, getattr(factory, "tracer_kwargs", {})))
+
+
+#: The FX options a factory may give (``factory.tracer_kwargs``), as ``create_feature_extractor`` takes them.
+TRACER_KWARGS = ("leaf_modules", "autowrap_functions", "autowrap_modules", "concrete_args")
+
+
+def _tracer_kwargs(reference: str, options: Any) -> dict[str, Any]:
+    if not isinstance(options, Mapping) or set(options) - set(TRACER_KWARGS):
+        unknown = ", ".join(sorted(set(options) - set(TRACER_KWARGS))) if isinstance(options, Mapping) else type(options).__name__
+        raise ConformanceError(f"{reference}: tracer_kwargs has {unknown}", hint=f"give a dict with some of {', '.join(TRACER_KWARGS)}")
+    return dict(options)
 
 
 def _torchvision_names() -> list[str]:

@@ -13,7 +13,7 @@ from ._registry import (
     register_strategy,
     registry,
 )
-from .base import Extraction, Extractor, Strategy, Unsupported
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported
 
 __all__ = [
     "CORE_STRATEGIES",
@@ -21,6 +21,7 @@ __all__ = [
     "Extractor",
     "Strategy",
     "StrategyUnavailable",
+    "Tap",
     "Unsupported",
     "available_strategies",
     "get_strategy",

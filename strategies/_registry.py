@@ -34,6 +34,7 @@ _known: dict[str, tuple[str, str]] = {
     "torchextractor+clone": ("strategies.torchextractor_adapter:TorchExtractorClone", "torchextractor"),
     "timm": ("strategies.timm_features:TimmFeaturesOnly", "timm"),
     "fx": ("strategies.fx:FxFeatureExtractor", "torchvision"),
+    "timm-fx": ("strategies.timm_fx:TimmFx", "timm"),
 }
 _registry: dict[str, type[Strategy]] = {}
 

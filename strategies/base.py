@@ -1,7 +1,7 @@
 """The one interface every extraction strategy implements.
 
-A :class:`Strategy` attaches to a model for a list of layers and returns an
-:class:`Extractor`; calling the extractor on an input gives an :class:`Extraction`.
+A :class:`Strategy` attaches to a model for a list of layers (:class:`Tap`) and returns
+an :class:`Extractor`; calling the extractor on an input gives an :class:`Extraction`.
 Strategies make no claims about what they support beyond raising :class:`Unsupported`
 when their API cannot express a request: everything else is measured by the checks.
 """
@@ -15,7 +15,81 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Extraction", "Extractor", "Strategy", "Unsupported", "clone_tree"]
+__all__ = ["Extraction", "Extractor", "Strategy", "Tap", "Unsupported", "clone_tree", "module_outputs", "repeated_modules"]
+
+
+class Tap(str):
+    """A requested layer: its name, under which its feature comes back, and what it names.
+
+    * a module path (``layer1``) names the module's output, its last call when it runs
+      more than once;
+    * an FX-style node name of a module's call (``layer1.0.relu_1``) names that call:
+      ``module`` and ``call`` of ``calls`` (torchvision's names: ``relu`` is call 1,
+      ``relu_1`` call 2);
+    * an FX-style node name of an op (``layer1.0.add``) names that op's output: ``op`` in
+      the code of the module ``scope``; ``module`` is ``None``.
+
+    A tap is its name (a ``str``), so results and features stay keyed by name; the fields
+    are read-only data, after timm's ``FeatureInfo``.
+    """
+
+    module: str | None
+    call: int | None
+    calls: int
+    op: str
+    scope: str
+
+    def __new__(cls, name: str, *, module: str | None = "", call: int | None = None, calls: int = 1, op: str = "", scope: str = "") -> "Tap":
+        tap = super().__new__(cls, name)
+        tap.module = (None if op else str(name)) if module == "" else module
+        tap.call, tap.calls, tap.op, tap.scope = call, calls, op, scope
+        return tap
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:
+        return (str(self),), {"module": self.module, "call": self.call, "calls": self.calls, "op": self.op, "scope": self.scope}
+
+    @property
+    def is_op(self) -> bool:
+        """An op in a module's code, not a module's call."""
+        return self.module is None
+
+    @property
+    def is_module_output(self) -> bool:
+        """The module's output: a module path, or the node of the module's last call."""
+        return self.module is not None and (self.call is None or self.call == self.calls)
+
+    def describe(self) -> str:
+        if self.is_op:
+            return f"op {self.op} in {self.scope}" if self.scope else f"op {self.op} in the model's own forward"
+        if self.call is None:
+            return f"output of module {self.module}"
+        return f"call {self.call} of {self.calls} of module {self.module}"
+
+
+def module_outputs(layers: Sequence[str], *, seen_by: str) -> dict[str, str]:
+    """``{layer: module path}`` for a strategy that names modules and gets their output (their
+    last call); raise :class:`Unsupported` naming the layers it cannot express, and why."""
+    taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in layers]
+    refused = {}
+    for tap in taps:
+        if tap.is_op:
+            refused[tap] = f"{tap} is {tap.describe()}"
+        elif not tap.is_module_output:
+            refused[tap] = f"{tap} is call {tap.call} of {tap.calls} of {tap.module}, not its last"
+    if refused:
+        raise Unsupported(f"{seen_by} names a module and gets its output (its last call): {'; '.join(refused.values())}", layers=list(refused))
+    return {str(tap): tap.module for tap in taps}
+
+
+def repeated_modules(modules: Mapping[str, str]) -> list[str]:
+    """The names in ``{name: module path}`` whose module an earlier name already names."""
+    seen: set[str] = set()
+    repeated = []
+    for name, path in modules.items():
+        if path in seen:
+            repeated.append(name)
+        seen.add(path)
+    return repeated
 
 
 class Unsupported(Exception):
@@ -71,10 +145,15 @@ class Strategy(ABC):
     name: str = ""
 
     @abstractmethod
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
-        """Return an extractor for ``layers`` (module paths) of ``model``.
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        """Return an extractor for ``layers`` of ``model``, its features keyed by each tap's name.
 
-        Raise :class:`Unsupported` when the strategy cannot express the request.
+        ``tracer_kwargs`` are the FX tracer options the model's author gives
+        (``leaf_modules``, ``autowrap_functions``, ``concrete_args``), for strategies that
+        trace. Raise :class:`Unsupported` when the strategy cannot express the request.
+
+        A strategy whose API takes other layers in train and eval mode offers
+        ``attach_per_mode(model, *, train_layers, eval_layers, tracer_kwargs)`` as well.
         """
 
 

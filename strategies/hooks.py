@@ -6,25 +6,25 @@ changes what was stored. ``hooks+clone`` applies the well-known fix.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy
+from .base import Extraction, Extractor, Strategy, Tap, module_outputs
 
 __all__ = ["Hooks", "HooksClone"]
 
 
 class _HookExtractor(Extractor):
-    def __init__(self, model: nn.Module, layers: Sequence[str], *, clone: bool) -> None:
+    def __init__(self, model: nn.Module, modules: Mapping[str, str], *, clone: bool) -> None:
         self.module = model
         self.features: dict[str, Any] = {}
         self.handles = []
-        for name in layers:
+        for name, path in modules.items():
             def hook(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
                 self.features[name] = output.clone() if clone and isinstance(output, torch.Tensor) else output
-            self.handles.append(model.get_submodule(name).register_forward_hook(hook))
+            self.handles.append(model.get_submodule(path).register_forward_hook(hook))
 
     def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
         output = module(x)
@@ -40,8 +40,8 @@ class Hooks(Strategy):
 
     clone = False
 
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
-        return _HookExtractor(model, layers, clone=self.clone)
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        return _HookExtractor(model, module_outputs(layers, seen_by="a forward hook"), clone=self.clone)
 
 
 class HooksClone(Hooks):

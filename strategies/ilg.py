@@ -6,13 +6,13 @@ after the last requested one. Only direct children can be requested.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from .base import Extraction, Extractor, Strategy, Unsupported
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
 __all__ = ["IntermediateLayerGetterStrategy"]
 
@@ -28,13 +28,16 @@ class _IlgExtractor(Extractor):
 class IntermediateLayerGetterStrategy(Strategy):
     """``IntermediateLayerGetter(model, return_layers={layer: layer})``."""
 
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        modules = module_outputs(layers, seen_by="IntermediateLayerGetter")
         children = [name for name, _ in model.named_children()]
-        nested = [name for name in layers if name not in children]
+        nested = [name for name, path in modules.items() if path not in children]
         if nested:
             raise Unsupported(
                 f"IntermediateLayerGetter takes direct children only; {', '.join(nested)} "
                 f"{'is' if len(nested) == 1 else 'are'} not among them",
                 layers=nested,
             )
-        return _IlgExtractor(IntermediateLayerGetter(model, return_layers={name: name for name in layers}))
+        if repeated_modules(modules):
+            raise Unsupported("IntermediateLayerGetter takes one name per child", layers=repeated_modules(modules))
+        return _IlgExtractor(IntermediateLayerGetter(model, return_layers={path: name for name, path in modules.items()}))

@@ -9,12 +9,12 @@ and no source edits, and both the wrapper and the attribute are removed on ``clo
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy
+from .base import Extraction, Extractor, Strategy, Tap, module_outputs
 
 __all__ = ["Stash", "StashClone"]
 
@@ -22,11 +22,11 @@ ATTRIBUTE = "stashed_feature"
 
 
 class _StashExtractor(Extractor):
-    def __init__(self, model: nn.Module, layers: Sequence[str], *, clone: bool) -> None:
+    def __init__(self, model: nn.Module, modules: Mapping[str, str], *, clone: bool) -> None:
         self.module = model
-        self.layers = list(layers)
-        self.patched = [model.get_submodule(name) for name in self.layers]
-        for module in self.patched:
+        self.layers = list(modules)
+        self.patched = [model.get_submodule(path) for path in modules.values()]
+        for module in dict.fromkeys(self.patched):
             original_forward = module.forward
 
             def forward(*args: Any, _module: nn.Module = module, _forward: Any = original_forward, **kwargs: Any) -> Any:
@@ -48,7 +48,7 @@ class _StashExtractor(Extractor):
         return Extraction(features=features, output=output)
 
     def close(self) -> None:
-        for module in self.patched:
+        for module in dict.fromkeys(self.patched):
             module.__dict__.pop("forward", None)
             module.__dict__.pop(ATTRIBUTE, None)
 
@@ -58,8 +58,8 @@ class Stash(Strategy):
 
     clone = False
 
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
-        return _StashExtractor(model, layers, clone=self.clone)
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        return _StashExtractor(model, module_outputs(layers, seen_by="an attribute stashed in forward"), clone=self.clone)
 
 
 class StashClone(Stash):

@@ -11,13 +11,13 @@ prefix), which :func:`match_state_dict` undoes. Only the taps in the model's
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import timm
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Unsupported
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
 __all__ = ["TimmFeaturesOnly", "match_state_dict"]
 
@@ -47,36 +47,39 @@ def match_state_dict(target: nn.Module, source: nn.Module) -> dict[str, torch.Te
 
 
 class _TimmExtractor(Extractor):
-    def __init__(self, module: nn.Module, names: list[str]) -> None:
+    def __init__(self, module: nn.Module, names: Mapping[str, str]) -> None:
         self.module = module
-        self.names = names
+        self.names = names  # feature_info module -> requested name
 
     def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
         out = module(x)
         if isinstance(out, dict):
-            return Extraction(features=out)
-        return Extraction(features=dict(zip(self.names, out)))
+            return Extraction(features={self.names.get(key, key): value for key, value in out.items()})
+        return Extraction(features=dict(zip((self.names.get(path, path) for path in self.module.feature_info.module_name()), out)))
 
 
 class TimmFeaturesOnly(Strategy):
     """``timm.create_model(arch, features_only=True, out_indices=...)`` with the model's weights."""
 
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
         feature_info = getattr(model, "feature_info", None)
         if not arch or not feature_info:
             raise Unsupported("not a timm model: timm features_only needs a timm architecture with feature_info")
+        modules = module_outputs(layers, seen_by="timm features_only")
         taps = [info["module"] for info in feature_info]
-        missing = [name for name in layers if name not in taps]
+        missing = [name for name, path in modules.items() if path not in taps]
         if missing:
             raise Unsupported(
                 f"not in timm feature_info; timm can tap only: {', '.join(taps)}", layers=missing
             )
-        out_indices = tuple(taps.index(name) for name in layers)
+        if repeated_modules(modules):
+            raise Unsupported("timm features_only returns one feature per tap", layers=repeated_modules(modules))
+        out_indices = tuple(taps.index(path) for path in modules.values())
         features = timm.create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
         features.load_state_dict(match_state_dict(features, model))
         param = next(model.parameters(), None)
         if param is not None:
             features.to(param.device)
         features.train(model.training)
-        return _TimmExtractor(features, list(features.feature_info.module_name()))
+        return _TimmExtractor(features, {path: name for name, path in modules.items()})

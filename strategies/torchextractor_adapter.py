@@ -7,13 +7,13 @@ the package's own ``capture_fn`` argument to store clones.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torchextractor
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
 __all__ = ["TorchExtractor", "TorchExtractorClone"]
 
@@ -23,12 +23,15 @@ def _capture_clone(module: nn.Module, inputs: Any, output: Any, module_name: str
 
 
 class _TorchExtractorExtractor(Extractor):
-    def __init__(self, extractor: torchextractor.Extractor) -> None:
+    def __init__(self, extractor: torchextractor.Extractor, names: Mapping[str, str]) -> None:
         self.extractor = extractor
         self.module = extractor
+        self.renamed = {path: name for name, path in names.items() if name != path}
 
     def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
         output, feature_maps = module(x)
+        if self.renamed:  # a node name of a module's last call: torchextractor keys by module path
+            feature_maps = {self.renamed.get(key, key): value for key, value in feature_maps.items()}
         return Extraction(features=feature_maps, output=output)
 
     def close(self) -> None:
@@ -42,9 +45,13 @@ class TorchExtractor(Strategy):
 
     capture_fn = None
 
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
-        capture_fn = type(self).capture_fn
-        return _TorchExtractorExtractor(torchextractor.Extractor(model, list(layers), capture_fn=capture_fn))
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        modules = module_outputs(layers, seen_by="torchextractor")
+        if repeated_modules(modules):
+            raise Unsupported("torchextractor keys features by module path: two requested names are one module's output",
+                              layers=repeated_modules(modules))
+        extractor = torchextractor.Extractor(model, list(modules.values()), capture_fn=type(self).capture_fn)
+        return _TorchExtractorExtractor(extractor, modules)
 
 
 class TorchExtractorClone(TorchExtractor):

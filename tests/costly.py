@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -67,23 +67,23 @@ def _inner(model: nn.Module, layers: Sequence[str]) -> Extractor:
 
 
 class Twice(Strategy):
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[str], tracer_kwargs: Any = None) -> Extractor:
         return _Wrapped(_inner(model, layers), runs=2)
 
 
 class Hoarder(Strategy):
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[str], tracer_kwargs: Any = None) -> Extractor:
         return _Wrapped(_inner(model, layers), hoard=True)
 
 
 class SlowBuild(Strategy):
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[str], tracer_kwargs: Any = None) -> Extractor:
         time.sleep(BUILD_SLEEP)
         return _Wrapped(_inner(model, layers))
 
 
 class Doubled(Strategy):
-    def attach(self, model: nn.Module, *, layers: Sequence[str]) -> Extractor:
+    def attach(self, model: nn.Module, *, layers: Sequence[str], tracer_kwargs: Any = None) -> Extractor:
         return _Wrapped(_inner(model, layers), module=nn.ModuleList([model, copy.deepcopy(model)]))
 
 

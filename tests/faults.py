@@ -36,7 +36,7 @@ def corrupted(corrupt: Corrupt, *, on_attach: Callable[[nn.Module], None] | None
     """A strategy class: ``inner`` attached as usual, with ``corrupt`` planted."""
 
     class CorruptedStrategy(Strategy):
-        def attach(self, model: nn.Module, *, layers: Any) -> Extractor:
+        def attach(self, model: nn.Module, *, layers: Any, tracer_kwargs: Any = None) -> Extractor:
             if on_attach:
                 on_attach(model)
             return Corrupted(get_strategy(inner).attach(model, layers=layers), corrupt)

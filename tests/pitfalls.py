@@ -119,6 +119,101 @@ class SignBranch(nn.Module):
         return self.second(h)
 
 
+class DeadInplace(nn.Module):
+    """An in-place op whose result is unused runs between two children (FX drops it as dead code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        x.mul_(2.0)
+        return self.second(x)
+
+
+class DoublingConv(nn.Module):
+    """A convolution whose output is doubled in place, the result of the in-place op unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        torch.relu_(h)
+        return h
+
+
+class InplaceInChild(nn.Module):
+    """The unused in-place op runs inside a child: replaying the children keeps it; FX drops it
+    unless a name inside the child is requested (then the op's node is an output, kept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.child = DoublingConv()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.child(x))
+
+
+class Scaled(nn.Module):
+    """A convolution scaled by a keyword argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return self.conv(x) * scale
+
+
+class KeywordChild(nn.Module):
+    """A child called with a keyword argument, returning a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Scaled()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x, scale=2.0))
+
+
+class SizeTypeBranch(nn.Module):
+    """Branches on the type of ``x.shape``: the op-level recorder's tracked sizes would take the
+    other branch, so its pass must be refused and taken again without them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        if type(h.shape) is torch.Size:
+            h = h * 2.0
+        return self.second(h)
+
+
+class TrainOnlyBranch(nn.Module):
+    """``aux`` and the add after it run in train mode only: the train and eval graphs differ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.aux = nn.Conv2d(4, 4, 1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        if self.training:
+            h = h + self.aux(h)
+        return self.second(h)
+
+
 class Plain(nn.Module):
     """No pitfall: every strategy that can express the request should pass."""
 
@@ -148,6 +243,11 @@ data_dependent_control_flow = _factory(DataDependentControlFlow)
 kwargs_and_tuples = _factory(KwargsAndTuples)
 sign_branch = _factory(SignBranch)
 plain = _factory(Plain)
+dead_inplace = _factory(DeadInplace)
+inplace_in_child = _factory(InplaceInChild)
+keyword_child = _factory(KeywordChild)
+size_type_branch = _factory(SizeTypeBranch)
+train_only_branch = _factory(TrainOnlyBranch)
 
 
 def not_a_module() -> str:

@@ -68,14 +68,14 @@ def _wrong_when_swapped(ex, module, x, extraction):
 
 PLANTED = {
     # name: (corrupt, on_attach, inner, model, layers, check, layer, diagnosis)
-    "ignores_train_mode": (_ignores_train_mode, None, "hooks+clone", pitfalls.InplaceAfterTap, ["bn", "head"], "train_mode", "bn", "wrong_values"),
+    "ignores_train_mode": (_ignores_train_mode, None, "hooks+clone", pitfalls.InplaceAfterTap, ["bn", "head"], "train_mode", "bn", "unexplained"),
     "doubled_gradient": (_doubled_gradient, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "gradients", "first", "wrong_gradient"),
     "first_size_only": (_first_size_only, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "input_size", "first", "shape_mismatch"),
     "squeezed": (_squeezed, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "batch_consistency", "first", "shape_mismatch"),
     "holds_a_lock": (_holds_a_lock, None, "ilg", pitfalls.Plain, ["first", "second"], "deepcopy", "*", "deepcopy_failed"),
-    "weight_outside_state_dict": (_uses_cached_weight, _cache_weight_outside_state_dict, "hooks+clone", pitfalls.Plain, ["first", "second"], "state_dict", "*", "wrong_values"),
-    "wrong_when_scripted": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "jit_script", "*", "wrong_values"),
-    "wrong_when_exported": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "export", "*", "wrong_values"),
+    "weight_outside_state_dict": (_uses_cached_weight, _cache_weight_outside_state_dict, "hooks+clone", pitfalls.Plain, ["first", "second"], "state_dict", "*", "unexplained"),
+    "wrong_when_scripted": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "jit_script", "*", "unexplained"),
+    "wrong_when_exported": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "export", "*", "unexplained"),
 }
 
 
@@ -93,7 +93,7 @@ def test_planted_fault_is_caught(fault, register):
 def test_the_compile_check_catches_a_fault_and_passes_the_control(register):
     register("planted-compiled", corrupted(_wrong_when_swapped, inner="fx"))
     got = rows_for(pitfalls.Plain(), strategies=["planted-compiled", "fx"], checks=["compile"])
-    assert got[("planted-compiled", "compile", "*")][:2] == ("fail", "wrong_values")
+    assert got[("planted-compiled", "compile", "*")][:2] == ("fail", "unexplained")
     status, _, detail = got[("fx", "compile", "*")]
     assert status == "pass" and "hook added after the first compiled call" in detail
 
@@ -138,8 +138,10 @@ def test_kwargs_and_tuples_are_captured_or_reported_never_silently_wrong():
     got = rows_for(pitfalls.KwargsAndTuples(), strategies=["hooks", "stash", "fx", "ilg"], checks=["kwargs_and_tuples"], layers=["block", "head"])
     assert got[("hooks", "kwargs_and_tuples", "block")][:2] == ("pass", "")
     assert got[("stash", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_dropped")
-    assert got[("fx", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_wrong")
-    assert got[("ilg", "kwargs_and_tuples", "block")][:2] == ("fail", "silently_wrong")  # called without scale=
+    # fx binds the module path to the last node inside it: the tuple's second element
+    assert got[("fx", "kwargs_and_tuples", "block")][:2] == ("fail", "wrong_node")
+    assert "silently wrong" in got[("fx", "kwargs_and_tuples", "block")][2] and "'block.mean'" in got[("fx", "kwargs_and_tuples", "block")][2]
+    assert got[("ilg", "kwargs_and_tuples", "block")][:2] == ("fail", "kwargs_dropped")  # called without scale=
     assert got[("hooks", "kwargs_and_tuples", "head")][:2] == ("skipped", "")
 
 
@@ -148,6 +150,15 @@ def test_model_untouched_finds_what_torchextractor_leaves_behind():
     status, diagnosis, detail = got[("torchextractor", "model_untouched", "*")]
     assert (status, diagnosis) == ("fail", "model_changed") and "_extractor_fullname" in detail
     assert got[("hooks", "model_untouched", "*")][:2] == ("pass", "")
+
+
+def test_a_deepcopy_that_comes_back_in_train_mode_is_diagnosed_by_setting_its_mode_back():
+    """fx's GraphModule deep-copies into train mode: on a model with batch norm its values are
+    wrong (and its first call updates its running statistics), while another copy set to eval
+    before its first call gives the truth (mode_changed, measured)."""
+    got = rows_for(pitfalls.InplaceAfterTap(), strategies=["fx"], checks=["deepcopy"], layers=["conv", "head"])
+    status, diagnosis, detail = got[("fx", "deepcopy", "*")]
+    assert (status, diagnosis) == ("fail", "mode_changed") and "set to the original's mode before its first call, gives the truth" in detail
 
 
 def test_deepcopy_of_hooks_keeps_writing_into_the_original():
@@ -184,3 +195,23 @@ def test_state_dict_keys_are_compared_with_the_models():
 def test_device_move_is_skipped_without_a_gpu():
     got = rows_for(pitfalls.Plain(), strategies=["hooks"], checks=["device_move"])
     assert got[("hooks", "device_move", "*")] == ("skipped", "no_gpu", "no CUDA device here")
+
+
+def test_mode_graphs_judges_per_mode_requests_where_the_graphs_differ(register):
+    """fx takes other nodes in each mode and is right in both; a strategy with one request for
+    both modes cannot express it; a planted fault (the train graph's nodes for both modes) fails;
+    a model that runs the same nodes in both modes is skipped."""
+    from strategies.fx import FxFeatureExtractor
+
+    class BothModesAsTrain(FxFeatureExtractor):
+        def attach_per_mode(self, model, *, train_layers, eval_layers, tracer_kwargs=None):
+            return super().attach_per_mode(model, train_layers=train_layers, eval_layers=train_layers, tracer_kwargs=tracer_kwargs)
+
+    register("both-modes-as-train", BothModesAsTrain)
+    layers = ["first", "aux", "add", "second"]
+    got = rows_for(pitfalls.TrainOnlyBranch(), strategies=["fx", "hooks", "both-modes-as-train"], checks=["mode_graphs"], layers=layers)
+    assert got[("fx", "mode_graphs", "*")][:2] == ("pass", "") and "4 in train mode, 2 in eval mode" in got[("fx", "mode_graphs", "*")][2]
+    assert got[("hooks", "mode_graphs", "*")][0] == "unsupported"
+    assert got[("both-modes-as-train", "mode_graphs", "*")][0] == "fail"
+    plain = rows_for(pitfalls.Plain(), strategies=["fx"], checks=["mode_graphs"])
+    assert plain[("fx", "mode_graphs", "*")][:2] == ("skipped", "")

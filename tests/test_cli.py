@@ -14,8 +14,9 @@ PITFALLS = str(Path(__file__).parent / "pitfalls.py")
 COSTLY = str(Path(__file__).parent / "costly.py")
 
 
-def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def conformance(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The command in a subprocess; ``timeout`` guards against a hang, it is no speed target."""
+    return subprocess.run([sys.executable, "-m", "conformance", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         (["run", "--model", f"{PITFALLS}:nope"], "has no callable 'nope'"),
         (["run", "--model", f"{PITFALLS}:not_a_module"], "not an nn.Module"),
         (["run", "--model", "no_such_package.models:build"], "cannot import module"),
-        (["run", "--model", f"{PITFALLS}:plain", "--layers", "frist"], "has no module 'frist'"),
+        (["run", "--model", f"{PITFALLS}:plain", "--layers", "frist"], "has no module or node 'frist'"),
         (["run", "--model", f"{PITFALLS}:plain", "--layers", "@everything"], "unknown layer set"),
         (["run", "--model", f"{PITFALLS}:plain", "--strategies", "hook"], "unknown strategy 'hook'"),
         (["run", "--model", f"{PITFALLS}:plain", "--checks", "valeus"], "unknown check 'valeus'"),
@@ -35,7 +36,7 @@ def conformance(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         (["run", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
         (["list", "layers"], "needs a model"),
         (["bench", "--model", f"{PITFALLS}:plain", "--max-time", "0"], "--max-time 0 is not positive"),
-        (["bench", "--model", f"{PITFALLS}:plain", "--layers", "first", "--layers", "frist"], "has no module 'frist'"),
+        (["bench", "--model", f"{PITFALLS}:plain", "--layers", "first", "--layers", "frist"], "has no module or node 'frist'"),
         (["bench", "--model", f"{PITFALLS}:plain", "--strategies", "hook"], "unknown strategy 'hook'"),
         (["bench", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
     ],

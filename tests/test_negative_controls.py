@@ -64,11 +64,11 @@ def _hook_left_behind(model):
 
 FAULTS = {
     # name: (corrupt, on_attach, check that must fail, layer, expected diagnosis)
-    "noise": (_noise, None, "values", "first", ""),
+    "noise": (_noise, None, "values", "first", "unexplained"),
     "other_layer": (_other_layer, None, "values", "first", "wrong_layer"),
     "stale": (_stale, None, "values", "first", "stale"),
-    "flattened": (_flattened, None, "shape", "first", "shape_mismatch"),
-    "double": (_double, None, "dtype", "first", "dtype_mismatch"),
+    "flattened": (_flattened, None, "shape", "first", "reshaped"),
+    "double": (_double, None, "dtype", "first", "cast"),
     "reversed": (_reversed, None, "keys", "*", "order"),
     "dropped": (_dropped, None, "keys", "*", "missing"),
     "wrong_output": (_wrong_output, None, "model_output", "*", "output_changed"),
@@ -105,7 +105,7 @@ def test_the_wrapper_itself_changes_nothing(register):
 
 def test_a_crashing_strategy_is_a_row_with_a_reason(register):
     class Crashing(Strategy):
-        def attach(self, model, *, layers):
+        def attach(self, model, *, layers, tracer_kwargs=None):
             raise RuntimeError("boom")
 
     register("crashing", Crashing)
@@ -122,7 +122,7 @@ def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     from conformance.zoo import ModelSpec
 
     class Hanging(Strategy):
-        def attach(self, model, *, layers):
+        def attach(self, model, *, layers, tracer_kwargs=None):
             time.sleep(30)
 
     register("hanging", Hanging)
@@ -146,3 +146,22 @@ def test_nested_timing_phases_are_not_counted_twice():
             time.sleep(0.1)
     assert 0.09 < timings.seconds["forward"] < 0.2
     assert 0.04 < timings.seconds["checks"] < 0.09
+
+
+def test_a_request_refused_as_a_whole_is_judged_layer_by_layer(register):
+    """A strategy that refuses a request without naming the layers at fault hides nothing: each
+    layer is asked alone, and a wrong one (here 'second', planted) fails instead of being 'unsupported'."""
+    from strategies import Unsupported
+
+    class OneAtATimeWrongSecond(Strategy):
+        def attach(self, model, *, layers, tracer_kwargs=None):
+            if len(layers) > 1:
+                raise Unsupported("takes one layer at a time")
+            return corrupted(features_mapped(lambda v: v + 1.0) if layers[0] == "second" else unchanged)().attach(model, layers=layers)
+
+    register("one-at-a-time", OneAtATimeWrongSecond)
+    rows = evaluate(pitfalls.Plain(), layers=LAYERS, strategies=["one-at-a-time"], checks=["values", "keys"], input_shape=pitfalls.INPUT_SHAPE)
+    values = rows[rows.check == "values"].set_index("layer")
+    assert values.loc["first", "status"] == "pass" and values.loc["second", "status"] == "fail"
+    assert values["detail"].str.contains("requested alone, as the whole request was refused").all()
+    assert rows[rows.check == "keys"]["status"].tolist() == ["unsupported"]  # the request as a whole

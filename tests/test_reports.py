@@ -1,8 +1,8 @@
-"""The capability matrix, on rows with known verdicts."""
+"""The capability matrix and the headline, on rows with known verdicts."""
 
 import pandas as pd
 
-from conformance.reports import capability_matrix, cell_models
+from conformance.reports import capability_matrix, cell_models, headline
 
 
 def frame(rows):
@@ -36,3 +36,13 @@ def test_the_models_behind_a_cell_come_failing_first_with_their_layers():
     assert list(cell["model"]) == ["b", "a", "d", "c"]
     assert cell.set_index("model")["partial"].to_dict() == {"a": False, "b": False, "c": False, "d": True}
     assert cell.iloc[0][["status", "layers", "diagnosis"]].tolist() == ["fail", "y", "inplace_aliasing"]
+
+
+def test_the_headline_counts_failures_by_mechanism_and_the_unexplained_ones():
+    rows = pd.concat([ROWS, frame([("f", "fx", "x", "values", "fail", "unexplained", "no mechanism"),
+                                   ("f", "fx", "y", "shape", "fail", "", "no diagnosis at all")])], ignore_index=True)
+    counts = headline(rows).set_index("what")["rows"]
+    assert counts["failures"] == 3 and counts["  unexplained"] == 2 and counts["  inplace_aliasing"] == 1
+    assert counts["errors"] == 1 and counts["  check_failed"] == 1 and counts["models"] == 6
+    query = headline(rows).set_index("what").loc["  unexplained", "query"]
+    assert len(rows.query(query)) == 2  # the query selects exactly the rows it counts

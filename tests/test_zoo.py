@@ -107,7 +107,7 @@ def test_gradients_catch_an_fx_binding_the_values_tolerance_hides():
     residual add) is within tolerance of the truth, but its gradients miss the last block."""
     got = _verdicts("timm:convnext_atto", layers=["stages", "stages.3"], strategies=["fx", "hooks+clone"], checks=["values", "gradients"])
     assert got[("fx", "values", "stages.3")][:2] == ("pass", "") and "not bitwise" in got[("fx", "values", "stages.3")][2]
-    assert got[("fx", "gradients", "stages.3")][:2] == ("fail", "wrong_gradient")
+    assert got[("fx", "gradients", "stages.3")][:2] == ("fail", "wrong_node")  # bitwise the node before the last residual add
     assert "stages.3.blocks.1" in got[("fx", "gradients", "stages.3")][2]
     assert got[("hooks+clone", "gradients", "stages.3")][:2] == ("pass", "")
 
@@ -127,7 +127,8 @@ def test_the_quick_run_has_no_regression_against_the_committed_baseline(tmp_path
     from test_cli import conformance
 
     baseline = Path(__file__).parent.parent / "reports" / "baselines" / "quick-fast.json"
-    run = conformance("run", "--checks", "fast", "--out", str(tmp_path / "quick"))
+    # about a minute on 2 idle cores; the limit only stops a hang, on a loaded machine too
+    run = conformance("run", "--checks", "fast", "--out", str(tmp_path / "quick"), timeout=1800)
     assert run.returncode == 0, run.stderr[-2000:]
     result = conformance("diff", str(baseline), str(tmp_path / "quick"))
     assert result.returncode == 0, result.stdout[-4000:]

@@ -1,0 +1,85 @@
+"""How a value compares with the truth: dtype and device tolerances, exact equality, the
+largest error and the scale of the truth it is judged against."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["Comparison", "compare", "tolerance"]
+
+# (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
+_TOLERANCE = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+}
+
+
+def tolerance(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """``(rtol, atol)`` for comparing values of ``dtype`` computed on ``device``."""
+    rtol, atol = _TOLERANCE.get(dtype, (0.0, 0.0))
+    scale = 10.0 if device.type == "cuda" else 1.0
+    return rtol * scale, atol * scale
+
+
+@dataclass
+class Comparison:
+    """How an actual value compares with an expected one."""
+
+    close: bool
+    bitwise: bool
+    max_abs_err: float | None = None
+    scale: float | None = None  # RMS of the expected value's floating-point leaves
+    mismatch: str = ""  # "structure" or "shape" when the values cannot be compared element-wise
+    detail: str = ""
+
+
+_TRACING_TENSORS = ("FakeTensor", "FunctionalTensor", "Proxy")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    return type(value).__name__
+
+
+def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
+    """Compare two values (tensors or nested structures of tensors) with dtype/device
+    tolerances, multiplied by ``scale`` where another runtime computed ``actual``."""
+    actual_leaves, actual_spec = tree_flatten(actual)
+    expected_leaves, expected_spec = tree_flatten(expected)
+    if actual_spec != expected_spec:
+        return Comparison(False, False, mismatch="structure", detail=f"got {_describe(actual)}, expected {_describe(expected)}")
+    close = bitwise = True
+    max_abs = squares = 0.0
+    count = 0
+    for got, want in zip(actual_leaves, expected_leaves):
+        if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
+            same = type(got) is type(want) and got == want
+            close, bitwise = close and same, bitwise and same
+            continue
+        if got.shape != want.shape:
+            return Comparison(False, False, mismatch="shape", detail=f"shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if got.device.type == "meta" or type(got).__name__ in _TRACING_TENSORS:
+            return Comparison(False, False, mismatch="structure", detail=f"got a {type(got).__name__} left over from tracing")
+        got = got.detach().to(want.device)
+        bitwise = bitwise and got.dtype == want.dtype and torch.equal(got, want)
+        if not want.is_floating_point():
+            close = close and torch.equal(got, want)
+            continue
+        want64 = want.double()
+        diff = (got.double() - want64).abs()
+        if diff.numel():
+            max_abs = max(max_abs, diff.max().item())
+            squares += want64.square().sum().item()
+            count += want64.numel()
+        rtol, atol = tolerance(want.dtype, want.device)
+        rtol, atol = rtol * scale, atol * scale
+        close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)

@@ -1,0 +1,186 @@
+"""Why a strategy's value is not the truth: each diagnosis a measured claim about what it did.
+
+:func:`diagnose` tries the mechanisms below in order. A mechanism names a row only when it
+*reproduces* the strategy's value: the oracle's records, or the model run again with one
+change, give that very value (within the values tolerance). When none does, the row says
+``unexplained``: an honest unknown, counted in the reports. Each mechanism has a planted
+fault (``tests/pitfalls.py``, ``tests/test_diagnoses.py``) that it must name, and the
+other mechanisms must not claim it.
+
+======================  ==================================================================  ==============================
+diagnosis               reproduced by                                                       planted fault
+======================  ==================================================================  ==============================
+reformatted             the true tokens, prefix tokens dropped, laid out as an NCHW map      timm ViT ``features_only``
+reshaped                the true values in another shape (flattened, viewed)                ``flattened``
+cast                    the true values in another dtype                                    ``double``
+inplace_aliasing        the output after the pass: a later in-place op changed it           ``inplace_after_tap``
+reused_module           another call of the same module ("matches call 1 of 2")             ``reused_module``
+wrong_layer             another requested layer's value                                     ``two_identical_paths``
+stale                   this layer's value for the previous input                           (behaviour checks)
+dead_code_eliminated    the model without an in-place op the strategy's traced graph lacks  ``dead_inplace``
+kwargs_dropped          the model with one module called without its keyword arguments      ``kwargs_and_tuples``
+children_not_chained    the top-level children replayed in registration order              ``functional_between``
+wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
+wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
+unexplained             nothing above
+======================  ==================================================================  ==============================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import torch
+
+from .compare import compare
+
+if TYPE_CHECKING:
+    from .checks import CheckContext
+
+__all__ = ["UNEXPLAINED", "diagnose", "graph_ops"]
+
+UNEXPLAINED = "unexplained"
+
+Diagnosis = Optional[tuple[str, str]]
+
+
+def graph_ops(module: Any) -> list[str] | None:
+    """The op of every call node of the FX graphs in ``module`` (what a traced strategy runs),
+    named as the op-level recorder names ops; ``None`` when it runs no graph."""
+    graphs = [m.graph for m in module.modules() if isinstance(m, torch.fx.GraphModule)] if isinstance(module, torch.nn.Module) else []
+    if not graphs:
+        return None
+    return [node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+            for graph in graphs for node in graph.nodes if node.op in ("call_function", "call_method")]
+
+
+def _close(a: Any, b: Any) -> bool:
+    return b is not None and compare(a, b).close
+
+
+def _as_token_map(value: Any, truth: Any) -> Any:
+    """``truth`` (N, tokens, C) laid out like ``value`` (N, C, H, W), prefix tokens dropped; else None."""
+    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dim() == 4 and truth.dim() == 3):
+        return None
+    batch, channels, height, width = value.shape
+    if truth.shape[0] != batch or truth.shape[2] != channels or truth.shape[1] < height * width:
+        return None
+    return truth[:, truth.shape[1] - height * width:, :].transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """A different shape holding the true values in another layout."""
+    token_map = _as_token_map(value, ctx.truth.layers[layer].value)
+    if token_map is not None and _close(value, token_map):
+        return "reformatted", "the true tokens, prefix tokens dropped, laid out as an NCHW map"
+    return None
+
+
+def reshaped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer].value
+    if isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.shape != truth.shape and value.numel() == truth.numel():
+        if _close(value.reshape(truth.shape), truth):
+            return "reshaped", f"the true values reshaped to {tuple(value.shape)}"
+    return None
+
+
+def cast(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer].value
+    if isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dtype != truth.dtype and value.shape == truth.shape:
+        if _close(value.to(truth.dtype), truth):
+            return "cast", f"the true values cast to {str(value.dtype).removeprefix('torch.')}"
+    return None
+
+
+def inplace_aliasing(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer]
+    if _close(value, truth.after_forward[truth.index]):
+        return "inplace_aliasing", "equals the output after a later in-place op overwrote it"
+    return None
+
+
+def reused_module(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer]
+    count = len(truth.calls)
+    reference = truth.index % count
+    for index in (i for i in range(count) if i != reference):
+        if _close(value, truth.calls[index]):
+            return "reused_module", f"matches call {index + 1} of {count}"
+        if _close(value, truth.after_forward[index]):
+            return "reused_module", f"matches call {index + 1} of {count} after a later in-place op"
+    return None
+
+
+def another_layer(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    for other, other_truth in ctx.truth.layers.items():
+        if other != layer and other_truth.calls and _close(value, other_truth.value):
+            return "wrong_layer", f"matches layer {other!r}"
+    return None
+
+
+def stale(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    if _close(value, ctx.previous_truth.layers[layer].value):
+        return "stale", "matches this layer's value for the previous input"
+    return None
+
+
+def dead_code_eliminated(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """The strategy runs a traced graph lacking an in-place op that the eager pass runs, and the
+    model run without that op gives its value (pytorch/pytorch#68301: FX removes in-place ops
+    whose result is unused as dead code)."""
+    graph_ops = ctx.graph_ops()
+    if graph_ops is None:
+        return None
+    for node in ctx.inplace_nodes():
+        if graph_ops.count(node.op) >= sum(1 for other in ctx.inplace_nodes() if other.op == node.op):
+            continue
+        if _close(value, ctx.counterfactual(skip_inplace=node.name).get(layer)):
+            where = f"in {node.scope}" if node.scope else "in the model's own forward"
+            return "dead_code_eliminated", (f"the traced graph has no in-place {node.op} ({node.name}, {where}), which FX drops as dead code "
+                                            f"when its result is unused; the model run without it gives this value")
+    return None
+
+
+def kwargs_dropped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    for module in ctx.keyword_calls():
+        if _close(value, ctx.counterfactual(drop_keywords=module).get(layer)):
+            return "kwargs_dropped", f"the model run with {module!r} called without its keyword arguments gives this value"
+    return None
+
+
+def children_not_chained(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    if layer in ctx.replayed and ctx.truth.chain_break and _close(value, ctx.replayed[layer]):
+        return "children_not_chained", f"matches the children replayed in registration order; {ctx.truth.chain_break.reason}"
+    return None
+
+
+def another_module(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    if isinstance(value, torch.Tensor):
+        modules = [module for module in ctx.locate(value) if module != layer]
+        if modules:
+            return "wrong_layer", f"matches module {', '.join(repr(m) for m in modules[:3])}"
+    return None
+
+
+def another_node(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    if isinstance(value, torch.Tensor):
+        nodes = [node for node in ctx.locate_nodes(value) if node != layer]
+        if nodes:
+            return "wrong_node", f"matches node {', '.join(repr(n) for n in nodes[:3])}"
+    return None
+
+
+#: The mechanisms, most specific first.
+MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
+    reformatted, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
+    children_not_chained, another_module, another_node,
+)
+
+
+def diagnose(ctx: CheckContext, layer: str, value: Any) -> tuple[str, str]:
+    """The first mechanism that reproduces ``value``, as ``(diagnosis, detail)``; else ``unexplained``."""
+    for mechanism in MECHANISMS:
+        found = mechanism(ctx, layer, value)
+        if found:
+            return found
+    return UNEXPLAINED, "no mechanism the suite knows reproduces this value"

@@ -1,0 +1,79 @@
+"""Every diagnosis names the mechanism its planted fault plants, and no other (the table in
+``conformance/diagnoses.py``). The planted faults of reshaped, cast, stale, wrong_layer between
+requested layers and unexplained are in test_negative_controls; of reformatted, in test_zoo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pitfalls
+from conformance.runner import evaluate
+from faults import corrupted
+from strategies import Extraction
+
+# (pitfall model, requested layers, strategy, layer, diagnosis): real strategies doing it
+REAL = [
+    ("inplace_after_tap", ["bn", "head"], "hooks", "bn", "inplace_aliasing"),
+    ("reused_module", ["act"], "fx", "act", "reused_module"),
+    ("dead_inplace", ["first", "second"], "fx", "second", "dead_code_eliminated"),
+    ("dead_inplace", ["first", "second"], "ilg", "second", "children_not_chained"),  # the same value, ilg's mechanism
+    ("inplace_in_child", ["head"], "fx", "head", "dead_code_eliminated"),
+    ("keyword_child", ["block", "head"], "ilg", "block", "kwargs_dropped"),
+    ("keyword_child", ["block", "head"], "ilg", "head", "kwargs_dropped"),
+    ("kwargs_and_tuples", ["block"], "ilg", "block", "kwargs_dropped"),
+    ("functional_between", ["first", "second"], "ilg", "second", "children_not_chained"),
+    ("kwargs_and_tuples", ["block"], "fx", "block", "wrong_node"),  # the module path bound to its last node, block.mean
+]
+
+
+def _rows(name, layers, strategies, checks=("values",)):
+    model = getattr(pitfalls, name)()
+    return evaluate(model, layers=layers, strategies=strategies, checks=list(checks), input_shape=pitfalls.INPUT_SHAPE)
+
+
+@pytest.mark.parametrize("name, layers, strategy, layer, diagnosis", REAL, ids=[f"{r[2]}-{r[0]}-{r[3]}" for r in REAL])
+def test_a_real_strategys_failure_is_named_by_its_mechanism(name, layers, strategy, layer, diagnosis):
+    row = _rows(name, layers, [strategy]).query("layer == @layer").iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
+
+
+@pytest.mark.parametrize("name, layers", sorted({(r[0], tuple(r[1])) for r in REAL}))
+def test_the_control_a_cloning_hook_is_right_on_every_planted_model(name, layers):
+    rows = _rows(name, list(layers), ["hooks+clone"])
+    assert (rows["status"] == "pass").all(), rows.to_dict("records")
+
+
+def test_ilg_keeps_an_in_place_op_inside_a_child_that_fx_drops():
+    """The control for dead_code_eliminated: a strategy running the child whole is right."""
+    rows = _rows("inplace_in_child", ["head"], ["ilg", "fx"]).set_index("strategy")
+    assert rows.loc["ilg", "status"] == "pass" and rows.loc["fx", "diagnosis"] == "dead_code_eliminated"
+
+
+def _module_first_output(ex, module, x, extraction):
+    return Extraction({"second": module.first(x)}, extraction.output)
+
+
+def _sigmoid_of_first(ex, module, x, extraction):
+    return Extraction({"first": torch.sigmoid(module.first(x))}, extraction.output)
+
+
+def _without_the_doubling(ex, module, x, extraction):
+    """The value fx gives by dropping mul_, computed by a strategy that runs no graph."""
+    return Extraction({"second": module.second(module.first(x))}, extraction.output)
+
+
+# (planted fault, pitfall model, layers, layer, diagnosis): strategies with the fault planted
+PLANTED = [
+    (_module_first_output, "plain", ["second"], "second", "wrong_layer"),  # matches module 'first'
+    (_sigmoid_of_first, "functional_between", ["first"], "first", "wrong_node"),  # matches node 'sigmoid'
+    (_without_the_doubling, "dead_inplace", ["second"], "second", "children_not_chained"),  # no graph: not dead code
+]
+
+
+@pytest.mark.parametrize("corrupt, name, layers, layer, diagnosis", PLANTED, ids=[p[0].__name__ for p in PLANTED])
+def test_a_planted_fault_is_named_by_its_mechanism(corrupt, name, layers, layer, diagnosis, register):
+    register("planted", corrupted(corrupt))
+    row = _rows(name, layers, ["planted"]).query("layer == @layer").iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
+
