@@ -234,6 +234,8 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
 
     def judge(layer: str) -> CheckResult:
         train_row = _judge(check, layer, in_train, train_truth.layers[layer].value, context="train mode")
+        if train_row.diagnosis == UNEXPLAINED:
+            train_row = _train_node_diagnosis(probe, layer, in_train[layer], train_row)
         eval_row = _judge(check, layer, back, eval_truth.layers[layer].value, context="back in eval")
         failed = [row for row in (train_row, eval_row) if row.status == "fail"]
         detail = f"{train_row.detail}; {eval_row.detail}"
@@ -242,6 +244,22 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
         return CheckResult(check, layer, "pass", "", detail, max_abs_err=train_row.max_abs_err, scale=train_row.scale, bitwise=train_row.bitwise)
 
     return _per_layer(check, probe, judge)
+
+
+def _train_node_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult) -> CheckResult:
+    """A wrong train-mode value that is another node's value in a train-mode pass (same seed):
+    the strategy returned that node (``wrong_node``), which eval mode can hide within tolerance
+    (a BatchNorm with fresh running statistics is nearly the identity)."""
+    if not isinstance(value, torch.Tensor):
+        return row
+    model = copy.deepcopy(probe.model).train()
+    torch.manual_seed(probe.seed)
+    nodes = [node for node in locate_nodes(model, probe.input, value, close=lambda a, b: compare(a, b).close,
+                                           tracer_kwargs=probe.tracer_kwargs) if node != layer]
+    if not nodes:
+        return row
+    return CheckResult(row.check, layer, "fail", "wrong_node", f"{row.detail}, and matches node {nodes[0]!r} of the train-mode pass",
+                       max_abs_err=row.max_abs_err, scale=row.scale, bitwise=False)
 
 
 def _loss_weight(layer: str, like: torch.Tensor, seed: int) -> torch.Tensor:

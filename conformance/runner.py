@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
@@ -157,6 +157,7 @@ class _Attempt:
     diagnosis: str = ""
     detail: str = ""
     unsupported_layers: list[str] | None = None
+    reasons: dict[str, str] = field(default_factory=dict)  # an unsupported layer's own reason
 
 
 class _ModelRun:
@@ -213,7 +214,8 @@ class _ModelRun:
             with self.timings.phase("tracing"):
                 extractor = strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs)
         except Unsupported as exc:
-            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers)
+            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers,
+                            reasons={layer: exc.reason_for(layer) for layer in exc.layers or ()})
         except CellTimeout:
             raise
         except Exception as exc:
@@ -274,7 +276,8 @@ class _ModelRun:
                     rest = [layer for layer in combined.layers if layer not in set(named)]
                     if not named or not rest:
                         break
-                    rows += _rows_for(named, self.config.checks, "unsupported", "", f"{', '.join(named)}: {combined.detail}", request_wide=False)
+                    for layer in named:
+                        rows += _rows_for([layer], self.config.checks, "unsupported", "", combined.reasons[layer], request_wide=False)
                     combined = self.attempt(strategy_name, rest)
                 alone = []
                 refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None

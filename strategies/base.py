@@ -77,7 +77,9 @@ def module_outputs(layers: Sequence[str], *, seen_by: str) -> dict[str, str]:
         elif not tap.is_module_output:
             refused[tap] = f"{tap} is call {tap.call} of {tap.calls} of {tap.module}, not its last"
     if refused:
-        raise Unsupported(f"{seen_by} names a module and gets its output (its last call): {'; '.join(refused.values())}", layers=list(refused))
+        why = f"{seen_by} names a module and gets its output (its last call)"
+        raise Unsupported(f"{why}: {'; '.join(refused.values())}", layers=list(refused),
+                          reasons={str(tap): f"{why}: {reason}" for tap, reason in refused.items()})
     return {str(tap): tap.module for tap in taps}
 
 
@@ -97,11 +99,17 @@ class Unsupported(Exception):
 
     ``layers`` names the requested layers at fault when only some are; the others can
     then be extracted on their own. ``None`` means the request fails as a whole.
+    ``reasons`` gives a layer's own reason where it differs from the message.
     """
 
-    def __init__(self, reason: str, *, layers: Sequence[str] | None = None) -> None:
+    def __init__(self, reason: str, *, layers: Sequence[str] | None = None, reasons: Mapping[str, str] | None = None) -> None:
         super().__init__(reason)
         self.layers = list(layers) if layers is not None else None
+        self.reasons = dict(reasons or {})
+
+    def reason_for(self, layer: str) -> str:
+        """Why ``layer`` cannot be expressed: its own reason, else the message."""
+        return self.reasons.get(layer, str(self))
 
 
 @dataclass

@@ -37,6 +37,7 @@ class IntermediateLayerGetterStrategy(Strategy):
                 f"IntermediateLayerGetter takes direct children only; {', '.join(nested)} "
                 f"{'is' if len(nested) == 1 else 'are'} not among them",
                 layers=nested,
+                reasons={name: f"IntermediateLayerGetter takes direct children only; {name} is not among them" for name in nested},
             )
         if repeated_modules(modules):
             raise Unsupported("IntermediateLayerGetter takes one name per child", layers=repeated_modules(modules))

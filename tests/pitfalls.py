@@ -214,6 +214,20 @@ class TrainOnlyBranch(nn.Module):
         return self.second(h)
 
 
+class ContainerEndsInNorm(nn.Module):
+    """``block`` ends in a BatchNorm with fresh statistics: nearly the identity in eval mode,
+    a real normalisation in train mode. FX binds one of ``block`` and ``block.0`` (the same
+    node) to the node before it, which only train mode tells apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)))
+        self.head = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x))
+
+
 class Plain(nn.Module):
     """No pitfall: every strategy that can express the request should pass."""
 
@@ -248,6 +262,7 @@ inplace_in_child = _factory(InplaceInChild)
 keyword_child = _factory(KeywordChild)
 size_type_branch = _factory(SizeTypeBranch)
 train_only_branch = _factory(TrainOnlyBranch)
+container_ends_in_norm = _factory(ContainerEndsInNorm)
 
 
 def not_a_module() -> str:

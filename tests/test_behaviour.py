@@ -107,6 +107,17 @@ def test_set_independence_catches_fx_pruning_that_hides_an_inplace_op():
     assert set(statuses(got, "hooks+clone", "set_independence").values()) == {("pass", "")}
 
 
+def test_a_train_mode_value_that_is_another_node_is_named_wrong_node():
+    """In eval mode FX's ``block`` (bound to the conv before the BatchNorm) is within tolerance;
+    in train mode it is the conv's batch-mode value, which the recorder finds."""
+    got = rows_for(pitfalls.ContainerEndsInNorm(), strategies=["fx", "hooks+clone"], checks=["values", "train_mode"], layers=["block", "block.0"])
+    wrong = [layer for layer in ("block", "block.0") if got[("fx", "train_mode", layer)][0] == "fail"]
+    assert len(wrong) == 1 and got[("fx", "values", wrong[0])][0] == "pass", got
+    status, diagnosis, detail = got[("fx", "train_mode", wrong[0])]
+    assert (status, diagnosis) == ("fail", "wrong_node") and "matches node 'block.0.0'" in detail, detail
+    assert set(statuses(got, "hooks+clone", "train_mode").values()) == {("pass", "")}
+
+
 def test_detached_captures_fail_gradients_honestly():
     got = rows_for(pitfalls.Plain(), strategies=["stash", "hooks+clone", "fx"], checks=["gradients"])
     assert statuses(got, "stash", "gradients") == {"first": ("fail", "detached"), "second": ("fail", "detached")}
