@@ -246,16 +246,20 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     return _per_layer(check, probe, judge)
 
 
+def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
+    """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
+    return [node for node in locate_nodes(probe.model, probe.input, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
+            if node != layer]
+
+
 def _train_node_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult) -> CheckResult:
     """A wrong train-mode value that is another node's value in a train-mode pass (same seed):
     the strategy returned that node (``wrong_node``), which eval mode can hide within tolerance
     (a BatchNorm with fresh running statistics is nearly the identity)."""
     if not isinstance(value, torch.Tensor):
         return row
-    model = copy.deepcopy(probe.model).train()
     torch.manual_seed(probe.seed)
-    nodes = [node for node in locate_nodes(model, probe.input, value, close=lambda a, b: compare(a, b).close,
-                                           tracer_kwargs=probe.tracer_kwargs) if node != layer]
+    nodes = _other_nodes(probe, layer, value, close=lambda a, b: compare(a, b).close, train=True)
     if not nodes:
         return row
     return CheckResult(row.check, layer, "fail", "wrong_node", f"{row.detail}, and matches node {nodes[0]!r} of the train-mode pass",
@@ -330,8 +334,7 @@ def _gradient_diagnosis(probe: Probe, layer: str, detail: str) -> tuple[str, str
     another node's, that node is what the strategy returned (``wrong_node``)."""
     value, truth = probe.together.get(layer), probe.truth.layers[layer].value
     if isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and not torch.equal(value, truth):
-        nodes = [node for node in locate_nodes(probe.model, probe.input, value, close=lambda a, b: torch.equal(a, b), tracer_kwargs=probe.tracer_kwargs)
-                 if node != layer]
+        nodes = _other_nodes(probe, layer, value, close=torch.equal)
         if nodes:
             return "wrong_node", f"the feature is node {nodes[0]!r}'s value, within tolerance of the truth but not it; {detail}"
     return "wrong_gradient", f"the value is right, its gradient is not; {detail}"

@@ -320,8 +320,9 @@ def counterfactual(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], 
 
 
 def locate_nodes(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Callable[[Any, Any], bool],
-                 tracer_kwargs: Mapping[str, Any] | None = None) -> list[str]:
-    """The nodes of the forward pass (:mod:`.nodes`) whose value is ``value`` (compared on the fly, nothing stored)."""
+                 tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None) -> list[str]:
+    """The nodes of the forward pass (:mod:`.nodes`) whose value is ``value`` (compared on the fly,
+    nothing stored), on a copy of ``model`` in its own mode, or in train mode when ``train``."""
     found: list[str] = []
 
     def visit(node: Any, produced: Any) -> None:
@@ -329,5 +330,8 @@ def locate_nodes(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, clos
             found.append(node.name)
 
     with torch.no_grad():
-        record(copy.deepcopy(model), x, visit=visit, tracer_kwargs=tracer_kwargs)
+        twin = copy.deepcopy(model)
+        if train is not None:
+            twin.train(train)
+        record(twin, x, visit=visit, tracer_kwargs=tracer_kwargs)
     return found
