@@ -225,8 +225,10 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     try:
         with _attached(probe) as extractor:
             extractor.module.train()
-            torch.manual_seed(probe.seed)
-            in_train = snapshot(extractor(probe.input).features)
+            get_state, states = _rng(probe.input.device)[0], {}  # for _rng_diagnosis: read-only pre-hooks
+            with _on_module_calls(extractor.module, lambda path, call: states.setdefault((path, call), get_state())):
+                torch.manual_seed(probe.seed)
+                in_train = snapshot(extractor(probe.input).features)
             extractor.module.eval()
             back = snapshot(extractor(probe.input).features)
     except Exception as exc:
@@ -236,6 +238,8 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
         train_row = _judge(check, layer, in_train, train_truth.layers[layer].value, context="train mode")
         if train_row.diagnosis == UNEXPLAINED:
             train_row = _train_node_diagnosis(probe, layer, in_train[layer], train_row)
+        if train_row.diagnosis == UNEXPLAINED:
+            train_row = _rng_diagnosis(probe, layer, in_train[layer], train_row, states)
         eval_row = _judge(check, layer, back, eval_truth.layers[layer].value, context="back in eval")
         failed = [row for row in (train_row, eval_row) if row.status == "fail"]
         detail = f"{train_row.detail}; {eval_row.detail}"
@@ -263,6 +267,57 @@ def _train_node_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult
     if not nodes:
         return row
     return CheckResult(row.check, layer, "fail", "wrong_node", f"{row.detail}, and matches node {nodes[0]!r} of the train-mode pass",
+                       max_abs_err=row.max_abs_err, scale=row.scale, bitwise=False)
+
+
+@contextlib.contextmanager
+def _on_module_calls(module: nn.Module, on_call: Callable[[str, int], None]):
+    """Call ``on_call(path, call)`` as each call of each submodule of ``module`` starts."""
+    calls: dict[str, int] = {}
+
+    def pre_hook(path: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: Any) -> None:
+            calls[path] = calls.get(path, 0) + 1
+            on_call(path, calls[path])
+        return hook
+
+    handles = [sub.register_forward_pre_hook(pre_hook(path)) for path, sub in module.named_modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _rng(device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]:
+    if device.type == "cuda":
+        return (lambda: torch.cuda.get_rng_state(device)), (lambda state: torch.cuda.set_rng_state(state, device))
+    return torch.get_rng_state, torch.set_rng_state
+
+
+def _rng_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult, states: Mapping[tuple[str, int], torch.Tensor]) -> CheckResult:
+    """A wrong train-mode value that the true train-mode pass gives when each module call starts
+    from the RNG state it had in the strategy's pass (same seed): the strategy drew from the
+    global RNG during its pass, so dropout and other random ops did not get the seeded model's
+    numbers (``rng_shifted``)."""
+    if not states or not isinstance(value, torch.Tensor):
+        return row
+    _, set_state = _rng(probe.input.device)
+
+    def restore(path: str, call: int) -> None:
+        if (path, call) in states:
+            set_state(states[(path, call)])
+
+    model = copy.deepcopy(probe.model).train()
+    with _on_module_calls(model, restore):
+        torch.manual_seed(probe.seed)
+        replay = capture(model, probe.input, layers=[tap for tap in probe.layers if tap == layer], on_copy=False,
+                         tracer_kwargs=probe.tracer_kwargs).layers[layer].value
+    if replay is None or not compare(value, replay).close:
+        return row
+    return CheckResult(row.check, layer, "fail", "rng_shifted",
+                       f"{row.detail}, and the train-mode pass gives it when each module call starts from the RNG state "
+                       "of the strategy's pass: the strategy draws from the global RNG, so random ops (dropout) get other numbers",
                        max_abs_err=row.max_abs_err, scale=row.scale, bitwise=False)
 
 

@@ -22,6 +22,8 @@ kwargs_dropped          the model with one module called without its keyword arg
 children_not_chained    the top-level children replayed in registration order              ``functional_between``
 wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
 wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
+rng_shifted             the train-mode pass, each module call starting from the RNG state it   ``draws_before_forward``
+                        had in the strategy's pass (``behaviour.check_train_mode``)
 unexplained             nothing above
 ======================  ==================================================================  ==============================
 """

@@ -35,6 +35,10 @@ _known: dict[str, tuple[str, str]] = {
     "timm": ("strategies.timm_features:TimmFeaturesOnly", "timm"),
     "fx": ("strategies.fx:FxFeatureExtractor", "torchvision"),
     "timm-fx": ("strategies.timm_fx:TimmFx", "timm"),
+    "timm-intermediates": ("strategies.timm_intermediates:TimmIntermediates", "timm"),
+    "torchlens": ("strategies.torchlens_adapter:TorchLens", "'feature-conformance[torchlens]'"),
+    "captum": ("strategies.captum_adapter:Captum", "'feature-conformance[captum]'"),
+    "nnsight": ("strategies.nnsight_adapter:NNsightStrategy", "'feature-conformance[nnsight]'"),
 }
 _registry: dict[str, type[Strategy]] = {}
 

@@ -228,6 +228,19 @@ class ContainerEndsInNorm(nn.Module):
         return self.head(self.block(x))
 
 
+class DropoutBetween(nn.Module):
+    """A Dropout between two convolutions: in train mode, ``second`` depends on the RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.drop(self.first(x)))
+
+
 class Plain(nn.Module):
     """No pitfall: every strategy that can express the request should pass."""
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import pitfalls
 from conformance.runner import evaluate
 from faults import corrupted, features_mapped, unchanged
-from strategies import Extraction
+from strategies import Extraction, Extractor, Strategy, get_strategy
 
 
 def rows_for(model, *, strategies, checks, layers=("first", "second")):
@@ -96,6 +96,53 @@ def test_the_compile_check_catches_a_fault_and_passes_the_control(register):
     assert got[("planted-compiled", "compile", "*")][:2] == ("fail", "unexplained")
     status, _, detail = got[("fx", "compile", "*")]
     assert status == "pass" and "hook added after the first compiled call" in detail
+
+
+class _DrawsBeforeForward(Strategy):
+    """``hooks+clone`` drawing from the global RNG before each pass (as a sampling tracer
+    would); ``noisy`` also adds a random offset, which no RNG state explains."""
+
+    noisy = False
+
+    def attach(self, model, *, layers, tracer_kwargs=None):
+        inner, noisy = get_strategy("hooks+clone").attach(model, layers=layers), self.noisy
+
+        class Drawing(Extractor):
+            module = inner.module
+
+            def extract_with(self, module, x):
+                offset = torch.rand(1).item()
+                extraction = inner.extract_with(module, x)
+                if noisy and module.training:
+                    return Extraction({k: v + offset for k, v in extraction.features.items()}, extraction.output)
+                return extraction
+
+            def close(self):
+                inner.close()
+
+        return Drawing()
+
+
+class _DrawsAndAddsNoise(_DrawsBeforeForward):
+    noisy = True
+
+
+def test_a_strategy_that_draws_from_the_rng_is_named_rng_shifted_in_train_mode(register):
+    register("planted-draws", _DrawsBeforeForward)
+    register("planted-noise", _DrawsAndAddsNoise)
+    got = rows_for(pitfalls.DropoutBetween(), strategies=["planted-draws", "planted-noise", "hooks+clone"], checks=["train_mode"])
+    assert got[("planted-draws", "train_mode", "first")][:2] == ("pass", "")  # before the dropout: no random op yet
+    status, diagnosis, detail = got[("planted-draws", "train_mode", "second")]
+    assert (status, diagnosis) == ("fail", "rng_shifted") and "draws from the global RNG" in detail, detail
+    assert got[("planted-noise", "train_mode", "second")][:2] == ("fail", "unexplained")  # the negative control
+    assert set(statuses(got, "hooks+clone", "train_mode").values()) == {("pass", "")}
+
+
+def test_torchlens_draws_from_the_rng_during_its_pass():
+    pytest.importorskip("torchlens")
+    got = rows_for(pitfalls.DropoutBetween(), strategies=["torchlens", "captum"], checks=["train_mode"])
+    assert got[("torchlens", "train_mode", "second")][:2] == ("fail", "rng_shifted")
+    assert got[("captum", "train_mode", "second")][:2] == ("pass", "")
 
 
 # -- the strategies themselves: real faults and clean cases ----------------------------------

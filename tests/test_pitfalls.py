@@ -83,3 +83,73 @@ def test_ilg_marks_only_nested_layers_unsupported():
     rows = evaluate(torchvision.models.resnet18(), layers=["layer1", "layer2.0"], strategies=["ilg"], checks=["values"])
     got = dict(zip(rows.layer, rows.status))
     assert got == {"layer1": "pass", "layer2.0": "unsupported"}
+
+
+# The strategies users weigh beside the six: TorchLens, Captum, nnsight, timm forward_intermediates.
+
+def test_torchlens_and_captum_copy_before_an_inplace_op_nnsight_does_not():
+    got = verdicts(pitfalls.InplaceAfterTap(), ["bn", "head"], strategies=["torchlens", "captum", "nnsight"])
+    assert got[("torchlens", "bn")][0] == "pass"
+    assert got[("captum", "bn")][0] == "pass"
+    assert got[("nnsight", "bn")][:2] == ("fail", "inplace_aliasing")
+    assert got[("nnsight", "head")][0] == "pass"
+
+
+def test_nnsight_output_is_a_reused_modules_first_call():
+    got = verdicts(pitfalls.ReusedModule(), ["act"], strategies=["torchlens", "captum", "nnsight"])
+    assert got[("nnsight", "act")] == ("fail", "reused_module", "matches call 1 of 2")
+    assert got[("torchlens", "act")][0] == "pass"
+    assert got[("captum", "act")][0] == "pass"
+
+
+def test_torchlens_reads_each_call_of_a_reused_module_by_its_node_name():
+    rows = evaluate(pitfalls.ReusedModule(), layers=["act", "act_1"], strategies=["torchlens"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    assert set(zip(rows.layer, rows.status)) == {("act", "pass"), ("act_1", "pass")}
+
+
+def test_op_nodes_are_unsupported_by_torchlens_with_the_reason():
+    rows = evaluate(pitfalls.FunctionalBetween(), layers=["first", "mul"], strategies=["torchlens"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    got = {r.layer: (r.status, r.detail) for r in rows.itertuples()}
+    assert got["first"][0] == "pass"
+    assert got["mul"][0] == "unsupported" and "TorchLens names ops by its own labels" in got["mul"][1]
+
+
+def test_captum_and_torchlens_return_detached_features_nnsight_does_not():
+    rows = evaluate(pitfalls.Plain(), layers=["first"], strategies=["captum", "torchlens", "nnsight"], checks=["gradients"], input_shape=pitfalls.INPUT_SHAPE)
+    got = {r.strategy: (r.status, r.diagnosis) for r in rows.itertuples()}
+    assert got["captum"] == ("fail", "detached")
+    assert got["torchlens"] == ("fail", "detached")
+    assert got["nnsight"] == ("pass", "")
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+
+
+def test_timm_intermediates_returns_vit_blocks_as_feature_maps(tiny_vit):
+    rows = evaluate(tiny_vit, layers=["blocks.1", "blocks.11", "blocks.11.mlp"], strategies=["timm-intermediates"],
+                    checks=["values"], input_shape=(1, 3, 32, 32))
+    got = {r.layer: (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+    for block in ("blocks.1", "blocks.11"):
+        assert got[block][:2] == ("fail", "reformatted"), got[block]
+    assert got["blocks.11.mlp"][0] == "unsupported" and "forward_intermediates can take only: blocks.0" in got["blocks.11.mlp"][2]
+
+
+def test_timm_intermediates_returns_resnet_stages_exactly_in_execution_order():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", pretrained=False).eval()
+    rows = evaluate(model, layers=["layer4", "act1", "layer2"], strategies=["timm-intermediates"],
+                    checks=["values", "keys"], input_shape=(1, 3, 32, 32))
+    got = {(r.check, r.layer): (r.status, r.detail) for r in rows.itertuples()}
+    assert {got[("values", layer)][0] for layer in ("layer4", "act1", "layer2")} == {"pass"}
+    assert got[("keys", "*")] == ("fail", "returned in the order act1, layer2, layer4")
+
+
+def test_timm_intermediates_on_a_non_timm_model_is_unsupported_not_a_crash():
+    rows = evaluate(pitfalls.Plain(), layers=["first"], strategies=["timm-intermediates"], input_shape=pitfalls.INPUT_SHAPE)
+    assert (rows["status"] == "unsupported").all()
+    assert rows["detail"].str.contains("not a timm model with forward_intermediates").all()

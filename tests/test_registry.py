@@ -51,3 +51,18 @@ def test_unavailable_strategy_is_a_skipped_row_not_a_crash():
     finally:
         _known.pop("ghost")
     assert set(zip(rows.status, rows.diagnosis)) == {("skipped", "unavailable")}
+
+
+@pytest.mark.parametrize("name, package", [("torchlens", "torchlens"), ("captum", "captum"), ("nnsight", "nnsight")])
+def test_an_optional_strategy_without_its_package_names_its_extra(monkeypatch, name, package):
+    import sys
+
+    from strategies import _registry
+
+    monkeypatch.delitem(_registry._registry, name, raising=False)
+    for module in [m for m in sys.modules if m == package or m.startswith(f"{package}.")] or [package]:
+        monkeypatch.setitem(sys.modules, module, None)  # what import finds when the package is not installed
+    for module in [m for m in sys.modules if m.startswith("strategies.") and package in m]:
+        monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(StrategyUnavailable, match=rf"pip install 'feature-conformance\[{name}\]'"):
+        get_strategy(name)
