@@ -14,6 +14,9 @@
     conformance manifest noise                        # float noise across simulated machines, against the bound
     conformance list models|layers MODEL|strategies|checks
 
+``conformance run`` reads its defaults from ``[tool.conformance]`` of ``./pyproject.toml``
+(``conformance/config.py``); its flags override them.
+
 Bad input prints a message and a hint and exits 2; nothing already written is lost.
 """
 
@@ -26,13 +29,14 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from strategies import CORE_STRATEGIES, available_strategies, list_strategies
 
+from .config import load_config
 from .errors import ConformanceError
 from .layers import LAYER_SETS, SET_NAMES, resolve_layers
 from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
@@ -43,7 +47,7 @@ from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, Timings, make_deterministic, run
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
-__all__ = ["main"]
+__all__ = ["main", "run_arguments", "run_config"]
 
 
 def _unknown(kind: str, name: str, known: Sequence[str]) -> ConformanceError:
@@ -73,7 +77,8 @@ def _checks(requested: Sequence[str]) -> list[str]:
         raise _unknown("check", exc.args[0], list(dict.fromkeys([*PROFILES, *ALL_CHECKS]))) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``run_defaults`` (from ``[tool.conformance]``) replace the defaults of ``run``."""
     parser = argparse.ArgumentParser(prog="conformance", description="Which feature-extraction strategy returns the true activations?")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -98,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     run_.add_argument("--jobs", type=int, default=1, metavar="N", help="run the models in N processes, their shards merged into --out")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+    run_.set_defaults(**(run_defaults or {}))
 
     bench_ = commands.add_parser("bench", help="what each strategy costs: latency, overhead, floor ratio, build time, memory")
     bench_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable; default torchvision:resnet18)")
@@ -199,7 +205,8 @@ def _start(args: argparse.Namespace) -> tuple[Path, dict]:
     return out, metadata
 
 
-def _command_run(args: argparse.Namespace) -> int:
+def run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
+    """What ``conformance run`` (or the pytest plugin) runs for ``args``, and the model references."""
     _check_device(args.device)
     input_shape = parse_input_shape(args.input_shape) if args.input_shape else None
     strategies = _choose("strategy", args.strategies, list_strategies())
@@ -207,7 +214,7 @@ def _command_run(args: argparse.Namespace) -> int:
     references = args.model or list_models(zoo=args.zoo or "quick", include=args.include, exclude=args.exclude)
     if not references:
         raise ConformanceError("no model selected", hint="loosen --include/--exclude, or name one with --model")
-    if args.shard:
+    if getattr(args, "shard", None):
         index, count = _shard(args.shard)
         references = sorted(references)[index - 1::count]
         if not references:
@@ -216,19 +223,23 @@ def _command_run(args: argparse.Namespace) -> int:
     for layer in args.layers:
         if layer.startswith("@") and layer not in SET_NAMES:
             raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(SET_NAMES)}")
-
-    if args.jobs > 1:
-        return _run_in_processes(args, references, strategies, checks)
-    out, metadata = _start(args)
-    metadata["shard"] = args.shard
-    writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
     config = RunConfig(
         models=models, layers=args.layers, strategies=strategies, checks=checks, device=args.device,
         seed=args.seed, cell_timeout=args.cell_timeout, include_big=args.include_big,
     )
+    return config, references
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    config, references = run_config(args)
+    if args.jobs > 1:
+        return _run_in_processes(args, references, config.strategies, config.checks)
+    out, metadata = _start(args)
+    metadata["shard"] = args.shard
+    writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
     from tqdm import tqdm
 
-    total = len(models) * len(strategies) - len(writer.done)
+    total = len(config.models) * len(config.strategies) - len(writer.done)
     timings = Timings()
     with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
         try:
@@ -511,9 +522,24 @@ def _command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``[tool.conformance]`` keys as ``conformance run`` destinations (``models`` is ``--model``)."""
+    return {"model" if key == "models" else key.replace("-", "_"): value for key, value in options.items()}
+
+
+def run_arguments(options: Mapping[str, Any]) -> argparse.Namespace:
+    """The arguments of a plain ``conformance run`` under ``[tool.conformance]`` ``options``."""
+    return _parser(_run_defaults(options)).parse_args(["run"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
-    args = _parser().parse_args(argv)
+    try:
+        config = load_config(Path.cwd() / "pyproject.toml")
+    except ConformanceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = _parser(_run_defaults(config.options)).parse_args(argv)
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
                     "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list}

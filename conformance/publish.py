@@ -118,7 +118,8 @@ def _document(sources: Sources, plots: dict[str, Image], command: str) -> tuple[
         ]))
         sections.append(Section("Capability matrix", [
             "Checks by strategies; each cell counts the models on which the strategy passes the check "
-            "(a model takes the worst status among its rows).",
+            "(a model takes the worst status among its rows); in the HTML page each cell is coloured by its pass rate, "
+            "from red (none) to green (all).",
             capability_matrix(frame).rename_axis(columns=None).reset_index(),
             plots.get("pass_rates", ""),
         ]))
@@ -250,8 +251,18 @@ function sortTable(th) {
     return (typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === 'number' ? -1 : 1)) * (ascending ? 1 : -1); });
   rows.forEach(row => body.appendChild(row));
 }
+function colourByPassRate(table) {
+  table.querySelectorAll('td').forEach(td => {
+    const match = td.textContent.match(/^(\\d+)\\/(\\d+) pass/);
+    if (!match || +match[2] === 0) return;
+    const rate = +match[1] / +match[2];
+    td.style.backgroundColor = `hsl(${Math.round(120 * rate)}, 65%, 82%)`;  // red 0% .. green 100%
+    td.dataset.passRate = rate.toFixed(3);
+  });
+}
 window.addEventListener('load', () => {
   document.querySelectorAll('th').forEach(th => th.addEventListener('click', () => sortTable(th)));
+  document.querySelectorAll('table.matrix').forEach(colourByPassRate);
   const tables = [...document.querySelectorAll('table')].filter(t => t.tBodies.length && t.tBodies[0].rows.length).length;
   const images = [...document.images], loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.dataset.rendered = `tables:${tables} images:${loaded}/${images.length}`;
@@ -274,7 +285,8 @@ def _html(title: str, sections: list[Section]) -> str:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, pd.DataFrame):
-                body.append(block.map(cell_text).to_html(index=False, border=0, escape=True) if not block.empty else "<p><em>none</em></p>")
+                classes = "matrix" if section.title == "Capability matrix" else None  # cells coloured by pass rate
+                body.append(block.map(cell_text).to_html(index=False, border=0, escape=True, classes=classes) if not block.empty else "<p><em>none</em></p>")
             elif isinstance(block, Image):
                 data = base64.b64encode(block.path.read_bytes()).decode()
                 body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'

@@ -41,7 +41,7 @@ from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
 from .zoo import BIG_MODEL_PARAMS, ModelSpec, build_model
 
-__all__ = ["RunConfig", "Timings", "evaluate", "make_deterministic", "run"]
+__all__ = ["RunConfig", "Timings", "evaluate", "make_deterministic", "model_units", "run"]
 
 
 @dataclass
@@ -375,14 +375,14 @@ def run(config: RunConfig, *, writer: ResultsWriter, timings: Timings, progress:
         pending = [s for s in config.strategies if (spec.id, s) not in writer.done]
         if not pending:
             continue
-        for strategy_name, results in _units(spec, pending, config, timings):
+        for strategy_name, results in model_units(spec, pending, config, timings):
             writer.write_unit(model=spec.id, family=spec.family, strategy=strategy_name, results=results)
             if progress is not None:
                 progress.update(1)
         gc.collect()
 
 
-def _units(spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
+def model_units(spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
     """``(strategy, rows)`` for one model, one unit at a time; a model that cannot run gives rows saying why."""
     def everywhere(status: str, diagnosis: str, detail: str) -> Iterator[tuple[str, list[CheckResult]]]:
         for strategy_name in strategies:
@@ -441,7 +441,7 @@ def evaluate(
     config = RunConfig(models=[spec], layers=list(layers), strategies=list(strategies), checks=list(checks), device=device, seed=seed)
     records = [
         {"model": name, "family": spec.family, "strategy": strategy_name, "device": device, **asdict(result)}
-        for strategy_name, results in _units(spec, config.strategies, config, Timings())
+        for strategy_name, results in model_units(spec, config.strategies, config, Timings())
         for result in results
     ]
     return pd.DataFrame.from_records(records)

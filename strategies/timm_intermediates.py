@@ -10,7 +10,7 @@ whose ``forward`` is that call, so that scripting, compiling and exporting apply
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -28,7 +28,8 @@ class ForwardIntermediates(nn.Module):
         self.model = model
         self.indices = indices
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        # what timm annotates forward_intermediates to return (TorchScript checks it)
         return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
 
 

@@ -118,7 +118,7 @@ def test_a_crashing_strategy_is_a_row_with_a_reason(register):
 def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     import time
 
-    from conformance.runner import RunConfig, Timings, _units
+    from conformance.runner import RunConfig, Timings, model_units
     from conformance.zoo import ModelSpec
 
     class Hanging(Strategy):
@@ -129,7 +129,7 @@ def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     spec = ModelSpec("user", "plain", pitfalls.INPUT_SHAPE, pitfalls.Plain)
     config = RunConfig(models=[spec], layers=LAYERS, strategies=["hanging"], checks=["values"], cell_timeout=0.5)
     started = time.perf_counter()
-    [(name, results)] = list(_units(spec, ["hanging"], config, Timings()))
+    [(name, results)] = list(model_units(spec, ["hanging"], config, Timings()))
     assert time.perf_counter() - started < 10
     assert {(r.status, r.diagnosis) for r in results} == {("error", "timeout")}
 

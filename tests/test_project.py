@@ -12,8 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ci_runs_the_readme_test_command():
     ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     readme = (ROOT / "README.md").read_text()
-    assert ci_command.startswith("python3 -m venv .venv") and "pytest" in ci_command
+    assert ci_command.startswith(".ci/ensure-chromium && python3 -m venv .venv") and "pytest" in ci_command
     assert f"```bash\n{ci_command}\n```" in readme
+
+
+def test_ci_fails_rather_than_skips_the_browser_test():
+    assert "export CONFORMANCE_REQUIRE_BROWSER=1" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_readme_starts_with_the_two_setup_commands():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conformance.layers import resolve_layers
-from conformance.runner import RunConfig, Timings, _units
+from conformance.runner import RunConfig, Timings, model_units
 from conformance.zoo import QUICK_ZOO, TIMM_ZOO, build_model, list_models, resolve_model
 from strategies import list_strategies
 
@@ -18,7 +18,7 @@ SMOKE = ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "timm:resnet1
 def run_model(reference: str, layers: list[str], input_shape=None):
     spec = resolve_model(reference, input_shape=input_shape)
     config = RunConfig(models=[spec], layers=layers, strategies=list_strategies(), checks=["values", "shape", "dtype", "keys", "model_output", "weights"])
-    return {name: rows for name, rows in _units(spec, config.strategies, config, Timings())}
+    return {name: rows for name, rows in model_units(spec, config.strategies, config, Timings())}
 
 
 @pytest.mark.zoo
