@@ -203,16 +203,16 @@ class _Units:
         from .runner import Timings, model_units
 
         key = (spec.id, strategy)
-        while key not in self.rows_by_unit:
-            if spec.id not in self.pending:
-                self.pending[spec.id] = model_units(spec, list(self.run.strategies), self.run, Timings())
+        if spec.id not in self.pending and key not in self.rows_by_unit:
+            self.pending[spec.id] = model_units(spec, list(self.run.strategies), self.run, Timings())
+        while key not in self.rows_by_unit and spec.id in self.pending:
             try:
                 name, rows = next(self.pending[spec.id])
             except StopIteration:
-                del self.pending[spec.id]  # asked again after the model ran out: run it again
-                continue
+                del self.pending[spec.id]
+                break
             self.rows_by_unit[(spec.id, name)] = rows
-        return self.rows_by_unit[key]
+        return self.rows_by_unit.get(key, [])  # none: the item reports that the run wrote no row
 
 
 def _row_for(rows: list[CheckResult], *, layer: str, check: str) -> CheckResult:
