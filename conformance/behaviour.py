@@ -749,6 +749,126 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
     return [CheckResult(check, ALL_LAYERS, "pass", "", f"the truth in both modes: {counts}")]
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def check_autocast(probe: Probe) -> list[CheckResult]:
+    """Under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA) the features equal the
+    oracle's under the same autocast, in value and dtype, within that dtype's tolerance
+    (``compare.tolerance``: rtol 1.6e-2 for bfloat16, 1e-3 for float16; ten times on CUDA)."""
+    check, device = "autocast", probe.input.device
+    dtype = _autocast_dtype(device)
+    context = f"under autocast({device.type}, {str(dtype).removeprefix('torch.')})"
+
+    def autocast() -> Any:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def oracle() -> OracleCapture:
+        with autocast():
+            return capture(probe.model, probe.input, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs)
+
+    try:
+        truth = probe.oracle(check, oracle)
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails {context}: {exc}")
+    try:
+        with _attached(probe) as extractor, autocast():
+            got = snapshot(extractor(probe.input).features)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"{context}: {_failure(exc)}")
+
+    def judge(layer: str) -> CheckResult:
+        row = _judge(check, layer, got, truth.layers[layer].value, context=context)
+        value, true = got.get(layer), truth.layers[layer].value
+        if row.diagnosis == UNEXPLAINED and isinstance(value, torch.Tensor) and isinstance(true, torch.Tensor) and value.dtype != true.dtype:
+            if compare(value.to(true.dtype), true).close:  # the autocast value, cast: reproduced by casting it back
+                return CheckResult(check, layer, "fail", "cast", f"{context}: the autocast value, in {str(value.dtype).removeprefix('torch.')} "
+                                   f"instead of {str(true.dtype).removeprefix('torch.')}", max_abs_err=row.max_abs_err, scale=row.scale, bitwise=False)
+        return row
+
+    return _per_layer(check, probe, judge)
+
+
+def _memory_format(value: Any) -> str:
+    if not isinstance(value, torch.Tensor) or value.dim() != 4:
+        return ""
+    if value.is_contiguous(memory_format=torch.channels_last) and not value.is_contiguous():
+        return "channels_last"
+    return "contiguous" if value.is_contiguous() else "strided"
+
+
+def check_channels_last(probe: Probe) -> list[CheckResult]:
+    """With the model and the input in ``channels_last`` the features are the truth there; the
+    detail says whether each feature keeps the memory format the model's own output has."""
+    check = "channels_last"
+    if probe.input.dim() != 4:
+        return _all_layers(check, probe, "skipped", "", "the input is not a 4-d image batch")
+    x = probe.input.contiguous(memory_format=torch.channels_last)
+
+    def in_channels_last() -> nn.Module:
+        return copy.deepcopy(probe.model).to(memory_format=torch.channels_last)
+
+    try:
+        truth = probe.oracle(check, lambda: capture(in_channels_last(), x, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails in channels_last: {exc}")
+    try:
+        with _attached(probe, model=in_channels_last()) as extractor:
+            raw = extractor(x).features
+            formats = {layer: _memory_format(value) for layer, value in raw.items()}
+            got = snapshot(raw)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"in channels_last: {_failure(exc)}")
+
+    def judge(layer: str) -> CheckResult:
+        row = _judge(check, layer, got, truth.layers[layer].value, context="in channels_last")
+        true_format, returned = _memory_format(truth.layers[layer].value), formats.get(layer, "")
+        if true_format and returned:
+            row.detail += "; memory format kept" if returned == true_format else f"; memory format {true_format} returned as {returned}"
+        return row
+
+    return _per_layer(check, probe, judge)
+
+
+def check_inference_mode(probe: Probe) -> list[CheckResult]:
+    """Under ``torch.inference_mode()`` the extractor runs and gives the truth; afterwards its
+    features work as values (read, cloned, used in new ops: in-place updates and autograd on
+    inference tensors are refused by torch by design, and not asked) and the extractor works
+    again outside it."""
+    check = "inference_mode"
+    try:
+        with _attached(probe) as extractor:
+            with torch.inference_mode():
+                features = extractor(probe.input).features
+            try:
+                inside = {layer: _used(value) for layer, value in dict(features).items()}
+            except Exception as exc:
+                return _all_layers(check, probe, "fail", "unusable_after", f"a feature from inference_mode, used after it: {_failure(exc)}")
+            try:
+                after = snapshot(extractor(probe.input).features)
+            except Exception as exc:
+                return _all_layers(check, probe, "fail", "call_failed", f"called again after inference_mode: {_failure(exc)}")
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"under inference_mode: {_failure(exc)}")
+
+    def judge(layer: str) -> CheckResult:
+        true = probe.truth.layers[layer].value
+        row = _judge(check, layer, inside, true, context="under inference_mode")
+        if row.status != "pass":
+            return row
+        again = _judge(check, layer, after, true, context="called again after it")
+        return again if again.status != "pass" else CheckResult(check, layer, "pass", "", f"{row.detail}; {again.detail}",
+                                                                  max_abs_err=row.max_abs_err, scale=row.scale, bitwise=row.bitwise)
+
+    return _per_layer(check, probe, judge)
+
+
+def _used(value: Any) -> Any:
+    """``value`` used as a user would after ``inference_mode``: a new tensor computed from it."""
+    return value * 1 if isinstance(value, torch.Tensor) else value
+
+
 BEHAVIOUR_CHECKS: dict[str, Callable[[Probe], list[CheckResult]]] = {
     "set_independence": check_set_independence,
     "train_mode": check_train_mode,
@@ -763,6 +883,10 @@ BEHAVIOUR_CHECKS: dict[str, Callable[[Probe], list[CheckResult]]] = {
     "compile": check_compile,
     "onnx": check_onnx,
     "device_move": check_device_move,
+    "autocast": check_autocast,
+    "channels_last": check_channels_last,
+    "inference_mode": check_inference_mode,
 }
 #: Behaviour checks that give one row per layer (the others give one row per request).
-PER_LAYER_BEHAVIOUR_CHECKS = ("set_independence", "train_mode", "gradients", "input_size", "batch_consistency")
+PER_LAYER_BEHAVIOUR_CHECKS = ("set_independence", "train_mode", "gradients", "input_size", "batch_consistency",
+                              "autocast", "channels_last", "inference_mode")

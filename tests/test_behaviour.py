@@ -66,6 +66,18 @@ def _wrong_when_swapped(ex, module, x, extraction):
     return Extraction({k: v + 1.0 for k, v in extraction.features.items()}, extraction.output)
 
 
+_cast_to_float32 = features_mapped(lambda v: v.float())  # a no-op, except under autocast
+# reads a channels_last feature's memory as if it were contiguous NCHW
+_assumes_contiguous = features_mapped(lambda v: v.as_strided(v.shape, torch.empty(v.shape).stride()) if v.dim() == 4 else v)
+
+
+def _counts_calls_in_place(ex, module, x, extraction):
+    """Keeps a call counter updated in place: made under inference_mode, it cannot be updated after."""
+    ex.__dict__.setdefault("call_count", torch.zeros(()))
+    ex.call_count.add_(1)
+    return extraction
+
+
 PLANTED = {
     # name: (corrupt, on_attach, inner, model, layers, check, layer, diagnosis)
     "ignores_train_mode": (_ignores_train_mode, None, "hooks+clone", pitfalls.InplaceAfterTap, ["bn", "head"], "train_mode", "bn", "unexplained"),
@@ -76,6 +88,9 @@ PLANTED = {
     "weight_outside_state_dict": (_uses_cached_weight, _cache_weight_outside_state_dict, "hooks+clone", pitfalls.Plain, ["first", "second"], "state_dict", "*", "unexplained"),
     "wrong_when_scripted": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "jit_script", "*", "unexplained"),
     "wrong_when_exported": (_wrong_when_swapped, None, "ilg", pitfalls.Plain, ["first", "second"], "export", "*", "unexplained"),
+    "cast_to_float32": (_cast_to_float32, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "autocast", "first", "cast"),
+    "assumes_contiguous": (_assumes_contiguous, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "channels_last", "first", "unexplained"),
+    "counts_calls_in_place": (_counts_calls_in_place, None, "hooks+clone", pitfalls.Plain, ["first", "second"], "inference_mode", "first", "call_failed"),
 }
 
 
@@ -273,3 +288,18 @@ def test_mode_graphs_judges_per_mode_requests_where_the_graphs_differ(register):
     assert got[("both-modes-as-train", "mode_graphs", "*")][0] == "fail"
     plain = rows_for(pitfalls.Plain(), strategies=["fx"], checks=["mode_graphs"])
     assert plain[("fx", "mode_graphs", "*")][:2] == ("skipped", "")
+
+
+def test_channels_last_says_whether_the_memory_format_is_kept(register):
+    register("contiguous", corrupted(features_mapped(lambda v: v.contiguous())))
+    got = rows_for(pitfalls.Plain(), strategies=["hooks+clone", "contiguous"], checks=["channels_last"])
+    assert got[("hooks+clone", "channels_last", "first")] == ("pass", "", "in channels_last: equals the truth; memory format kept")
+    assert got[("contiguous", "channels_last", "first")] == ("pass", "", "in channels_last: equals the truth; memory format channels_last returned as contiguous")
+
+
+def test_autocast_judges_in_the_reduced_dtype():
+    got = rows_for(pitfalls.InplaceAfterTap(), strategies=["hooks+clone", "hooks", "fx"], checks=["autocast"], layers=["conv", "bn", "head"])
+    for strategy in ("hooks+clone", "fx"):
+        assert got[(strategy, "autocast", "conv")][:2] == ("pass", ""), got[(strategy, "autocast", "conv")]
+    assert "under autocast(cpu, bfloat16)" in got[("hooks+clone", "autocast", "head")][2]
+    assert got[("hooks", "autocast", "bn")][1] == "values_wrong"  # wrong already in float32: not judged again
