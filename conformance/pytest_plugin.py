@@ -62,6 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.stash[_CONFIG] = conformance
     config.addinivalue_line("markers", "conformance: an item of the feature-conformance plugin")
+    # the items carry it for `--dist loadgroup`; registered here too, for --strict-markers without pytest-xdist
+    config.addinivalue_line("markers", "xdist_group(name): run the items of one group in one pytest-xdist worker")
     if config.args_source != pytest.Config.ArgsSource.ARGS and not any(_covers(arg, path) for arg in config.args):
         config.args.append(str(path))  # a plain `pytest` collects the configuration too
 

@@ -56,6 +56,11 @@ def test_the_example_project_runs_in_two_processes(project):
     assert outcomes(result) == {"passed": 20, "xfailed": 1, "skipped": 1}, result.stdout[-3000:]
 
 
+def test_the_items_collect_under_strict_markers_without_xdist(project):
+    result = pytest_in(project, "pyproject.toml", "-p", "no:xdist", "--strict-markers")
+    assert result.returncode == 0 and outcomes(result) == {"passed": 18, "xfailed": 1, "skipped": 1}, result.stdout[-3000:]
+
+
 def test_a_planted_regression_fails_with_the_row_and_the_command_that_reproduces_it(project):
     model = project / "tinynet.py"
     model.write_text(model.read_text().replace("x = self.block(x)\n", "x = self.block(x)\n        x = x.mul_(2.0)  # planted\n"))
