@@ -33,14 +33,14 @@ class _NNsightExtractor(Extractor):
     def __init__(self, model: nn.Module, modules: Mapping[str, str]) -> None:
         self.module = model
         self.modules = modules
+        self.paths = list(dict.fromkeys(modules.values()))
         self.wrapped = NNsight(model)
 
     def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
         wrapped = self.wrapped if module is self.module else NNsight(module)
-        paths = list(dict.fromkeys(self.modules.values()))
         saved = {}
         with wrapped.trace(x):
-            for path in paths:
+            for path in self.paths:
                 saved[path] = _envoy(wrapped, path).output.save()
             output = wrapped.output.save()
         return Extraction(features={name: saved[path] for name, path in self.modules.items()}, output=output)

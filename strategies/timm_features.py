@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
-__all__ = ["TimmFeaturesOnly", "match_state_dict"]
+__all__ = ["TimmFeaturesOnly", "feature_info_indices", "match_state_dict"]
 
 
 def _candidate_names(key: str) -> list[str]:
@@ -58,6 +58,19 @@ class _TimmExtractor(Extractor):
         return Extraction(features=dict(zip((self.names.get(path, path) for path in self.module.feature_info.module_name()), out)))
 
 
+def feature_info_indices(model: nn.Module, layers: Sequence[Tap], *, seen_by: str, can_take: str, one_per: str) -> dict[str, int]:
+    """``{requested name: its index in the model's feature_info}``; :class:`Unsupported` naming
+    the layers that are not feature_info taps (``can_take`` lists the taps) or repeat one (``one_per``)."""
+    modules = module_outputs(layers, seen_by=seen_by)
+    taps = [info["module"] for info in model.feature_info]
+    missing = [name for name, path in modules.items() if path not in taps]
+    if missing:
+        raise Unsupported(f"not in timm feature_info; {can_take}: {', '.join(taps)}", layers=missing)
+    if repeated_modules(modules):
+        raise Unsupported(one_per, layers=repeated_modules(modules))
+    return {name: taps.index(path) for name, path in modules.items()}
+
+
 class TimmFeaturesOnly(Strategy):
     """``timm.create_model(arch, features_only=True, out_indices=...)`` with the model's weights."""
 
@@ -66,20 +79,13 @@ class TimmFeaturesOnly(Strategy):
         feature_info = getattr(model, "feature_info", None)
         if not arch or not feature_info:
             raise Unsupported("not a timm model: timm features_only needs a timm architecture with feature_info")
-        modules = module_outputs(layers, seen_by="timm features_only")
-        taps = [info["module"] for info in feature_info]
-        missing = [name for name, path in modules.items() if path not in taps]
-        if missing:
-            raise Unsupported(
-                f"not in timm feature_info; timm can tap only: {', '.join(taps)}", layers=missing
-            )
-        if repeated_modules(modules):
-            raise Unsupported("timm features_only returns one feature per tap", layers=repeated_modules(modules))
-        out_indices = tuple(taps.index(path) for path in modules.values())
+        indices = feature_info_indices(model, layers, seen_by="timm features_only", can_take="timm can tap only",
+                                       one_per="timm features_only returns one feature per tap")
+        out_indices = tuple(indices.values())
         features = timm.create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
         features.load_state_dict(match_state_dict(features, model))
         param = next(model.parameters(), None)
         if param is not None:
             features.to(param.device)
         features.train(model.training)
-        return _TimmExtractor(features, {path: name for name, path in modules.items()})
+        return _TimmExtractor(features, {feature_info[index]["module"]: name for name, index in indices.items()})

@@ -15,7 +15,8 @@ from typing import Any, List, Mapping, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported
+from .timm_features import feature_info_indices
 
 __all__ = ["TimmIntermediates"]
 
@@ -52,14 +53,8 @@ class TimmIntermediates(Strategy):
         feature_info = getattr(model, "feature_info", None)
         if not callable(getattr(model, "forward_intermediates", None)) or not feature_info:
             raise Unsupported("not a timm model with forward_intermediates and feature_info")
-        modules = module_outputs(layers, seen_by="timm forward_intermediates")
-        taps = [info["module"] for info in feature_info]
-        missing = [name for name, path in modules.items() if path not in taps]
-        if missing:
-            raise Unsupported(f"not in timm feature_info; forward_intermediates can take only: {', '.join(taps)}", layers=missing)
-        if repeated_modules(modules):
-            raise Unsupported("forward_intermediates returns one feature per index", layers=repeated_modules(modules))
-        index_of = {name: taps.index(path) for name, path in modules.items()}
+        index_of = feature_info_indices(model, layers, seen_by="timm forward_intermediates", can_take="forward_intermediates can take only",
+                                        one_per="forward_intermediates returns one feature per index")
         indices = sorted(index_of.values())  # timm returns the features in execution order
         names = [[name for name, index in index_of.items() if index == taken] for taken in indices]
         return _IntermediatesExtractor(ForwardIntermediates(model, indices), names)
