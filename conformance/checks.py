@@ -200,12 +200,34 @@ def check_model_output(ctx: CheckContext) -> list[CheckResult]:
                         max_abs_err=attached.max_abs_err, scale=attached.scale)]
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """A content hash of one tensor (its values, dtype and shape)."""
-    data = tensor.detach().cpu().contiguous().reshape(-1)
-    digest = hashlib.blake2b(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"", digest_size=16)
-    digest.update(f"{data.dtype}{tuple(tensor.shape)}".encode())
+def tensor_digest(tensor: Any) -> str:
+    """A content hash of one state-dict entry: a tensor's values, dtype and shape (a quantized
+    tensor's integers and quantization parameters); a packed tuple's parts; any other value's repr."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(tensor, (tuple, list)):
+        for part in tensor:
+            digest.update(tensor_digest(part).encode())
+        return digest.hexdigest()
+    if not isinstance(tensor, torch.Tensor):
+        digest.update(repr(tensor).encode())
+        return digest.hexdigest()
+    data = tensor.detach().cpu()
+    if data.is_quantized:
+        parameters = (data.q_scale(), data.q_zero_point()) if data.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric) else (
+            data.q_per_channel_scales().tolist(), data.q_per_channel_zero_points().tolist(), data.q_per_channel_axis())
+        digest.update(repr((data.qscheme(), parameters)).encode())
+        data = data.int_repr()
+    data = data.contiguous().reshape(-1)
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     return digest.hexdigest()
+
+
+def _same_entry(value: Any, reference: Any) -> bool:
+    """Two state-dict entries are equal (plain tensors by ``torch.equal``, the rest by content hash)."""
+    if isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor) and not reference.is_quantized:
+        return not value.is_quantized and torch.equal(value, reference)
+    return tensor_digest(value) == tensor_digest(reference)
 
 
 def tensor_digests(module: nn.Module) -> dict[str, str]:
@@ -306,7 +328,7 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, x: torch.Tensor, out
         if module.training != original.training:
             changes.append(f"{where}: training={module.training}, was {original.training}")
     state, pristine_state = model.state_dict(), pristine.state_dict()
-    differing = [key for key, tensor in pristine_state.items() if key not in state or not torch.equal(state[key], tensor)]
+    differing = [key for key, tensor in pristine_state.items() if key not in state or not _same_entry(state[key], tensor)]
     if differing or set(state) != set(pristine_state):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
     with torch.no_grad():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import secrets
 import sys
@@ -45,6 +44,7 @@ from .bench import BenchConfig, bench
 from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, Timings, make_deterministic, run
+from .executors import EXECUTORS, make_executor
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
 __all__ = ["main", "run_arguments", "run_config"]
@@ -84,7 +84,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
 
     run_ = commands.add_parser("run", help="run the conformance checks and write tidy results")
     run_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable)")
-    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, timm or all")
+    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, timm, timm-families or all")
     run_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="fnmatch patterns selecting zoo models")
     run_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="fnmatch patterns excluding zoo models")
     run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
@@ -100,7 +100,10 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     run_.add_argument("--cell-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one model-strategy unit")
     run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
     run_.add_argument("--shard", default=None, metavar="K/N", help="run the K-th of N deterministic slices of the models (merge them with 'conformance merge')")
-    run_.add_argument("--jobs", type=int, default=1, metavar="N", help="run the models in N processes, their shards merged into --out")
+    run_.add_argument("--jobs", type=int, default=1, metavar="N", help="run the models in N processes on this machine (the cores shared out as torch threads)")
+    run_.add_argument("--executor", choices=EXECUTORS, default=None,
+                      help="where the models run: serial (default), processes (--jobs N), or ray (one Ray task per model)")
+    run_.add_argument("--ray-address", default=None, metavar="ADDRESS", help="with --executor ray: the cluster to use (default: a local Ray instance)")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     run_.set_defaults(**(run_defaults or {}))
@@ -163,7 +166,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
                           help="save a manifest; diff two (or one against the installed versions); measure float noise across simulated machines")
     manifest.add_argument("files", nargs="*", type=Path, help="diff: BASE [NEW]; without NEW, BASE's models are taken again under the installed versions")
     manifest.add_argument("--model", action="append", metavar="REF", help="save, noise: the models (repeatable; default the --zoo)")
-    manifest.add_argument("--zoo", default="quick", help="save, noise: quick (default), torchvision, timm or all")
+    manifest.add_argument("--zoo", default="quick", help="save, noise: quick (default), torchvision, timm, timm-families or all")
     manifest.add_argument("--out", type=Path, default=None, help="save: the manifest file; noise: a directory for the manifests taken (default a temporary one)")
     manifest.add_argument("--seed", type=int, default=0)
     manifest.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -171,7 +174,9 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
     list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
-    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, timm or all")
+    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, timm, timm-families or all")
+    list_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="for 'list models': fnmatch patterns selecting models")
+    list_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="for 'list models': fnmatch patterns excluding models")
     list_.add_argument("--nodes", action="store_true",
                        help="for 'list layers': every node of the forward pass (train and eval), what it is, and which strategies can express it")
     return parser
@@ -231,23 +236,32 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    config, references = run_config(args)
-    if args.jobs > 1:
-        return _run_in_processes(args, references, config.strategies, config.checks)
+    config, _ = run_config(args)
+    if args.jobs < 1:
+        raise ConformanceError(f"--jobs {args.jobs} is not positive", hint="--jobs 1 runs in this process; --jobs N uses N processes")
+    executor_name = args.executor or ("processes" if args.jobs > 1 else "serial")
+    jobs = min(args.jobs, len(config.models))
+    total_threads = args.threads or torch.get_num_threads()
+    task_threads = max(1, total_threads // jobs) if executor_name == "processes" else total_threads
     out, metadata = _start(args)
-    metadata["shard"] = args.shard
+    metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address})
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
+    executor = make_executor(name=executor_name, jobs=jobs, threads=task_threads, device=args.device, ray_address=args.ray_address)
+    if executor_name != "serial":
+        print(f"executor {executor_name}: {task_threads} torch threads per model task", file=sys.stderr)
     from tqdm import tqdm
 
     total = len(config.models) * len(config.strategies) - len(writer.done)
     timings = Timings()
     with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
         try:
-            run(config, writer=writer, timings=timings, progress=progress)
+            run(config, writer=writer, timings=timings, progress=progress, executor=executor)
         except KeyboardInterrupt:
             writer.finish(extra={"interrupted": True, "timings": timings.split()})
             print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
             return 130
+        finally:
+            executor.close()
     split = timings.split()
     frame = writer.finish(extra={"timings": split})
     _summarise_run(out, frame, metadata, split)
@@ -275,47 +289,6 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
-
-
-def _run_in_processes(args: argparse.Namespace, references: list[str], strategies: list[str], checks: list[str]) -> int:
-    """``--jobs N``: N worker processes, each running every N-th model into ``OUT/shards/K``, merged into ``OUT``."""
-    import shutil
-    import subprocess
-    import time
-
-    from .results import RESULTS_CSV, merge_runs
-
-    if args.resume:
-        raise ConformanceError("--jobs cannot --resume", hint="resume without --jobs, or start again with --overwrite")
-    out = _out_dir(args)
-    if (out / RESULTS_CSV).exists() and not args.overwrite:
-        raise ConformanceError(f"{out / RESULTS_CSV} already holds results", hint="pass --overwrite to replace it, or another --out")
-    jobs = min(args.jobs, len(references))
-    threads = max(1, (args.threads or torch.get_num_threads()) // jobs)
-    options = ["--layers", *args.layers, "--strategies", *strategies, "--checks", *checks, "--device", args.device, "--seed", str(args.seed),
-               "--threads", str(threads), "--cell-timeout", str(args.cell_timeout), *(["--include-big"] if args.include_big else []),
-               *(["--input-shape", args.input_shape] if args.input_shape else [])]
-    shards = out / "shards"
-    shutil.rmtree(shards, ignore_errors=True)
-    shards.mkdir(parents=True)
-    started = time.perf_counter()
-    workers = []
-    for index in range(jobs):
-        models = [item for reference in sorted(references)[index::jobs] for item in ("--model", reference)]
-        with (shards / f"{index + 1}.log").open("w") as log:
-            workers.append(subprocess.Popen([sys.executable, "-m", "conformance", "run", *models, *options, "--out", str(shards / str(index + 1))],
-                                            stdout=log, stderr=subprocess.STDOUT))
-    print(f"{jobs} worker processes, {threads} torch threads each; logs in {shards}", file=sys.stderr)
-    failed = [index + 1 for index, worker in enumerate(workers) if worker.wait() != 0]
-    if failed:
-        raise ConformanceError(f"worker(s) {', '.join(map(str, failed))} failed", hint=f"see {shards}/<worker>.log; finished shards stay in {shards}")
-    for name in (RESULTS_CSV, "results.json", "run.json"):
-        (out / name).unlink(missing_ok=True)
-    frame = merge_runs([shards / str(index + 1) for index in range(jobs)], out=out)
-    metadata = json.loads((out / "run.json").read_text())
-    metadata["command"] = ["conformance", *sys.argv[1:]]
-    _summarise_run(out, frame, metadata, {"total": time.perf_counter() - started})
-    return 0
 
 
 def _command_bench(args: argparse.Namespace) -> int:
@@ -496,8 +469,18 @@ def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> in
 
 
 def _command_list(args: argparse.Namespace) -> int:
-    if args.what == "models":
-        for reference in list_models(zoo=args.zoo):
+    if args.what == "models" and args.zoo == "timm-families":
+        from .families import timm_families
+
+        chosen = set(list_models(zoo=args.zoo, include=args.include, exclude=args.exclude))
+        print("rule: from each timm model module, the architecture with the fewest parameters (meta device), at its default input size")
+        print(f"{'module':24s} {'model':40s} {'params':>10s} {'of':>4s}  input")
+        for choice in timm_families():
+            if choice.reference in chosen:
+                skipped = f"  ({len(choice.unbuildable)} not buildable on meta)" if choice.unbuildable else ""
+                print(f"{choice.module:24s} {choice.reference:40s} {choice.params / 1e6:9.2f}M {choice.candidates:4d}  {'x'.join(map(str, choice.input_size))}{skipped}")
+    elif args.what == "models":
+        for reference in list_models(zoo=args.zoo, include=args.include, exclude=args.exclude):
             print(reference)
     elif args.what == "strategies":
         for name, status in available_strategies().items():

@@ -69,17 +69,25 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
         if got.device.type == "meta" or type(got).__name__ in _TRACING_TENSORS:
             return Comparison(False, False, mismatch="structure", detail=f"got a {type(got).__name__} left over from tracing")
         got = got.detach().to(want.device)
-        bitwise = bitwise and got.dtype == want.dtype and torch.equal(got, want)
+        same = got.dtype == want.dtype and torch.equal(got, want)
+        bitwise = bitwise and same
         if not want.is_floating_point():
-            close = close and torch.equal(got, want)
+            close = close and same
             continue
-        want64 = want.double()
-        diff = (got.double() - want64).abs()
-        if diff.numel():
-            max_abs = max(max_abs, diff.max().item())
-            squares += want64.square().sum().item()
-            count += want64.numel()
+        # float32 arithmetic (float64 for float64 values), as allclose does it: one pass for the
+        # error and the verdict, none of it where the values are bitwise equal
+        exact = want if want.dtype == torch.float64 else want.float()
+        if want.numel():
+            squares += torch.linalg.vector_norm(exact, dtype=torch.float64).item() ** 2
+            count += want.numel()
+        if same:
+            continue
         rtol, atol = tolerance(want.dtype, want.device)
         rtol, atol = rtol * scale, atol * scale
-        close = close and got.dtype == want.dtype and torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+        diff = (got.to(exact.dtype) - exact).abs()
+        if diff.numel():
+            max_abs = max(max_abs, diff.max().item())
+        # allclose: |got - want| <= atol + rtol * |want| where both are finite; otherwise equal, or NaN against NaN
+        within = ((diff <= atol + rtol * exact.abs()) & diff.isfinite()) | (got == want) | (got.isnan() & want.isnan())
+        close = close and got.dtype == want.dtype and bool(within.all())
     return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)

@@ -42,7 +42,7 @@ __all__ = ["Accepted", "ConformanceConfig", "load_config"]
 #: key -> (the type it must have, what to write)
 _KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "models": (list, "a list of model references, e.g. [\"torchvision:resnet18\"]"),
-    "zoo": (str, "quick, torchvision, timm or all"),
+    "zoo": (str, "quick, torchvision, timm, timm-families or all"),
     "include": (list, "a list of fnmatch patterns"),
     "exclude": (list, "a list of fnmatch patterns"),
     "include-big": (bool, "true or false"),

@@ -26,7 +26,7 @@ from strategies.base import Tap
 
 from .errors import ConformanceError
 from .nodes import Node, NodeTable, record_faithfully
-from .zoo import ModelSpec
+from .zoo import ModelSpec, name_stem
 
 __all__ = ["LAYER_SETS", "NODE_SET", "SET_NAMES", "example_input", "node_table", "node_tap", "resolve_layers", "runs_in", "stage_layers"]
 
@@ -98,10 +98,11 @@ def stage_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
     feature_info = getattr(model, "feature_info", None)
     if spec.source == "timm" and feature_info:
         return [info["module"] for info in feature_info]
-    if spec.family in _TORCHVISION_STAGES:
-        return _TORCHVISION_STAGES[spec.family](model)
+    stem = name_stem(spec.name.removeprefix("quantized_")) if spec.source == "torchvision" else None
+    if stem in _TORCHVISION_STAGES:  # a classifier, or its quantized version
+        return _TORCHVISION_STAGES[stem](model)
     children = _children(model)
-    container = next((c for c, families in _STAGE_CONTAINERS.items() if spec.family in families), "features")
+    container = next((c for c, families in _STAGE_CONTAINERS.items() if stem in families), "features")
     if container in children:
         return _resolution_ends(model, container, spec.input_shape)
     return children

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import os
 import signal
 import threading
@@ -33,6 +32,7 @@ from .behaviour import BEHAVIOUR_CHECKS, Probe
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
+from .executors import Executor, ModelTask, SerialExecutor
 from .layers import resolve_layers
 from .diagnoses import graph_ops
 from .nodes import Node, record
@@ -369,25 +369,42 @@ def _guarded(check: str, layers: Sequence[str], run_check: Callable[[], list[Che
         return _rows_for(layers, [check], "error", "check_failed", f"{type(exc).__name__}: {exc}")
 
 
-def run(config: RunConfig, *, writer: ResultsWriter, timings: Timings, progress: object = None) -> None:
-    """Run every (model, strategy) unit not already in ``writer``, timing the phases in ``timings``."""
-    for spec in config.models:
-        pending = [s for s in config.strategies if (spec.id, s) not in writer.done]
-        if not pending:
-            continue
-        for strategy_name, results in model_units(spec, pending, config, timings):
-            writer.write_unit(model=spec.id, family=spec.family, strategy=strategy_name, results=results)
-            if progress is not None:
-                progress.update(1)
-        gc.collect()
+def run(config: RunConfig, *, writer: ResultsWriter, timings: Timings, progress: object = None, executor: Executor | None = None) -> None:
+    """Run every (model, strategy) unit not already in ``writer`` on ``executor`` (default: in
+    this process), timing the phases in ``timings``; rows are written in model order, unit by unit."""
+    tasks = [
+        ModelTask(spec, tuple(s for s in config.strategies if (spec.id, s) not in writer.done))
+        for spec in config.models
+    ]
+    tasks = [task for task in tasks if task.strategies]
+    for task, strategy_name, results in (executor or SerialExecutor()).run_models(tasks, config=config, timings=timings):
+        writer.write_unit(model=task.spec.id, family=task.spec.family, strategy=strategy_name, results=results)
+        if progress is not None:
+            progress.update(1)
 
 
-def model_units(spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
-    """``(strategy, rows)`` for one model, one unit at a time; a model that cannot run gives rows saying why."""
+def crashed_units(strategies: list[str], config: RunConfig, detail: str) -> list[tuple[str, list[CheckResult]]]:
+    """The units of a model whose worker died before it gave them back."""
+    return [(strategy_name, _rows_for([ALL_LAYERS], config.checks, "error", "worker_crashed", detail)) for strategy_name in strategies]
+
+
+def model_units(
+    spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings, *, strict_layers: bool | None = None
+) -> Iterator[tuple[str, list[CheckResult]]]:
+    """``(strategy, rows)`` for one model, one unit at a time; a model that cannot run gives rows saying why.
+
+    A layer the model lacks is bad input (an error) when ``strict_layers`` (default: the run
+    has this one model), and ``skipped`` rows otherwise."""
+    if strict_layers is None:
+        strict_layers = len(config.models) == 1
     def everywhere(status: str, diagnosis: str, detail: str) -> Iterator[tuple[str, list[CheckResult]]]:
         for strategy_name in strategies:
             yield strategy_name, _rows_for([ALL_LAYERS], config.checks, status, diagnosis, detail)
 
+    if spec.input_kind:
+        yield from everywhere("skipped", "structured_input", f"the model takes {spec.input_kind}; the harness gives the oracle and "
+                              "every strategy one tensor, so it cannot judge this model yet")
+        return
     if not config.include_big and spec.is_big:
         yield from everywhere("skipped", "big_model", f"{spec.param_count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
         return
@@ -402,7 +419,7 @@ def model_units(spec: ModelSpec, strategies: list[str], config: RunConfig, timin
     try:
         layers = resolve_layers(model, spec, config.layers)
     except ConformanceError as exc:
-        if len(config.models) == 1:
+        if strict_layers:
             raise
         yield from everywhere("skipped", "no_such_layer", str(exc).replace("\n", "; "))
         return

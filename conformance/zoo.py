@@ -27,17 +27,21 @@ import torch
 from torch import nn
 
 from .errors import ConformanceError
+from .families import timm_families
 
 __all__ = [
     "BIG_MODEL_PARAMS",
     "DEFAULT_INPUT_SHAPE",
     "QUICK_ZOO",
     "TIMM_ZOO",
+    "TORCHVISION_GROUPS",
     "ModelSpec",
     "build_model",
     "list_models",
+    "name_stem",
     "parse_input_shape",
     "resolve_model",
+    "torchvision_group",
 ]
 
 #: Models with more parameters than this (counted on the meta device) run only with ``--include-big``.
@@ -69,7 +73,7 @@ TIMM_ZOO = (
 
 # torchvision models whose input must differ from DEFAULT_INPUT_SHAPE.
 _TORCHVISION_INPUT_SIZE = {"inception_v3": 299}
-_FAMILY_PREFIXES = ("wide_resnet", "tf_efficientnet")
+_FAMILY_PREFIXES = ("wide_resnet",)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     factory: Callable[[], nn.Module]
     tracer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the author's FX options (factory.tracer_kwargs)
+    input_kind: str = ""  # what the model takes where it is not one tensor of input_shape; such models are not run yet
+    group: str = ""  # torchvision's model group (TORCHVISION_GROUPS)
 
     @property
     def id(self) -> str:
@@ -88,13 +94,20 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
+        """``user``; for timm, the timm model module (``vision_transformer``); for torchvision
+        classifiers, the name's stem (``resnet``, ``wide_resnet``, ``efficientnet_v2``); for
+        torchvision's other groups, the group and the module of the builder (``video.resnet``)."""
         if self.source == "user":
             return "user"
-        for prefix in _FAMILY_PREFIXES:
-            if self.name.startswith(prefix):
-                return prefix
-        match = re.match(r"[a-z]+(?:_?v\d+)?", self.name)
-        return match.group(0) if match else self.name
+        if self.source == "timm":
+            import timm
+
+            return timm.models.model_entrypoint(self.name).__module__.rpartition(".")[2]
+        if self.group not in ("", "classification"):
+            import torchvision
+
+            return f"{self.group}.{torchvision.models.get_model_builder(self.name).__module__.rpartition('.')[2]}"
+        return name_stem(self.name)
 
     @cached_property
     def param_count(self) -> int:
@@ -111,6 +124,15 @@ class ModelSpec:
         return self.source != "user" and self.param_count > BIG_MODEL_PARAMS
 
 
+def name_stem(name: str) -> str:
+    """The family part of a model name: ``resnet18`` -> ``resnet``, ``efficientnet_v2_s`` -> ``efficientnet_v2``."""
+    for prefix in _FAMILY_PREFIXES:
+        if name.startswith(prefix):
+            return prefix
+    match = re.match(r"[a-z]+(?:_?v\d+)?", name)
+    return match.group(0) if match else name
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"2,3,224,224"`` -> ``(2, 3, 224, 224)``, with a clear error for anything else."""
     try:
@@ -124,18 +146,48 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+#: torchvision's model groups: the zoo ``torchvision-GROUP`` for each (``torchvision`` is ``classification``).
+TORCHVISION_GROUPS = ("classification", "segmentation", "video", "quantization", "detection", "optical_flow")
+# What a group's builders need so that nothing is downloaded, and what it is built as.
+_GROUP_BUILD_OPTIONS = {
+    "segmentation": {"weights_backbone": None},
+    "detection": {"weights_backbone": None},
+    "quantization": {"quantize": True},  # eager-mode int8, calibrated on torchvision's own random input
+}
+# Video clips (N, C, T, H, W): the smallest frames and size each family's pooling and positional embeddings accept.
+_VIDEO_INPUT_SHAPE = {"r3d_18": (2, 3, 8, 112, 112), "mc3_18": (2, 3, 8, 112, 112), "r2plus1d_18": (2, 3, 8, 112, 112),
+                      "s3d": (2, 3, 16, 224, 224), "mvit_v1_b": (2, 3, 16, 224, 224), "mvit_v2_s": (2, 3, 16, 224, 224),
+                      "swin3d_t": (2, 3, 8, 224, 224), "swin3d_s": (2, 3, 8, 224, 224), "swin3d_b": (2, 3, 8, 224, 224)}
+# Groups whose models take something other than one tensor (a list of images, two images).
+_STRUCTURED_INPUT = {
+    "detection": "a list of 3-D images (and targets in train mode)",
+    "optical_flow": "two images, as two positional arguments",
+}
+
+
+def torchvision_group(name: str) -> str:
+    """The group of a torchvision model (``classification``, ``video``, ...)."""
+    import torchvision
+
+    for group in TORCHVISION_GROUPS:
+        module = torchvision.models if group == "classification" else getattr(torchvision.models, group)
+        if name in torchvision.models.list_models(module=module):
+            return group
+    raise _unknown_model(f"torchvision:{name}", [f"torchvision:{n}" for n in _torchvision_names()])
+
+
 def _torchvision_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise _unknown_model(f"torchvision:{name}", [f"torchvision:{n}" for n in _torchvision_names()])
+    group = torchvision_group(name)
     size = _TORCHVISION_INPUT_SIZE.get(name)
-    default = (*DEFAULT_INPUT_SHAPE[:2], size, size) if size else DEFAULT_INPUT_SHAPE
+    default = _VIDEO_INPUT_SHAPE.get(name) or ((*DEFAULT_INPUT_SHAPE[:2], size, size) if size else DEFAULT_INPUT_SHAPE)
+    options = _GROUP_BUILD_OPTIONS.get(group, {})
 
     def factory() -> nn.Module:
-        return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(name, weights=None, **options)
 
-    return ModelSpec("torchvision", name, input_shape or default, factory)
+    return ModelSpec("torchvision", name, input_shape or default, factory, input_kind=_STRUCTURED_INPUT.get(group, ""), group=group)
 
 
 def _timm_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
@@ -200,10 +252,14 @@ def _tracer_kwargs(reference: str, options: Any) -> dict[str, Any]:
     return dict(options)
 
 
-def _torchvision_names() -> list[str]:
+def _torchvision_names(group: str | None = None) -> list[str]:
+    """torchvision's models of one group, or of every group."""
     import torchvision
 
-    return list(torchvision.models.list_models(module=torchvision.models))
+    if group is None:
+        return [name for each in TORCHVISION_GROUPS for name in _torchvision_names(each)]
+    module = torchvision.models if group == "classification" else getattr(torchvision.models, group)
+    return list(torchvision.models.list_models(module=module))
 
 
 def _unknown_model(reference: str, known: Iterable[str]) -> ConformanceError:
@@ -232,11 +288,18 @@ def resolve_model(reference: str, *, input_shape: tuple[int, ...] | None = None)
 def list_models(
     *, zoo: str = "quick", include: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()
 ) -> list[str]:
-    """Model references in a zoo (``quick``, ``torchvision``, ``timm`` or ``all``), fnmatch-filtered."""
+    """Model references in a zoo, fnmatch-filtered: ``quick``, ``torchvision`` (classification),
+    ``torchvision-segmentation``, ``-video``, ``-quantization``, ``-detection``, ``-optical-flow``,
+    ``torchvision-all`` (every group), ``timm`` (curated), ``timm-families`` (one model per timm
+    model module, :mod:`.families`) or ``all`` (``torchvision`` and ``timm``)."""
     zoos = {
         "quick": lambda: list(QUICK_ZOO),
-        "torchvision": lambda: [f"torchvision:{n}" for n in _torchvision_names()],
+        "torchvision": lambda: [f"torchvision:{n}" for n in _torchvision_names("classification")],
+        **{f"torchvision-{group.replace('_', '-')}": (lambda group=group: [f"torchvision:{n}" for n in _torchvision_names(group)])
+           for group in TORCHVISION_GROUPS[1:]},
+        "torchvision-all": lambda: [f"torchvision:{n}" for n in _torchvision_names()],
         "timm": lambda: [f"timm:{n}" for n in TIMM_ZOO],
+        "timm-families": lambda: [choice.reference for choice in timm_families()],
     }
     zoos["all"] = lambda: zoos["torchvision"]() + zoos["timm"]()
     if zoo not in zoos:

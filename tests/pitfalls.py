@@ -281,3 +281,11 @@ container_ends_in_norm = _factory(ContainerEndsInNorm)
 def not_a_module() -> str:
     """A factory that returns the wrong thing, for the CLI's error path."""
     return "not a module"
+
+
+def exits_the_process() -> nn.Module:
+    """A model whose construction ends the process, as a crash in native code or the
+    out-of-memory killer would: for the executors' isolation of a dead worker."""
+    import os
+
+    os._exit(3)

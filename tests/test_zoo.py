@@ -15,9 +15,10 @@ from strategies import list_strategies
 SMOKE = ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "timm:resnet18", "timm:efficientnet_b0", "timm:convnext_atto"]
 
 
-def run_model(reference: str, layers: list[str], input_shape=None):
+def run_model(reference: str, layers: list[str], input_shape=None, strategies=None):
     spec = resolve_model(reference, input_shape=input_shape)
-    config = RunConfig(models=[spec], layers=layers, strategies=list_strategies(), checks=["values", "shape", "dtype", "keys", "model_output", "weights"])
+    config = RunConfig(models=[spec], layers=layers, strategies=strategies or list_strategies(),
+                       checks=["values", "shape", "dtype", "keys", "model_output", "weights", "model_untouched"])
     return {name: rows for name, rows in model_units(spec, config.strategies, config, Timings())}
 
 
@@ -51,6 +52,55 @@ def test_timm_vit_getter_features_are_reformatted_tokens():
     results = run_model("timm:vit_tiny_patch16_224", ["blocks.11"])
     [row] = [r for r in results["timm"] if r.check == "values"]
     assert (row.status, row.diagnosis) == ("fail", "reformatted")
+
+
+def test_timm_families_hold_one_model_per_timm_module_chosen_by_the_rule():
+    import timm
+
+    from conformance.families import choose_family_model, timm_families
+
+    choices = {choice.module: choice for choice in timm_families()}
+    assert sorted(choices) == sorted(timm.list_modules())
+    assert len(list_models(zoo="timm-families")) == len(choices)
+    # the shipped choice is the rule's, recomputed here on three modules (the rest takes minutes)
+    for module in ("vgg", "convit", "xception_aligned"):
+        assert choose_family_model(module) == choices[module], module
+    vgg = choices["vgg"]
+    assert vgg.model == "vgg11" and vgg.candidates == len(timm.list_models(module="vgg"))
+    assert resolve_model(vgg.reference).family == "vgg" and resolve_model(vgg.reference).input_shape == (2, *vgg.input_size)
+
+
+def test_torchvision_groups_are_zoos_and_structured_inputs_are_rows_with_the_reason():
+    groups = {group: list_models(zoo=f"torchvision-{group}") for group in ("segmentation", "video", "quantization", "detection", "optical-flow")}
+    assert {group: len(models) for group, models in groups.items()} == {"segmentation": 6, "video": 9, "quantization": 12, "detection": 12, "optical-flow": 2}
+    assert len(list_models(zoo="torchvision-all")) == 80 + 6 + 9 + 12 + 12 + 2
+    assert resolve_model("torchvision:r3d_18").input_shape == (2, 3, 8, 112, 112)
+    assert resolve_model("torchvision:r3d_18").family == "video.resnet"
+    spec = resolve_model("torchvision:raft_small")
+    config = RunConfig(models=[spec], layers=["@children"], strategies=["hooks", "fx"], checks=["values"])
+    units = dict(model_units(spec, config.strategies, config, Timings()))
+    for rows in units.values():
+        [row] = rows
+        assert (row.status, row.diagnosis) == ("skipped", "structured_input") and "two images" in row.detail
+
+
+@pytest.mark.zoo
+def test_video_segmentation_and_quantized_models_are_judged():
+    """A 5-D clip, a dict output and int8 features go through the same oracle and checks."""
+    strategies = ["hooks+clone", "fx"]
+    video = run_model("torchvision:r3d_18", ["@children"], input_shape=(1, 3, 4, 32, 32), strategies=strategies)
+    segmentation = run_model("torchvision:lraspp_mobilenet_v3_large", ["backbone", "classifier"], input_shape=(1, 3, 64, 64), strategies=strategies)
+    for rows in (video["hooks+clone"], video["fx"], segmentation["hooks+clone"]):
+        assert all(r.status == "pass" for r in rows) and sum(r.check == "values" for r in rows) >= 2, rows
+    # the segmentation backbone returns a dict of two maps; FX returns one tensor from inside it
+    fx_values = {r.layer: r for r in segmentation["fx"] if r.check == "values"}
+    assert fx_values["classifier"].status == "pass" and fx_values["backbone"].status == "fail"
+    assert "expected OrderedDict" in fx_values["backbone"].detail
+    quantized = run_model("torchvision:quantized_resnet18", ["layer1", "layer4"], input_shape=(1, 3, 64, 64), strategies=strategies)
+    for strategy, rows in quantized.items():
+        verdicts = {(r.layer, r.check): r for r in rows}
+        assert verdicts[("layer1", "values")].status == "pass" and verdicts[("layer1", "values")].bitwise, strategy
+        assert verdicts[("*", "weights")].status == "pass" and verdicts[("*", "model_untouched")].status == "pass", strategy
 
 
 def test_zoo_lists():
@@ -122,13 +172,10 @@ def test_fx_tracing_counts_a_batch_in_timm_batchnorm():
     assert got[("timm", "model_untouched", "*")][:2] == ("pass", "")
 
 
-def test_the_quick_run_has_no_regression_against_the_committed_baseline(tmp_path):
+def test_the_quick_run_has_no_regression_against_the_committed_baseline(quick_fast_run):
     """A dependency bump that breaks extraction fails CI here, with the diff as the message."""
     from test_cli import conformance
 
     baseline = Path(__file__).parent.parent / "reports" / "baselines" / "quick-fast.json"
-    # about a minute on 2 idle cores; the limit only stops a hang, on a loaded machine too
-    run = conformance("run", "--checks", "fast", "--out", str(tmp_path / "quick"), timeout=1800)
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = conformance("diff", str(baseline), str(tmp_path / "quick"))
+    result = conformance("diff", str(baseline), str(quick_fast_run))
     assert result.returncode == 0, result.stdout[-4000:]

@@ -1,0 +1,207 @@
+"""Where a run's models run: in this process, in local worker processes, or on Ray.
+
+Every executor takes the same model tasks and gives back each model's units in the order
+of the models, so :func:`conformance.runner.run` writes the rows a serial run writes, one
+unit at a time, whichever executor ran them. The work of one model (build, oracle, every
+strategy's unit) is one task; remote tasks name the model by its reference and build it
+where they run, with the run's seed and torch threads.
+
+``--jobs N`` uses :class:`ProcessExecutor` (N processes on this machine, the cores shared out
+as torch threads), ``--executor ray`` :class:`RayExecutor` (one Ray task per model, on a local
+Ray instance or the cluster at ``--ray-address``; ``num_gpus=1`` per task for CUDA runs).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import multiprocessing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+
+from .errors import ConformanceError
+from .zoo import ModelSpec
+
+if TYPE_CHECKING:
+    from .checks import CheckResult
+    from .runner import RunConfig, Timings
+
+__all__ = ["EXECUTORS", "Executor", "ModelTask", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+
+EXECUTORS = ("serial", "processes", "ray")
+
+@dataclass(frozen=True)
+class ModelTask:
+    """One model of a run and the strategies still to run on it."""
+
+    spec: ModelSpec
+    strategies: tuple[str, ...]
+
+
+class Executor(Protocol):
+    """Runs model tasks; yields ``(task, strategy, rows)`` in task order, unit by unit."""
+
+    def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialExecutor:
+    """Every model in this process, one after the other; each unit is yielded as it finishes."""
+
+    def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
+        from .runner import model_units
+
+        for task in tasks:
+            for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
+                yield task, strategy_name, results
+            gc.collect()
+
+    def close(self) -> None:
+        pass
+
+
+def _portable_reference(spec: ModelSpec) -> str:
+    """The reference another process resolves to the same model (a model file by its absolute path)."""
+    if spec.source != "user":
+        return spec.id
+    location, sep, attribute = spec.name.rpartition(":")
+    if not sep:
+        raise ConformanceError(f"model {spec.name!r} exists only in this process", hint="run it without --jobs or --executor ray")
+    return f"{Path(location).resolve()}:{attribute}" if location.endswith(".py") else spec.name
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """What a worker needs to run one model: plain data, picklable."""
+
+    reference: str
+    input_shape: tuple[int, ...]
+    strategies: tuple[str, ...]
+    config: Any  # RunConfig without models
+    threads: int
+    strict_layers: bool
+
+
+def run_payload(payload: _Payload) -> dict[str, Any]:
+    """Run one model in a worker: its units and the seconds of each phase."""
+    from .runner import Timings, make_deterministic, model_units
+    from .zoo import resolve_model
+
+    make_deterministic(seed=payload.config.seed, threads=payload.threads)
+    timings = Timings()
+    try:
+        spec = resolve_model(payload.reference, input_shape=payload.input_shape)
+        units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
+    except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
+        return {"error": str(exc)}
+    return {"units": units, "seconds": dict(timings.seconds)}
+
+
+class _PoolExecutor:
+    """Submits one payload per model up front and yields the outcomes in task order."""
+
+    def __init__(
+        self, *, threads: int, submit: Callable[[_Payload], Any], outcome: Callable[[Any], dict[str, Any]],
+        alone: Callable[[_Payload], dict[str, Any]] | None = None,
+    ) -> None:
+        self.threads = threads
+        self._submit = submit
+        self._outcome = outcome
+        self._alone = alone  # runs a payload again by itself, where one dead worker fails the others' results too
+
+    def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
+        from .runner import crashed_units
+
+        portable = replace(config, models=[])
+        strict = len(config.models) == 1
+        payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, task.strategies, portable, self.threads, strict) for task in tasks]
+        handles = [self._submit(payload) for payload in payloads]
+        for task, payload, handle in zip(tasks, payloads, handles):
+            try:
+                outcome = self._outcome(handle)
+            except Exception as exc:  # the worker died (out of memory, a crash in native code)
+                outcome = self._again_alone(payload)
+                if outcome is None:
+                    outcome = {"units": crashed_units(list(task.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
+            if "error" in outcome:
+                raise ConformanceError(outcome["error"])
+            for phase, seconds in outcome["seconds"].items():
+                timings.seconds[phase] += seconds
+            for strategy_name, results in outcome["units"]:
+                yield task, strategy_name, results
+
+    def _again_alone(self, payload: _Payload) -> dict[str, Any] | None:
+        """The outcome of the payload run by itself, or None where it kills its worker again."""
+        if self._alone is None:
+            return None
+        try:
+            return self._alone(payload)
+        except Exception:
+            return None
+
+
+class ProcessExecutor(_PoolExecutor):
+    """``--jobs N``: N worker processes on this machine (spawned, so each starts clean).
+
+    A worker that dies breaks the whole pool, failing every model still in it; each of
+    those runs again alone in a fresh process, so only the model that kills its worker is
+    rows of ``worker_crashed``.
+    """
+
+    def __init__(self, *, jobs: int, threads: int) -> None:
+        self.pool = self._pool(jobs)
+        super().__init__(threads=threads, submit=lambda payload: self.pool.submit(run_payload, payload),
+                         outcome=lambda future: future.result(), alone=self._run_alone)
+
+    @staticmethod
+    def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _run_alone(self, payload: _Payload) -> dict[str, Any]:
+        with self._pool(1) as pool:
+            return pool.submit(run_payload, payload).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+RAY_HINT = "pip install 'feature-conformance[ray]'"
+
+
+class RayExecutor(_PoolExecutor):
+    """``--executor ray``: one Ray task per model, ``num_cpus`` = the torch threads, and one GPU each on CUDA."""
+
+    def __init__(self, *, threads: int, address: str | None, gpus: int) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConformanceError("--executor ray needs Ray, which is not installed", hint=RAY_HINT) from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConformanceError(f"cannot reach the Ray cluster at {address!r}: {exc}",
+                                       hint="check --ray-address (ray://HOST:10001 or HOST:6379), or leave it out for a local Ray") from None
+        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_payload)
+        super().__init__(threads=threads, submit=remote.remote, outcome=ray.get)
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def make_executor(*, name: str, jobs: int, threads: int, device: str, ray_address: str | None) -> SerialExecutor | ProcessExecutor | RayExecutor:
+    """The executor for ``--executor``/``--jobs``; ``threads`` is the torch threads of each task."""
+    if name not in EXECUTORS:
+        raise ConformanceError(f"unknown executor {name!r}", hint=f"choose one of {', '.join(EXECUTORS)}")
+    if ray_address and name != "ray":
+        raise ConformanceError("--ray-address needs --executor ray", hint=f"conformance run --executor ray --ray-address {ray_address}")
+    if name == "ray":
+        return RayExecutor(threads=threads, address=ray_address, gpus=1 if device.startswith("cuda") else 0)
+    if name == "processes" or jobs > 1:
+        return ProcessExecutor(jobs=max(jobs, 1), threads=threads)
+    return SerialExecutor()

@@ -1,0 +1,38 @@
+"""The comparison with the truth: allclose's verdict in one pass, the error and the scale it reports."""
+
+import math
+
+import pytest
+import torch
+
+from conformance.compare import compare, tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_the_verdict_is_allclose_at_the_dtype_tolerance(dtype):
+    generator = torch.Generator().manual_seed(0)
+    want = torch.randn(64, 33, generator=generator).to(dtype)
+    rtol, atol = tolerance(dtype, torch.device("cpu"))
+    for relative in (0.0, 0.3, 0.9, 1.1, 3.0):  # errors in units of the tolerance at each element
+        got = (want.double() + relative * (atol + rtol * want.double().abs()) * torch.sign(torch.randn(want.shape, generator=generator))).to(dtype)
+        result = compare(got, want)
+        assert result.close == torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True), (dtype, relative)
+        assert math.isclose(result.max_abs_err, (got.double() - want.double()).abs().max().item(), rel_tol=1e-3, abs_tol=1e-12)
+        assert math.isclose(result.scale, want.double().square().mean().sqrt().item(), rel_tol=1e-6)
+    assert not compare(want + 1, want).close and compare(want.clone(), want).bitwise
+
+
+def test_nan_against_nan_and_equal_infinities_are_close_and_anything_else_is_not():
+    want = torch.tensor([1.0, math.nan, math.inf, -math.inf])
+    assert compare(want.clone(), want).close
+    assert not compare(torch.tensor([1.0, 0.0, math.inf, -math.inf]), want).close
+    assert not compare(torch.tensor([1.0, math.nan, -math.inf, -math.inf]), want).close
+    assert not compare(torch.tensor([1.0, math.nan, math.inf, -math.inf]).double(), want).close  # another dtype is never close
+
+
+def test_quantized_and_integer_values_must_be_equal():
+    values = torch.quantize_per_tensor(torch.linspace(-1, 1, 20), scale=0.1, zero_point=3, dtype=torch.quint8)
+    assert compare(values.clone(), values).bitwise
+    other = torch.quantize_per_tensor(torch.linspace(-1, 1, 20), scale=0.1, zero_point=4, dtype=torch.quint8)
+    assert not compare(other, values).close
+    assert not compare(torch.arange(5) + 1, torch.arange(5)).close

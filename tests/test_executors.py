@@ -1,0 +1,61 @@
+"""The executors run the same units as a serial run and write the same rows, in the same order."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conformance.errors import ConformanceError
+from conformance.executors import make_executor
+
+from test_cli import PITFALLS, conformance
+
+
+def _rows(directory):
+    return pd.read_csv(directory / "results.csv", keep_default_na=False).drop(columns="run_id")
+
+
+def test_a_ray_run_of_the_quick_zoo_writes_the_rows_of_a_serial_run(quick_fast_run, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    # a local Ray instance, started and stopped by the run; the limit only stops a hang
+    result = conformance("run", "--checks", "fast", "--executor", "ray", "--out", str(out), timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    serial, ray = _rows(quick_fast_run), _rows(out)
+    assert len(serial) > 5000
+    pd.testing.assert_frame_equal(serial, ray)
+    metadata = json.loads((out / "run.json").read_text())
+    assert metadata["executor"]["name"] == "ray" and "executor ray" in result.stderr
+
+
+def test_a_worker_that_dies_gives_rows_with_the_cause(tmp_path):
+    """A model whose worker process exits (a native crash, out of memory) is rows, not the end of the run."""
+    common = ["--model", f"{PITFALLS}:exits_the_process", "--model", f"{PITFALLS}:plain", "--strategies", "hooks", "--checks", "values", "shape"]
+    result = conformance("run", *common, "--jobs", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(tmp_path / "run")
+    crashed = rows[rows["model"].str.endswith("exits_the_process")]
+    assert set(crashed["status"]) == {"error"} and set(crashed["diagnosis"]) == {"worker_crashed"}
+    assert "BrokenProcessPool" in crashed["detail"].iloc[0]
+    assert set(rows[rows["model"].str.endswith(":plain")]["status"]) == {"pass"}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(name="dask", jobs=1, ray_address=None), "unknown executor 'dask'"),
+        (dict(name="serial", jobs=1, ray_address="ray://head:10001"), "--ray-address needs --executor ray"),
+    ],
+)
+def test_bad_executor_options_name_the_value(options, message):
+    with pytest.raises(ConformanceError, match=message):
+        make_executor(threads=1, device="cpu", **options)
+
+
+def test_ray_missing_is_an_install_hint(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConformanceError) as caught:
+        make_executor(name="ray", jobs=1, threads=1, device="cpu", ray_address=None)
+    assert "pip install 'feature-conformance[ray]'" in str(caught.value)
