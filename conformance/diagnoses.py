@@ -10,7 +10,8 @@ other mechanisms must not claim it.
 ======================  ==================================================================  ==============================
 diagnosis               reproduced by                                                       planted fault
 ======================  ==================================================================  ==============================
-reformatted             the true tokens, prefix tokens dropped, laid out as an NCHW map      timm ViT ``features_only``
+reformatted             the true tokens, prefix tokens dropped, laid out as an NCHW map      timm ViT ``features_only``;
+                        (or one element of a list of token sequences the module returns)   ``cross_tokens``
 reshaped                the true values in another shape (flattened, viewed)                ``flattened``
 cast                    the true values in another dtype                                    ``double``
 inplace_aliasing        the output after the pass: a later in-place op changed it           ``inplace_after_tap``
@@ -71,10 +72,18 @@ def _as_token_map(value: Any, truth: Any) -> Any:
 
 
 def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
-    """A different shape holding the true values in another layout."""
-    token_map = _as_token_map(value, ctx.truth.layers[layer].value)
+    """A different shape holding the true values in another layout: the tokens the module
+    returns, or one element of the list of token sequences it returns (CrossViT's branches)."""
+    truth = ctx.truth.layers[layer].value
+    token_map = _as_token_map(value, truth)
     if token_map is not None and _close(value, token_map):
         return "reformatted", "the true tokens, prefix tokens dropped, laid out as an NCHW map"
+    if isinstance(truth, (list, tuple)):
+        for index, element in enumerate(truth):
+            token_map = _as_token_map(value, element)
+            if token_map is not None and _close(value, token_map):
+                return "reformatted", (f"element {index} of the {len(truth)} token sequences the module returns, prefix tokens "
+                                       "dropped, laid out as an NCHW map")
     return None
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .bench import REFERENCES
+from .causes import GENERIC_ERRORS
 from .diagnoses import UNEXPLAINED
 from .errors import ConformanceError
 
@@ -239,6 +240,8 @@ def headline(frame: pd.DataFrame) -> pd.DataFrame:
     for diagnosis, count in failed[~failed.index.isin(unexplained(frame).index)]["diagnosis"].value_counts().items():
         lines.append((f"  {diagnosis}", count, f"status == 'fail' and diagnosis == {diagnosis!r}"))
     lines.append(("errors", len(errors), "status == 'error'"))
+    generic = errors["diagnosis"].isin(GENERIC_ERRORS)
+    lines.append(("  unexplained (what raised, no cause measured)", int(generic.sum()), f"status == 'error' and diagnosis in {list(GENERIC_ERRORS)!r}"))
     for diagnosis, count in errors["diagnosis"].value_counts().items():
         lines.append((f"  {diagnosis or 'no cause given'}", count, f"status == 'error' and diagnosis == {diagnosis!r}"))
     return pd.DataFrame(lines, columns=["what", "rows", "query"])

@@ -29,6 +29,7 @@ from torch import nn
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
+from .causes import children_replay_error, explain, explain_whole
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
@@ -158,6 +159,12 @@ class _Attempt:
     detail: str = ""
     unsupported_layers: list[str] | None = None
     reasons: dict[str, str] = field(default_factory=dict)  # an unsupported layer's own reason
+    exception: BaseException | None = None  # what an errored request raised
+
+    def explained(self, cause: tuple[str, str] | None) -> None:
+        """Name the cause of the error (``causes.py``), keeping what raised in the detail."""
+        if cause is not None:
+            self.diagnosis, self.detail = cause
 
 
 class _ModelRun:
@@ -219,7 +226,7 @@ class _ModelRun:
         except CellTimeout:
             raise
         except Exception as exc:
-            return _Attempt(layers, status="error", diagnosis="build_failed", detail=f"{type(exc).__name__}: {exc}")
+            return _Attempt(layers, status="error", diagnosis="build_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
         try:
             with self.timings.phase("forward"), torch.no_grad():
                 attached_output = model(self.input)
@@ -232,7 +239,7 @@ class _ModelRun:
         except CellTimeout:
             raise
         except Exception as exc:
-            return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}")
+            return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
         finally:
             extractor.close()
         def changes() -> list[str]:
@@ -283,6 +290,7 @@ class _ModelRun:
                 refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None
                 if combined.context is None and (combined.status == "error" or refused_whole) and len(combined.layers) > 1:
                     alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
+                self._explain(combined, alone)
                 working = combined
                 working_layers = [a.layers[0] for a in alone if a.context is not None]
                 if behaviour_checks and alone and working_layers:
@@ -299,6 +307,24 @@ class _ModelRun:
         if behaviour_checks:
             rows += self._behaviour_rows(strategy_name, behaviour_checks, working, alone)
         return rows
+
+    def _not_run(self, layer: str) -> bool:
+        truth = self.truth.layers.get(layer)
+        return truth is not None and not truth.calls
+
+    def _explain(self, combined: _Attempt, alone: list[_Attempt]) -> None:
+        """Name the causes of the errored attempts (``causes.py``)."""
+        replay_error = lambda: self._memo(("replay_error",), lambda: children_replay_error(self.model, self.input))  # noqa: E731
+        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None}
+        causes = {}
+        for attempt in alone:
+            if attempt.exception is not None:
+                causes[attempt.layers[0]] = explain(exc=attempt.exception, layers=attempt.layers, not_run=self._not_run,
+                                                    replay_error=replay_error, works_elsewhere=bool(worked))
+                attempt.explained(causes[attempt.layers[0]])
+        if combined.exception is not None:
+            whole = explain(exc=combined.exception, layers=combined.layers, not_run=self._not_run, replay_error=replay_error, works_elsewhere=False)
+            combined.explained(explain_whole(exc=combined.exception, whole=whole, worked=worked, alone=causes))
 
     def _behaviour_rows(self, strategy_name: str, checks: list[str], working: _Attempt, alone: list[_Attempt]) -> list[CheckResult]:
         """The behaviour checks on the request that works; layers that cannot be extracted
@@ -422,6 +448,9 @@ def model_units(
         if strict_layers:
             raise
         yield from everywhere("skipped", "no_such_layer", str(exc).replace("\n", "; "))
+        return
+    except Exception as exc:  # the layer sets could not be worked out on this model: rows, not the end of the run
+        yield from everywhere("error", "layers_failed", f"{type(exc).__name__}: {exc}")
         return
     try:
         model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)

@@ -253,6 +253,61 @@ class Plain(nn.Module):
         return self.second(self.first(x))
 
 
+class NeverCalled(nn.Module):
+    """A ``ModuleList`` whose blocks run one by one: the list itself never runs (timm's ``blocks``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)])
+        self.head = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class FlattenBetween(nn.Module):
+    """A classifier after ``torch.flatten``: replaying the children gives the Linear a 4-d map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+class TwoBranchTokens(nn.Module):
+    """A block returning a list of two token sequences (CrossViT): a class token and 16, and a class token and 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Conv2d(3, 8, 2, stride=2)
+        self.large = nn.Conv2d(3, 12, 4, stride=4)
+        self.cls_small = nn.Parameter(torch.randn(1, 1, 8))
+        self.cls_large = nn.Parameter(torch.randn(1, 1, 12))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        small = torch.cat([self.cls_small.expand(x.shape[0], -1, -1), self.small(x).flatten(2).transpose(1, 2)], dim=1)
+        large = torch.cat([self.cls_large.expand(x.shape[0], -1, -1), self.large(x).flatten(2).transpose(1, 2)], dim=1)
+        return [small, large]
+
+
+class CrossTokens(nn.Module):
+    """A model whose ``block`` returns two token sequences."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = TwoBranchTokens()
+        self.head = nn.Linear(8 + 12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        small, large = self.block(x)
+        return self.head(torch.cat([small[:, 0], large[:, 0]], dim=1))
+
+
 def _factory(cls: type[nn.Module]):
     def build() -> nn.Module:
         return cls()
@@ -276,6 +331,9 @@ keyword_child = _factory(KeywordChild)
 size_type_branch = _factory(SizeTypeBranch)
 train_only_branch = _factory(TrainOnlyBranch)
 container_ends_in_norm = _factory(ContainerEndsInNorm)
+never_called = _factory(NeverCalled)
+flatten_between = _factory(FlattenBetween)
+cross_tokens = _factory(CrossTokens)
 
 
 def not_a_module() -> str:

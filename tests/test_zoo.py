@@ -179,3 +179,11 @@ def test_the_quick_run_has_no_regression_against_the_committed_baseline(quick_fa
     baseline = Path(__file__).parent.parent / "reports" / "baselines" / "quick-fast.json"
     result = conformance("diff", str(baseline), str(quick_fast_run))
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.mark.zoo
+def test_stages_leave_out_feature_info_entries_that_name_no_module():
+    """timm's HRNet names ``stem`` and ``stage1`` in feature_info, modules of its features wrapper only."""
+    spec = resolve_model("timm:hrnet_w18_small")
+    model = build_model(spec=spec, seed=0)
+    assert [str(tap) for tap in resolve_layers(model, spec, ["@stages"])] == ["stage2", "stage3", "stage4"]

@@ -1,0 +1,95 @@
+"""Every cause of an error row is named by its planted fault, and only there (``conformance/causes.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+import pitfalls
+from conformance.runner import evaluate
+from faults import corrupted
+from strategies import Extraction
+
+
+def _rows(name, layers, strategies, checks=("values", "keys")):
+    return evaluate(getattr(pitfalls, name)(), layers=layers, strategies=strategies, checks=list(checks), input_shape=pitfalls.INPUT_SHAPE)
+
+
+def _requires_every_layer(ex, module, x, extraction):
+    """Captum's and nnsight's behaviour: a requested module that never ran fails the call."""
+    missing = [layer for layer in ex.requested if layer not in extraction.features]
+    if missing:
+        raise KeyError(f"no output for {missing}")
+    return extraction
+
+
+def _always_raises(ex, module, x, extraction):
+    raise RuntimeError("planted: every call fails")
+
+
+def _strategy(corrupt):
+    base = corrupted(corrupt)
+
+    class Requiring(base):
+        def attach(self, model, *, layers, tracer_kwargs=None):
+            extractor = super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
+            extractor.requested = [str(layer) for layer in layers]
+            return extractor
+
+    return Requiring
+
+
+def test_a_module_that_never_runs_is_the_cause_of_the_failures_it_brings(register):
+    register("requires_every_layer", _strategy(_requires_every_layer))
+    rows = _rows("never_called", ["blocks", "head"], ["requires_every_layer"]).set_index(["layer", "check"])
+    assert tuple(rows.loc[("blocks", "values"), ["status", "diagnosis"]]) == ("error", "not_called")
+    assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "not_called")
+    assert "fails as a whole because blocks does not run" in rows.loc[("*", "keys"), "detail"]
+    assert rows.loc[("head", "values"), "status"] == "pass"
+
+
+def test_the_control_a_strategy_failing_everything_is_not_explained_by_the_module_that_never_runs(register):
+    register("always_raises", _strategy(_always_raises))
+    rows = _rows("never_called", ["blocks", "head"], ["always_raises"]).set_index(["layer", "check"])
+    assert rows.loc[("head", "values"), "diagnosis"] == "call_failed"
+    assert rows.loc[("*", "keys"), "diagnosis"] == "call_failed"
+    assert rows.loc[("blocks", "values"), "diagnosis"] == "call_failed"  # it fails everywhere: the module is no cause
+
+
+def test_replaying_the_children_reproduces_ilgs_crash():
+    rows = _rows("flatten_between", ["features", "fc"], ["ilg"]).set_index(["layer", "check"])
+    assert tuple(rows.loc[("fc", "values"), ["status", "diagnosis"]]) == ("error", "children_not_chained")
+    assert "mat1 and mat2 shapes cannot be multiplied" in rows.loc[("fc", "values"), "detail"]
+    assert rows.loc[("features", "values"), "status"] == "pass"
+
+
+def test_the_control_another_crash_on_a_model_that_is_no_chain_is_not_the_replay(register):
+    register("always_raises", _strategy(_always_raises))
+    rows = _rows("flatten_between", ["fc"], ["always_raises"]).set_index(["layer", "check"])
+    assert rows.loc[("fc", "values"), "diagnosis"] == "call_failed"
+
+
+def test_an_fx_trace_error_names_the_line_of_the_model():
+    rows = _rows("data_dependent_control_flow", ["first", "second"], ["fx"]).set_index(["layer", "check"])
+    row = rows.loc[("second", "values")]
+    assert (row.status, row.diagnosis) == ("error", "untraceable")
+    assert "TraceError" in row.detail and "pitfalls.py:" in row.detail and "if x.sum() > 0" in row.detail
+    assert _rows("plain", ["first", "second"], ["fx"])["status"].eq("pass").all()  # the control: a traceable model
+
+
+def _first_branch_as_map(ex, module, x, extraction):
+    small = extraction.features["block"][0]
+    return Extraction({"block": small[:, 1:].transpose(1, 2).reshape(small.shape[0], 8, 4, 4)}, extraction.output)
+
+
+def _first_branch_as_map_shifted(ex, module, x, extraction):
+    shifted = _first_branch_as_map(ex, module, x, extraction)
+    return Extraction({"block": shifted.features["block"] + 0.5}, extraction.output)
+
+
+@pytest.mark.parametrize("corrupt, diagnosis", [(_first_branch_as_map, "reformatted"), (_first_branch_as_map_shifted, "unexplained")])
+def test_one_branch_of_a_list_of_token_sequences_as_a_map_is_reformatted(corrupt, diagnosis, register):
+    register("planted", corrupted(corrupt))
+    row = _rows("cross_tokens", ["block"], ["planted"], checks=("values",)).iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
+    if diagnosis == "reformatted":
+        assert "element 0 of the 2 token sequences" in row.detail
