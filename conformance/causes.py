@@ -20,15 +20,13 @@ untraceable            the strategy's symbolic trace raised ``torch.fx``'s      
 
 from __future__ import annotations
 
-import copy
 import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch import nn
 
-__all__ = ["GENERIC_ERRORS", "children_replay_error", "describe_exception", "explain", "explain_whole"]
+__all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole"]
 
 #: Error diagnoses that say what raised, not why: counted as unexplained errors.
 GENERIC_ERRORS = ("", "build_failed", "call_failed", "check_failed", "oracle_failed", "layers_failed")
@@ -38,18 +36,6 @@ Cause = Optional[tuple[str, str]]
 
 def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def children_replay_error(model: nn.Module, x: torch.Tensor) -> str | None:
-    """What running the top-level children one after another raises (``Type: message``), or None."""
-    replica = copy.deepcopy(model)
-    try:
-        with torch.no_grad():
-            for child in replica.children():
-                x = child(x)
-    except Exception as exc:
-        return describe_exception(exc)
-    return None
 
 
 def _model_line(exc: BaseException) -> str:

@@ -180,12 +180,13 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
     )
 
 
-def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str]) -> dict[str, Any]:
+def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """The layers' values when the top-level children run one after another in registration
-    order, as replaying strategies run them; layers not reached before a crash, and layers
-    that are no module's output, are absent."""
+    order, as replaying strategies run them (layers not reached before a crash, and layers
+    that are no module's output, are absent), and what the replay raised (``Type: message``), if anything."""
     copy_ = copy.deepcopy(model)
     seen: dict[str, Any] = {}
+    error = None
     handles = [
         copy_.get_submodule(tap.module).register_forward_hook(lambda m, a, out, name=str(tap): seen.__setitem__(name, clone_tree(out)))
         for tap in _taps(layers) if tap.is_module_output
@@ -194,12 +195,12 @@ def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str])
         with torch.no_grad():
             for child in copy_.children():
                 x = child(x)
-    except Exception:  # replaying is expected to crash on models that are no chain
-        pass
+    except Exception as exc:  # replaying is expected to crash on models that are no chain
+        error = f"{type(exc).__name__}: {exc}"
     finally:
         for handle in handles:
             handle.remove()
-    return seen
+    return seen, error
 
 
 def locate(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Callable[[Any, Any], bool]) -> list[str]:

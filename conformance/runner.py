@@ -29,7 +29,7 @@ from torch import nn
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
-from .causes import children_replay_error, explain, explain_whole
+from .causes import explain, explain_whole
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
@@ -176,7 +176,8 @@ class _ModelRun:
         with timings.phase("forward"):
             self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
             self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
-            self.replayed = replay_children(model, self.input, layers=layers) if self.truth.chain_break else {}
+            # a plain chain of children replays without error; only a broken one is replayed
+            self.replayed, self.replay_error = replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, None)
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
@@ -314,7 +315,7 @@ class _ModelRun:
 
     def _explain(self, combined: _Attempt, alone: list[_Attempt]) -> None:
         """Name the causes of the errored attempts (``causes.py``)."""
-        replay_error = lambda: self._memo(("replay_error",), lambda: children_replay_error(self.model, self.input))  # noqa: E731
+        replay_error = lambda: self.replay_error  # noqa: E731
         worked = {attempt.layers[0] for attempt in alone if attempt.context is not None}
         causes = {}
         for attempt in alone:
