@@ -13,8 +13,17 @@ not_called             the oracle's pass never runs the layer's module (a       
                        it requested alone and works on the other layers alone
 children_not_chained   running the top-level children one after another in          ``functional_between``
                        registration order raises the very same exception
-untraceable            the strategy's symbolic trace raised ``torch.fx``'s           ``branch_on_value``
-                       ``TraceError``; the detail names the model's source line
+non_tensor_output      the layer's module returns something besides tensors (a      ``sized_patches``
+                       ``torch.Size``, an int), the strategy fails on it requested
+                       alone and works on the other layers alone
+untraceable            the exception was raised inside ``torch.fx``'s symbolic      ``data_dependent_control_
+                       trace (``TraceError``, ``len`` or ``int()`` of a ``Proxy``);  flow``, ``len_of_input``
+                       the detail names the model's source line
+traced_optional_input  the traced graph made an argument that defaults to ``None``  ``optional_mask``
+                       an input and uses it: the node that raised takes it, and it
+                       is ``None`` in the call (a ``mask is not None`` branch)
+request_order          the request fails as a whole, every layer works alone, and   ``reordered_children``
+                       the same request in the order the modules run works
 =====================  ===========================================================  ==========================
 """
 
@@ -22,11 +31,11 @@ from __future__ import annotations
 
 import traceback
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole"]
+__all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole", "request_order", "traced_optional_input"]
 
 #: Error diagnoses that say what raised, not why: counted as unexplained errors.
 GENERIC_ERRORS = ("", "build_failed", "call_failed", "check_failed", "oracle_failed", "layers_failed")
@@ -48,26 +57,94 @@ def _model_line(exc: BaseException) -> str:
     return f" at {Path(frame.filename).name}:{frame.lineno}" + (f" ({frame.line})" if frame.line else "")
 
 
+def _raised_while_tracing(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside ``torch.fx``'s symbolic trace (``Tracer.trace``)."""
+    if isinstance(exc, torch.fx.proxy.TraceError):
+        return True
+    return any(Path(frame.filename).parts[-3:] == ("torch", "fx", "_symbolic_trace.py") and frame.name == "trace"
+               for frame in traceback.extract_tb(exc.__traceback__))
+
+
+def non_tensors(value: Any) -> list[str]:
+    """The type names of what ``value`` holds besides tensors, lists, tuples and dicts of them."""
+    if isinstance(value, torch.Tensor):
+        return []
+    if type(value) in (list, tuple):
+        return [name for item in value for name in non_tensors(item)]
+    if type(value) is dict:
+        return [name for item in value.values() for name in non_tensors(item)]
+    return [f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")]
+
+
 def explain(*, exc: BaseException, layers: Sequence[str], not_run: Callable[[str], bool], replay_error: Callable[[], str | None],
-            works_elsewhere: bool) -> Cause:
+            works_elsewhere: bool, outputs: Callable[[str], Any] = lambda layer: None) -> Cause:
     """The cause of one failed request of ``layers``, or None where none is measured;
-    ``works_elsewhere``: the strategy extracts other layers of this model alone."""
+    ``works_elsewhere``: the strategy extracts other layers of this model alone; ``outputs``:
+    a layer's true value."""
     if works_elsewhere and layers and all(not_run(layer) for layer in layers):
         return "not_called", f"the module does not run for this input, and the strategy raises for it (it works on other layers): {describe_exception(exc)}"
-    if isinstance(exc, torch.fx.proxy.TraceError):
+    if works_elsewhere and len(layers) == 1 and non_tensors(outputs(layers[0])):
+        held = ", ".join(dict.fromkeys(non_tensors(outputs(layers[0]))))
+        return "non_tensor_output", (f"the module returns {held} besides tensors, and the strategy raises for it "
+                                     f"(it works on other layers): {describe_exception(exc)}")
+    if _raised_while_tracing(exc):
         return "untraceable", f"FX cannot trace the model: {describe_exception(exc)}{_model_line(exc)}"
     if replay_error() == describe_exception(exc):
         return "children_not_chained", f"running the top-level children in registration order raises the same: {describe_exception(exc)}"
     return None
 
 
+#: Causes that belong to one layer: a request holding that layer fails for it.
+_LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors"}
+
+
 def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause]) -> Cause:
     """The cause of a request that failed as a whole: its own, or, where every layer that fails
-    alone fails because its module does not run (``alone``: each failing layer's cause) and the
-    ``worked`` layers work alone, that."""
+    alone fails for a cause of its own (``alone``: each failing layer's cause: its module does
+    not run, it returns more than tensors) and the ``worked`` layers work alone, that."""
     if whole is not None or not alone or not worked:
         return whole
-    if all(cause is not None and cause[0] == "not_called" for cause in alone.values()):
-        return "not_called", (f"the request fails as a whole because {', '.join(alone)} does not run for this input "
-                              f"(the other layers work alone): {describe_exception(exc)}")
+    if all(cause is not None and cause[0] in _LAYER_CAUSES for cause in alone.values()):
+        first = next(iter(alone.values()))[0]
+        because = "; ".join(f"{layer} {_LAYER_CAUSES[cause[0]]}" for layer, cause in alone.items())
+        return first, f"the request fails as a whole because {because} (the other layers work alone): {describe_exception(exc)}"
     return None
+
+
+def request_order(*, exc: BaseException, requested: Sequence[str], in_order: Sequence[str]) -> Cause:
+    """The cause of a request that fails as a whole while every layer works alone, where the same
+    layers requested in the order the model runs them (``in_order``) were extracted."""
+    return "request_order", (f"the model runs the layers in another order than requested ({', '.join(in_order)}); "
+                             f"requested in that order they are extracted: {describe_exception(exc)}")
+
+
+def traced_optional_input(*, exc: BaseException, module: Any, x: torch.Tensor) -> Cause:
+    """Where ``module`` runs a traced graph whose call raised: the graph's argument that defaults
+    to ``None`` and that the node which raises takes, if there is one."""
+    graphs = [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)] if isinstance(module, torch.nn.Module) else []
+    if len(graphs) != 1 or graphs[0] is not module:
+        return None
+    optional = {node for node in module.graph.nodes if node.op == "placeholder" and node.args == (None,)}
+    failed: list[torch.fx.Node] = []
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node: torch.fx.Node) -> Any:
+            try:
+                return super().run_node(node)
+            except Exception:
+                failed.append(node)
+                raise
+
+    try:
+        with torch.no_grad():
+            Recorder(module).run(x)
+    except Exception:
+        pass
+    if not failed or not optional:
+        return None
+    taken = [node.name for node in failed[0].all_input_nodes if node in optional]
+    if not taken:
+        return None
+    return "traced_optional_input", (f"the trace made {taken[0]!r}, None by default, an input of the graph, which uses it "
+                                     f"(node {failed[0].name!r}: the branch for a given {taken[0]}); called without it: "
+                                     f"{describe_exception(exc)}")

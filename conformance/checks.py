@@ -19,7 +19,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
+
+from strategies.base import map_tensors
 
 from .compare import compare
 from .diagnoses import diagnose
@@ -93,15 +95,13 @@ def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
     """The features as they are now, cloned, in their order; leaves that cannot be cloned
     (tensors left over from tracing) are kept as they are, for the checks to report."""
 
-    def freeze(leaf: Any) -> Any:
-        if not isinstance(leaf, torch.Tensor):
-            return leaf
+    def freeze(leaf: torch.Tensor) -> Any:
         try:
             return leaf.detach().clone()
         except Exception:
             return leaf
 
-    return {name: tree_map(freeze, value) for name, value in features.items()}
+    return {name: map_tensors(freeze, value) for name, value in features.items()}
 
 
 def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: str = "this input") -> CheckResult:

@@ -11,7 +11,12 @@ other mechanisms must not claim it.
 diagnosis               reproduced by                                                       planted fault
 ======================  ==================================================================  ==============================
 reformatted             the true tokens, prefix tokens dropped, laid out as an NCHW map      timm ViT ``features_only``;
-                        (or one element of a list of token sequences the module returns)   ``cross_tokens``
+                        (or one element of a list of token sequences the module returns);  ``cross_tokens``,
+                        the true tokens in another order, one permutation for every image, ``tokens``,
+                        laid out as a map; the true values with their dimensions permuted   ``channels_last``
+                        (a channels-last map laid out channels-first)
+container_changed       the true values in a tuple where the module returns a list, or the   ``cross_tokens``
+                        other way round
 reshaped                the true values in another shape (flattened, viewed)                ``flattened``
 cast                    the true values in another dtype                                    ``double``
 inplace_aliasing        the output after the pass: a later in-place op changed it           ``inplace_after_tap``
@@ -23,6 +28,8 @@ kwargs_dropped          the model with one module called without its keyword arg
 children_not_chained    the top-level children replayed in registration order              ``functional_between``
 wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
 wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
+partial_output          one element of the tuple or list the module returns, where no node  ``sized_patches``
+                        of the pass is that value (a ``torch.Size``)
 rng_shifted             the train-mode pass, each module call starting from the RNG state it   ``draws_before_forward``
                         had in the strategy's pass (``behaviour.check_train_mode``)
 unexplained             nothing above
@@ -31,6 +38,7 @@ unexplained             nothing above
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["UNEXPLAINED", "diagnose", "graph_ops"]
 
 UNEXPLAINED = "unexplained"
+_MAX_TOKENS = 1 << 16  # token sequences longer than this are not searched for a permutation
 
 Diagnosis = Optional[tuple[str, str]]
 
@@ -71,9 +80,35 @@ def _as_token_map(value: Any, truth: Any) -> Any:
     return truth[:, truth.shape[1] - height * width:, :].transpose(1, 2).reshape(batch, channels, height, width)
 
 
+def _token_order(value: Any, truth: Any) -> torch.Tensor | None:
+    """The permutation ``order`` of the tokens of ``truth`` (N, L, C) that puts them where ``value``
+    (N, C, H, W) holds them, L = H * W, measured on the first image; None if there is no such one."""
+    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dim() == 4 and truth.dim() == 3):
+        return None
+    batch, channels, height, width = value.shape
+    if truth.shape != (batch, height * width, channels) or not truth.is_floating_point() or truth.shape[1] > _MAX_TOKENS:
+        return None
+    tokens, reference = value[0].flatten(1).t().float(), truth[0].float()
+    order = torch.cat([torch.cdist(chunk, reference).argmin(dim=1) for chunk in tokens.split(1024)])
+    if torch.unique(order).numel() != order.numel():
+        return None
+    return order
+
+
+def _permutations(value: Any, truth: Any) -> list[tuple[int, ...]]:
+    """The permutations of the dimensions of ``truth`` that give ``value``'s shape, identity aside."""
+    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor)) or value.dim() != truth.dim() or not 3 <= value.dim() <= 5:
+        return []
+    if value.shape == truth.shape or sorted(value.shape) != sorted(truth.shape):
+        return []
+    return [dims for dims in itertools.permutations(range(truth.dim())) if dims[0] == 0 and truth.permute(dims).shape == value.shape]
+
+
 def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     """A different shape holding the true values in another layout: the tokens the module
-    returns, or one element of the list of token sequences it returns (CrossViT's branches)."""
+    returns (or one element of the list of token sequences it returns, CrossViT's branches),
+    as they are or in another order (Hiera's unrolled tokens), laid out as an NCHW map; or the
+    true tensor with its dimensions permuted (a channels-last map returned channels-first)."""
     truth = ctx.truth.layers[layer].value
     token_map = _as_token_map(value, truth)
     if token_map is not None and _close(value, token_map):
@@ -84,7 +119,40 @@ def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
             if token_map is not None and _close(value, token_map):
                 return "reformatted", (f"element {index} of the {len(truth)} token sequences the module returns, prefix tokens "
                                        "dropped, laid out as an NCHW map")
+    order = _token_order(value, truth)
+    if order is not None and _close(value, truth[:, order].transpose(1, 2).reshape(value.shape)):
+        return "reformatted", (f"the true tokens in another order (one permutation of the {len(order)} tokens, the same for every "
+                               "image), laid out as an NCHW map")
+    for dims in _permutations(value, truth):
+        if _close(value, truth.permute(dims)):
+            layout = " (a channels-last map laid out channels-first)" if dims == (0, truth.dim() - 1, *range(1, truth.dim() - 1)) else ""
+            return "reformatted", f"the true values with their dimensions permuted as {dims}{layout}"
     return None
+
+
+def container_changed(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer].value
+    if isinstance(value, (list, tuple)) and isinstance(truth, (list, tuple)) and type(value) is not type(truth) and len(value) == len(truth):
+        if _close(type(truth)(value), truth):
+            return "container_changed", f"the true values, in a {type(value).__name__} where the module returns a {type(truth).__name__}"
+    return None
+
+
+def partial_output(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    truth = ctx.truth.layers[layer].value
+    if isinstance(truth, (list, tuple)) and len(truth) > 1:
+        for index, element in enumerate(truth):
+            if _close(value, element):
+                return "partial_output", (f"element {index} ({_kind(element)}) of the {len(truth)} the module returns "
+                                          f"as a {type(truth).__name__}, alone")
+    return None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor {tuple(value.shape)}"
+    shown = repr(tuple(value) if isinstance(value, (list, tuple)) else value)
+    return f"the {type(value).__name__} {shown}" if len(shown) <= 40 else f"a {type(value).__name__}"
 
 
 def reshaped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
@@ -183,8 +251,8 @@ def another_node(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 
 #: The mechanisms, most specific first.
 MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
-    reformatted, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
-    children_not_chained, another_module, another_node,
+    reformatted, container_changed, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
+    children_not_chained, another_module, another_node, partial_output,
 )
 
 

@@ -58,6 +58,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from strategies.base import clone_tree
+
 __all__ = ["Node", "NodeTable", "RecordingChanged", "is_leaf_module", "record", "record_faithfully", "same_value", "unrecorded"]
 
 _RECORDING: list["_Recorder"] = []  # the recorders whose pass is running
@@ -347,7 +349,7 @@ class _Recorder(TorchFunctionMode):
         if name in self.wanted:
             self.paused += 1
             try:
-                self.values[name] = _clone(value)
+                self.values[name] = clone_tree(value)
             finally:
                 self.paused -= 1
             self.raw[name] = value
@@ -461,10 +463,6 @@ class _Recorder(TorchFunctionMode):
         return None
 
 
-def _clone(value: Any) -> Any:
-    return torch.utils._pytree.tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, value)
-
-
 def _inputs(model: nn.Module) -> list[str]:
     """The forward's parameters: FX's placeholder nodes."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -528,7 +526,7 @@ def record(model: nn.Module, x: torch.Tensor, *, wanted: Iterable[str] = (), tra
             counts[node.module] = counts.get(node.module, 0) + 1
     nodes = [Node(name, "input", "") for name in inputs]
     nodes += [replace(node, calls=counts[node.module]) if node.module is not None else node for node in recorder.nodes]
-    return NodeTable(nodes, recorder.values, {name: _clone(value) for name, value in recorder.raw.items()}, _untracked(output))
+    return NodeTable(nodes, recorder.values, {name: clone_tree(value) for name, value in recorder.raw.items()}, _untracked(output))
 
 
 class RecordingChanged(Exception):

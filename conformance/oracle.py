@@ -40,6 +40,7 @@ class LayerTruth:
     after_forward: list[Any] = field(default_factory=list)  # the same outputs, cloned after the pass
     keywords: list[str] = field(default_factory=list)  # keyword arguments of the last call
     index: int = -1  # the call that is the reference: the last, or the one a node name names
+    finished: int = -1  # when its first call returned, counted in module outputs of the pass; -1: never
 
     @property
     def value(self) -> Any:
@@ -72,6 +73,10 @@ class OracleCapture:
             return False
         top = layer.split(".")[0]
         return self.children.index(top) >= self.children.index(self.chain_break.child)
+
+    def run_order(self, layers: Sequence[str]) -> list[str]:
+        """``layers`` in the order their modules' first calls return (layers that never return last)."""
+        return sorted(layers, key=lambda layer: (self.layers[layer].finished < 0, self.layers[layer].finished))
 
 
 def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], outputs: dict[str, Any]) -> ChainBreak | None:
@@ -131,10 +136,14 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
             by_module.setdefault(tap.module, []).append(tap)
     raw: dict[str, list[Any]] = {module: [] for module in by_module}
     handles = []
+    returned = [0]
     for module, module_taps in by_module.items():
         def hook(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
             value = clone_tree(output)
+            returned[0] += 1
             for tap in module_taps:
+                if not truths[tap].calls:
+                    truths[tap].finished = returned[0]
                 truths[tap].calls.append(value)
                 truths[tap].keywords = sorted(kwargs)
             raw[module].append(output)

@@ -29,7 +29,7 @@ from torch import nn
 from strategies import StrategyUnavailable, Unsupported, get_strategy
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
-from .causes import explain, explain_whole
+from .causes import explain, explain_whole, request_order, traced_optional_input
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
@@ -240,7 +240,10 @@ class _ModelRun:
         except CellTimeout:
             raise
         except Exception as exc:
-            return _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
+            failed = _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
+            with self.timings.phase("diagnoses"):
+                failed.explained(traced_optional_input(exc=exc, module=extractor.module, x=self.input))
+            return failed
         finally:
             extractor.close()
         def changes() -> list[str]:
@@ -294,6 +297,13 @@ class _ModelRun:
                 self._explain(combined, alone)
                 working = combined
                 working_layers = [a.layers[0] for a in alone if a.context is not None]
+                in_order = self.truth.run_order(working_layers)
+                if combined.exception is not None and len(working_layers) == len(alone) > 1 and in_order != working_layers:
+                    reordered = self.attempt(strategy_name, in_order)
+                    if reordered.context is not None:
+                        combined.explained(request_order(exc=combined.exception, requested=combined.layers, in_order=in_order))
+                        working = reordered
+                        working_layers = []
                 if behaviour_checks and alone and working_layers:
                     working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
@@ -313,6 +323,10 @@ class _ModelRun:
         truth = self.truth.layers.get(layer)
         return truth is not None and not truth.calls
 
+    def _output(self, layer: str) -> Any:
+        truth = self.truth.layers.get(layer)
+        return truth.value if truth is not None else None
+
     def _explain(self, combined: _Attempt, alone: list[_Attempt]) -> None:
         """Name the causes of the errored attempts (``causes.py``)."""
         replay_error = lambda: self.replay_error  # noqa: E731
@@ -321,7 +335,7 @@ class _ModelRun:
         for attempt in alone:
             if attempt.exception is not None:
                 causes[attempt.layers[0]] = explain(exc=attempt.exception, layers=attempt.layers, not_run=self._not_run,
-                                                    replay_error=replay_error, works_elsewhere=bool(worked))
+                                                    replay_error=replay_error, works_elsewhere=bool(worked), outputs=self._output)
                 attempt.explained(causes[attempt.layers[0]])
         if combined.exception is not None:
             whole = explain(exc=combined.exception, layers=combined.layers, not_run=self._not_run, replay_error=replay_error, works_elsewhere=False)

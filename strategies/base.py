@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["Extraction", "Extractor", "Strategy", "Tap", "Unsupported", "clone_tree", "module_outputs", "repeated_modules"]
+__all__ = ["Extraction", "Extractor", "Strategy", "Tap", "Unsupported", "clone_tree", "map_tensors", "module_outputs", "repeated_modules"]
 
 
 class Tap(str):
@@ -165,8 +165,14 @@ class Strategy(ABC):
         """
 
 
+def map_tensors(function: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``value`` (possibly nested lists, tuples, dicts) with ``function`` applied to every tensor
+    in it; other values are kept as they are (a ``torch.Size`` stays one)."""
+    return torch.utils._pytree.tree_map(
+        lambda leaf: function(leaf) if isinstance(leaf, torch.Tensor) else leaf, value, is_leaf=lambda node: isinstance(node, torch.Size)
+    )
+
+
 def clone_tree(value: Any) -> Any:
     """Clone every tensor in a (possibly nested) structure; leave other values as they are."""
-    return torch.utils._pytree.tree_map(
-        lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, value
-    )
+    return map_tensors(torch.Tensor.clone, value)

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from strategies import Extraction, Extractor, Strategy, get_strategy
+from strategies.base import map_tensors
 
 Corrupt = Callable[["Corrupted", nn.Module, torch.Tensor, Extraction], Extraction]
 
@@ -26,7 +26,7 @@ class Corrupted(Extractor):
 
     def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
         extraction = self.inner.extract_with(module, x)
-        self.calls.append({k: tree_map(lambda t: t.detach().clone(), v) for k, v in extraction.features.items()})
+        self.calls.append({k: map_tensors(lambda t: t.detach().clone(), v) for k, v in extraction.features.items()})
         return self.corrupt(self, module, x, extraction)
 
     def close(self) -> None:

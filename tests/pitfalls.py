@@ -308,6 +308,95 @@ class CrossTokens(nn.Module):
         return self.head(torch.cat([small[:, 0], large[:, 0]], dim=1))
 
 
+class ChannelsLast(nn.Module):
+    """``block`` returns a channels-last map (N, H, W, C), as MambaOut's and SAM2-Hiera's stages do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x).permute(0, 2, 3, 1))
+
+
+class PatchTokens(nn.Module):
+    """A 2x2-patch embedding returning tokens (N, H * W, C) with no class token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 6, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Tokens(nn.Module):
+    """``block`` returns tokens (N, H * W, C) with no class token, as Hiera's blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = PatchTokens()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x)).mean(1)
+
+
+class PatchesAndSize(nn.Module):
+    """Patches with their grid size, ``(tokens, torch.Size)``, as MViTv2's ``patch_embed`` returns them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 4, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), x.shape[-2:]
+
+
+class SizedPatches(nn.Module):
+    """A model whose ``patch_embed`` returns a tensor and a ``torch.Size``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = PatchesAndSize()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, (height, width) = self.patch_embed(x)
+        return self.head(tokens.reshape(x.shape[0], height * width, -1).mean(1))
+
+
+class LenOfInput(nn.Module):
+    """Loops ``len(x)`` times: FX's ``Proxy`` has no length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 1)
+        self.second = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(x)
+        return self.second(x) * len(x)
+
+
+class OptionalMask(nn.Module):
+    """``forward(x, mask=None)`` branches on ``mask is not None``, as Hiera's does: a trace that
+    makes ``mask`` an input takes the masked branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 1)
+        self.second = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.first(x)
+        if mask is not None:
+            x = x * mask.view(x.shape[0], 1, 1, 1)
+        return self.second(x)
+
+
 def _factory(cls: type[nn.Module]):
     def build() -> nn.Module:
         return cls()
@@ -334,6 +423,11 @@ container_ends_in_norm = _factory(ContainerEndsInNorm)
 never_called = _factory(NeverCalled)
 flatten_between = _factory(FlattenBetween)
 cross_tokens = _factory(CrossTokens)
+channels_last = _factory(ChannelsLast)
+tokens = _factory(Tokens)
+sized_patches = _factory(SizedPatches)
+len_of_input = _factory(LenOfInput)
+optional_mask = _factory(OptionalMask)
 
 
 def not_a_module() -> str:

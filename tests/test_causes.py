@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import pitfalls
+from conformance.causes import traced_optional_input
 from conformance.runner import evaluate
 from faults import corrupted
 from strategies import Extraction
@@ -93,3 +95,61 @@ def test_one_branch_of_a_list_of_token_sequences_as_a_map_is_reformatted(corrupt
     assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
     if diagnosis == "reformatted":
         assert "element 0 of the 2 token sequences" in row.detail
+
+
+def test_a_proxy_error_inside_the_trace_is_untraceable_and_names_the_line():
+    row = _rows("len_of_input", ["first", "second"], ["fx"]).set_index(["layer", "check"]).loc[("second", "values")]
+    assert (row.status, row.diagnosis) == ("error", "untraceable")
+    assert "'len' is not supported in symbolic tracing" in row.detail and "len(x)" in row.detail
+
+
+def test_a_module_returning_a_size_is_the_cause_of_captums_failure():
+    rows = _rows("sized_patches", ["patch_embed", "head"], ["captum"]).set_index(["layer", "check"])
+    assert tuple(rows.loc[("patch_embed", "values"), ["status", "diagnosis"]]) == ("error", "non_tensor_output")
+    assert "returns torch.Size besides tensors" in rows.loc[("patch_embed", "values"), "detail"]
+    assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "non_tensor_output")
+    assert rows.loc[("head", "values"), "status"] == "pass"
+
+
+def test_the_control_a_strategy_failing_everything_is_not_explained_by_the_size(register):
+    register("always_raises", _strategy(_always_raises))
+    rows = _rows("sized_patches", ["patch_embed", "head"], ["always_raises"]).set_index(["layer", "check"])
+    assert rows.loc[("patch_embed", "values"), "diagnosis"] == "call_failed"
+    assert rows.loc[("*", "keys"), "diagnosis"] == "call_failed"
+
+
+def test_a_graph_traced_with_an_optional_mask_as_input_fails_for_the_mask():
+    rows = _rows("optional_mask", ["first", "second"], ["fx"]).set_index(["layer", "check"])
+    row = rows.loc[("second", "values")]
+    assert (row.status, row.diagnosis) == ("error", "traced_optional_input")
+    assert "'mask', None by default" in row.detail and "NoneType" in row.detail
+
+
+def test_the_control_a_graph_failing_on_another_input_is_not_the_optional_argument():
+    def fails_on_x(x, mask=None):
+        return x.view(-1, 7) if mask is None else x
+
+    graph = torch.fx.symbolic_trace(fails_on_x, concrete_args={"mask": None})
+    graph.graph.placeholder("extra", default_value=None)  # an optional input the failing node does not take
+    graph.recompile()
+    try:
+        graph(torch.zeros(2, 3))
+    except RuntimeError as exc:
+        assert traced_optional_input(exc=exc, module=graph, x=torch.zeros(2, 3)) is None
+    else:
+        raise AssertionError("the planted graph should raise")
+
+
+def test_a_request_out_of_the_order_the_modules_run_fails_in_nnsight_and_works_in_order():
+    rows = _rows("reordered_children", ["second", "first"], ["nnsight"]).set_index(["layer", "check"])
+    row = rows.loc[("*", "keys")]
+    assert (row.status, row.diagnosis) == ("error", "request_order"), row.detail
+    assert "(first, second)" in row.detail and "OutOfOrderError" in row.detail
+    assert (rows.loc[[("first", "values"), ("second", "values")], "status"] == "pass").all()
+
+
+def test_the_control_requested_in_the_order_they_run_nnsight_passes_and_a_failure_everywhere_is_no_order(register):
+    assert _rows("reordered_children", ["first", "second"], ["nnsight"])["status"].eq("pass").all()
+    register("always_raises", _strategy(_always_raises))
+    rows = _rows("reordered_children", ["second", "first"], ["always_raises"]).set_index(["layer", "check"])
+    assert rows.loc[("*", "keys"), "diagnosis"] == "call_failed"

@@ -77,3 +77,48 @@ def test_a_planted_fault_is_named_by_its_mechanism(corrupt, name, layers, layer,
     row = _rows(name, layers, ["planted"]).query("layer == @layer").iloc[0]
     assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
 
+
+
+def _feature(layer, function):
+    def corrupt(ex, module, x, extraction):
+        return Extraction({layer: function(extraction.features[layer])}, extraction.output)
+
+    return corrupt
+
+
+def _tokens_as_map(order_for_image):
+    """Tokens (N, 16, 6) laid out as a (N, 6, 4, 4) map, image i's tokens in ``order_for_image(i)``."""
+    def layout(tokens):
+        reordered = torch.stack([tokens[i, order_for_image(i)] for i in range(tokens.shape[0])])
+        return reordered.transpose(1, 2).reshape(tokens.shape[0], 6, 4, 4)
+
+    return layout
+
+
+_SHUFFLE = [torch.randperm(16, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+
+# (pitfall model, layer, what the planted strategy returns for it, diagnosis, words of its detail)
+LAYOUTS = [
+    ("channels_last", "block", lambda v: v.permute(0, 3, 1, 2), "reformatted", "(a channels-last map laid out channels-first)"),
+    ("channels_last", "block", lambda v: v.permute(0, 3, 1, 2) + 0.5, "unexplained", ""),
+    ("tokens", "block", _tokens_as_map(lambda i: _SHUFFLE[0]), "reformatted", "another order (one permutation of the 16 tokens"),
+    ("tokens", "block", _tokens_as_map(lambda i: _SHUFFLE[i]), "unexplained", ""),  # no one permutation for every image
+    ("cross_tokens", "block", tuple, "container_changed", "in a tuple where the module returns a list"),
+    ("cross_tokens", "block", lambda v: (v[0], v[1] + 0.5), "unexplained", ""),
+    ("sized_patches", "patch_embed", lambda v: v[1], "partial_output", "element 1 (the Size (4, 4)) of the 2"),
+    ("sized_patches", "patch_embed", lambda v: v[0] * 2, "unexplained", ""),
+]
+
+
+@pytest.mark.parametrize("name, layer, planted, diagnosis, words", LAYOUTS,
+                         ids=[f"{r[0]}-{r[3]}-{i}" for i, r in enumerate(LAYOUTS)])
+def test_the_true_values_in_another_layout_or_container_are_named_and_a_changed_value_is_not(name, layer, planted, diagnosis, words, register):
+    register("planted", corrupted(_feature(layer, planted)))
+    row = _rows(name, [layer], ["planted"]).iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", diagnosis), row.to_dict()
+    assert words in row.detail
+
+
+@pytest.mark.parametrize("name, layer", sorted({(r[0], r[1]) for r in LAYOUTS}))
+def test_the_control_a_cloning_hook_is_right_on_the_layout_models(name, layer):
+    assert (_rows(name, [layer], ["hooks+clone"])["status"] == "pass").all()
