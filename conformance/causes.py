@@ -13,9 +13,11 @@ not_called             the oracle's pass never runs the layer's module (a       
                        it requested alone and works on the other layers alone
 children_not_chained   running the top-level children one after another in          ``functional_between``
                        registration order raises the very same exception
-non_tensor_output      the layer's module returns something besides tensors (a      ``sized_patches``
-                       ``torch.Size``, an int), the strategy fails on it requested
-                       alone and works on the other layers alone
+non_tensor_output      the layer's module returns more than tensors and lists or    ``sized_patches``
+                       tuples of them (a ``torch.Size``, a dict, an object), the
+                       strategy fails on it requested alone, and the error names
+                       the type of a part of that output or the strategy works on
+                       the other layers alone
 untraceable            the exception was raised inside ``torch.fx``'s symbolic      ``data_dependent_control_
                        trace (``TraceError``, ``len`` or ``int()`` of a ``Proxy``);  flow``, ``len_of_input``
                        the detail names the model's source line
@@ -29,6 +31,8 @@ request_order          the request fails as a whole, every layer works alone, an
 
 from __future__ import annotations
 
+import os
+import re
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -49,7 +53,7 @@ def describe_exception(exc: BaseException) -> str:
 
 def _model_line(exc: BaseException) -> str:
     """Where in the model's code the trace failed: the innermost frame outside torch."""
-    torch_dir = str(Path(torch.__file__).parent)
+    torch_dir = str(Path(torch.__file__).parent) + os.sep  # not torchvision
     frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith(torch_dir)]
     if not frames:
         return ""
@@ -66,13 +70,11 @@ def _raised_while_tracing(exc: BaseException) -> bool:
 
 
 def non_tensors(value: Any) -> list[str]:
-    """The type names of what ``value`` holds besides tensors, lists, tuples and dicts of them."""
+    """The type names of what ``value`` holds besides tensors and lists or tuples of them."""
     if isinstance(value, torch.Tensor):
         return []
-    if type(value) in (list, tuple):
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
         return [name for item in value for name in non_tensors(item)]
-    if type(value) is dict:
-        return [name for item in value.values() for name in non_tensors(item)]
     return [f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")]
 
 
@@ -83,26 +85,43 @@ def explain(*, exc: BaseException, layers: Sequence[str], not_run: Callable[[str
     a layer's true value."""
     if works_elsewhere and layers and all(not_run(layer) for layer in layers):
         return "not_called", f"the module does not run for this input, and the strategy raises for it (it works on other layers): {describe_exception(exc)}"
-    if works_elsewhere and len(layers) == 1 and non_tensors(outputs(layers[0])):
-        held = ", ".join(dict.fromkeys(non_tensors(outputs(layers[0]))))
-        return "non_tensor_output", (f"the module returns {held} besides tensors, and the strategy raises for it "
-                                     f"(it works on other layers): {describe_exception(exc)}")
     if _raised_while_tracing(exc):
         return "untraceable", f"FX cannot trace the model: {describe_exception(exc)}{_model_line(exc)}"
     if replay_error() == describe_exception(exc):
         return "children_not_chained", f"running the top-level children in registration order raises the same: {describe_exception(exc)}"
+    if len(layers) == 1 and non_tensors(outputs(layers[0])):
+        held = ", ".join(dict.fromkeys(non_tensors(outputs(layers[0]))))
+        named = [name for name in re.findall(r"'([\w.]+)' object", str(exc)) if name in _type_names(outputs(layers[0]))]
+        evidence = f"the error names its {named[0]}" if named else "the strategy works on other layers" if works_elsewhere else ""
+        if evidence:
+            return "non_tensor_output", (f"the module's output is not a tensor or a list or tuple of tensors (it holds {held}), "
+                                         f"and the strategy raises for it ({evidence}): {describe_exception(exc)}")
     return None
 
 
+def _type_names(value: Any) -> set[str]:
+    """The names, bare and qualified, of the types of everything in ``value`` but tensors."""
+    if isinstance(value, torch.Tensor):
+        return set()
+    names = {type(value).__name__, f"{type(value).__module__}.{type(value).__qualname__}"}
+    if isinstance(value, (list, tuple)):
+        return names.union(*(_type_names(item) for item in value))
+    if isinstance(value, dict):
+        return names.union(*(_type_names(item) for item in value.values()))
+    return names
+
+
 #: Causes that belong to one layer: a request holding that layer fails for it.
-_LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors"}
+_LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors and lists or tuples of them"}
 
 
 def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause]) -> Cause:
     """The cause of a request that failed as a whole: its own, or, where every layer that fails
     alone fails for a cause of its own (``alone``: each failing layer's cause: its module does
     not run, it returns more than tensors) and the ``worked`` layers work alone, that."""
-    if whole is not None or not alone or not worked:
+    if whole is not None or not alone:
+        return whole
+    if not worked and not all(cause is not None and cause[0] == "non_tensor_output" for cause in alone.values()):
         return whole
     if all(cause is not None and cause[0] in _LAYER_CAUSES for cause in alone.values()):
         first = next(iter(alone.values()))[0]

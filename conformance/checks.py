@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from strategies.base import map_tensors
+from strategies.base import call_model, map_tensors
 
 from .compare import compare
 from .diagnoses import diagnose
@@ -306,7 +306,7 @@ def _hook_counts(module: nn.Module) -> dict[str, int]:
     return {name: len(value) for name, value in vars(module).items() if name.endswith("hooks") and isinstance(value, dict)}
 
 
-def model_changes(*, pristine: nn.Module, model: nn.Module, x: torch.Tensor, output: Any) -> list[str]:
+def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
     and closed) differs from it: state dict, hooks, instance attributes, mode and output."""
     changes = []
@@ -332,7 +332,7 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, x: torch.Tensor, out
     if differing or set(state) != set(pristine_state):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
     with torch.no_grad():
-        comparison = compare(model(x), output)
+        comparison = compare(call_model(model, x), output)
     if not comparison.close:
         changes.append(f"the output differs ({comparison.detail or f'max abs err {comparison.max_abs_err:.3g}'})")
     return changes[:6]

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
+from strategies.base import tensor_tree
+
 __all__ = ["Comparison", "compare", "tolerance"]
 
 # (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
@@ -52,8 +54,8 @@ def _describe(value: Any) -> str:
 def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
     """Compare two values (tensors or nested structures of tensors) with dtype/device
     tolerances, multiplied by ``scale`` where another runtime computed ``actual``."""
-    actual_leaves, actual_spec = tree_flatten(actual)
-    expected_leaves, expected_spec = tree_flatten(expected)
+    actual_leaves, actual_spec = tree_flatten(tensor_tree(actual))
+    expected_leaves, expected_spec = tree_flatten(tensor_tree(expected))
     if actual_spec != expected_spec:
         return Comparison(False, False, mismatch="structure", detail=f"got {_describe(actual)}, expected {_describe(expected)}")
     close = bitwise = True

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from strategies.base import clone_tree
+from strategies.base import call_model, clone_tree
 
 __all__ = ["Node", "NodeTable", "RecordingChanged", "is_leaf_module", "record", "record_faithfully", "same_value", "unrecorded"]
 
@@ -486,7 +486,7 @@ def _kept_whole(model: nn.Module, modules: Sequence[ModuleType], functions: Sequ
     return list(places.values())
 
 
-def record(model: nn.Module, x: torch.Tensor, *, wanted: Iterable[str] = (), tracer_kwargs: Mapping[str, Any] | None = None,
+def record(model: nn.Module, x: Any, *, wanted: Iterable[str] = (), tracer_kwargs: Mapping[str, Any] | None = None,
            skip: Callable[[str], bool] | None = None, visit: Callable[[Node, Any], None] | None = None, track_sizes: bool = True) -> NodeTable:
     """Run ``x`` through ``model`` (eagerly, as it is, in its current mode) and name every node;
     the values of the ``wanted`` nodes are cloned as they are produced and again after the pass.
@@ -512,7 +512,7 @@ def record(model: nn.Module, x: torch.Tensor, *, wanted: Iterable[str] = (), tra
     _RECORDING.append(recorder)
     try:
         with recorder:
-            output = model(x)
+            output = call_model(model, x)
     finally:
         _RECORDING.remove(recorder)
         recorder.finished = True
@@ -542,7 +542,7 @@ def same_value(a: Any, b: Any) -> bool:
     )
 
 
-def record_faithfully(model: nn.Module, x: torch.Tensor, *, output: Any, before_each: Callable[[], None] = lambda: None,
+def record_faithfully(model: nn.Module, x: Any, *, output: Any, before_each: Callable[[], None] = lambda: None,
                       **options: Any) -> NodeTable:
     """:func:`record` on a copy of ``model``, checked to give the model's own ``output``
     bitwise; taken again without tracked sizes when they changed what the model computes

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from strategies.base import Tap, clone_tree
+from strategies.base import Tap, call_model, clone_tree, input_device
 
 from .nodes import record, record_faithfully, unrecorded
 
@@ -115,7 +115,7 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
-def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy: bool = True,
+def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
             tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
     """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
 
@@ -127,7 +127,7 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
     taps = _taps(layers)
     ops = [tap for tap in taps if tap.is_op]
     twin = copy.deepcopy(copy_) if ops else None  # the model as the pass starts, for the recorder
-    device = x.device
+    device = input_device(x)
     start = _rng_state(device)
     truths = {tap: LayerTruth(index=tap.call - 1 if tap.call else -1) for tap in taps}
     by_module: dict[str, list[Tap]] = {}
@@ -165,7 +165,7 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
         handles.append(child.register_forward_hook(post_hook))
     try:
         with torch.no_grad():
-            output = copy_(x)
+            output = call_model(copy_, x)
     finally:
         for handle in handles:
             handle.remove()
@@ -189,7 +189,7 @@ def capture(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], on_copy
     )
 
 
-def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str]) -> tuple[dict[str, Any], str | None]:
+def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """The layers' values when the top-level children run one after another in registration
     order, as replaying strategies run them (layers not reached before a crash, and layers
     that are no module's output, are absent), and what the replay raised (``Type: message``), if anything."""
@@ -202,8 +202,8 @@ def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str])
     ]
     try:
         with torch.no_grad():
-            for child in copy_.children():
-                x = child(x)
+            for position, child in enumerate(copy_.children()):
+                x = call_model(child, x) if position == 0 else child(x)
     except Exception as exc:  # replaying is expected to crash on models that are no chain
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -212,7 +212,7 @@ def replay_children(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str])
     return seen, error
 
 
-def locate(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Callable[[Any, Any], bool]) -> list[str]:
+def locate(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[Any, Any], bool]) -> list[str]:
     """The modules any of whose calls output ``value`` (compared on the fly, nothing stored)."""
     copy_ = copy.deepcopy(model)
     found: list[str] = []
@@ -224,7 +224,7 @@ def locate(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Cal
     handles = [module.register_forward_hook(lambda m, a, out, name=name: hook(m, a, out, name)) for name, module in copy_.named_modules() if name]
     try:
         with torch.no_grad():
-            copy_(x)
+            call_model(copy_, x)
     finally:
         for handle in handles:
             handle.remove()
@@ -263,7 +263,7 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
             if ops:
                 taken.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs).values)
             else:
-                copy_(x)
+                call_model(copy_, x)
             named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
             loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
             grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
@@ -273,7 +273,7 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
 
 
-def keyword_calls(model: nn.Module, x: torch.Tensor) -> list[str]:
+def keyword_calls(model: nn.Module, x: Any) -> list[str]:
     """The modules called with keyword arguments in one forward pass, in the order they ran."""
     copy_ = copy.deepcopy(model)
     called: list[str] = []
@@ -286,14 +286,14 @@ def keyword_calls(model: nn.Module, x: torch.Tensor) -> list[str]:
                for name, module in copy_.named_modules() if name]
     try:
         with torch.no_grad():
-            copy_(x)
+            call_model(copy_, x)
     finally:
         for handle in handles:
             handle.remove()
     return called
 
 
-def counterfactual(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], skip_inplace: str | None = None,
+def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_inplace: str | None = None,
                    drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The layers' values when the model runs with one change: the in-place op node
     ``skip_inplace`` not run (its input passes through), or the module ``drop_keywords``
@@ -320,7 +320,7 @@ def counterfactual(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], 
             if ops or skip_inplace is not None:
                 seen.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=None if skip_inplace is None else skip_inplace.__eq__).values)
             else:
-                copy_(x)
+                call_model(copy_, x)
     except Exception:  # the changed model may not run at all: then the change reproduces nothing
         return {}
     finally:
@@ -329,7 +329,7 @@ def counterfactual(model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], 
     return {str(name): value for name, value in seen.items()}
 
 
-def locate_nodes(model: nn.Module, x: torch.Tensor, value: torch.Tensor, *, close: Callable[[Any, Any], bool],
+def locate_nodes(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[Any, Any], bool],
                  tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None) -> list[str]:
     """The nodes of the forward pass (:mod:`.nodes`) whose value is ``value`` (compared on the fly,
     nothing stored), on a copy of ``model`` in its own mode, or in train mode when ``train``."""

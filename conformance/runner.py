@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from strategies import StrategyUnavailable, Unsupported, get_strategy
+from strategies.base import call_model
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
 from .causes import explain, explain_whole, request_order, traced_optional_input
@@ -40,7 +41,7 @@ from .nodes import Node, record
 from .oracle import OracleCapture, capture, counterfactual, keyword_calls, locate, locate_nodes, replay_children
 from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
-from .zoo import BIG_MODEL_PARAMS, ModelSpec, build_model
+from .zoo import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model
 
 __all__ = ["RunConfig", "Timings", "evaluate", "make_deterministic", "model_units", "run"]
 
@@ -131,13 +132,6 @@ def make_deterministic(*, seed: int, threads: int) -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def _inputs(shape: Sequence[int], *, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous input and the input: a fixed-seed sample and its negation, so that a
-    branch on the input's sign runs for one of them only."""
-    current = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    return (-current).to(device), current.to(device)
-
-
 def _rows_for(layers: Sequence[str], checks: Sequence[str], status: str, diagnosis: str, detail: str, *, per_layer: bool = True, request_wide: bool = True) -> list[CheckResult]:
     rows = []
     for check in checks:
@@ -172,7 +166,7 @@ class _ModelRun:
 
     def __init__(self, *, spec: ModelSpec, model: nn.Module, layers: list[str], config: RunConfig, timings: Timings) -> None:
         self.spec, self.model, self.layers, self.config, self.timings = spec, model, layers, config, timings
-        self.previous_input, self.input = _inputs(spec.input_shape, seed=config.seed, device=config.device)
+        self.previous_input, self.input = spec.inputs(seed=config.seed, device=config.device)
         with timings.phase("forward"):
             self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
             self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
@@ -230,7 +224,7 @@ class _ModelRun:
             return _Attempt(layers, status="error", diagnosis="build_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
         try:
             with self.timings.phase("forward"), torch.no_grad():
-                attached_output = model(self.input)
+                attached_output = call_model(model, self.input)
                 first = extractor(self.previous_input)
                 first_features = snapshot(first.features)
                 second = extractor(self.input)
@@ -239,6 +233,8 @@ class _ModelRun:
                 repeat_features = snapshot(extractor(self.previous_input).features)
         except CellTimeout:
             raise
+        except Unsupported as exc:  # the strategy cannot pass this model's input, whichever layers are asked for
+            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=list(layers))
         except Exception as exc:
             failed = _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
             with self.timings.phase("diagnoses"):
@@ -315,7 +311,11 @@ class _ModelRun:
                 for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):
                     row.detail = f"requested alone, as the whole request {why}; {row.detail}".rstrip("; ")
                     rows.append(row)
-        if behaviour_checks:
+        if behaviour_checks and self.spec.input_kind != "tensor":
+            rows += _rows_for(self.layers, behaviour_checks, "skipped", "structured_input",
+                              f"the behaviour checks change one input tensor (its size, layout, gradients); the model takes "
+                              f"{INPUT_KINDS[self.spec.input_kind]}")
+        elif behaviour_checks:
             rows += self._behaviour_rows(strategy_name, behaviour_checks, working, alone)
         return rows
 
@@ -338,7 +338,8 @@ class _ModelRun:
                                                     replay_error=replay_error, works_elsewhere=bool(worked), outputs=self._output)
                 attempt.explained(causes[attempt.layers[0]])
         if combined.exception is not None:
-            whole = explain(exc=combined.exception, layers=combined.layers, not_run=self._not_run, replay_error=replay_error, works_elsewhere=False)
+            whole = explain(exc=combined.exception, layers=combined.layers, not_run=self._not_run, replay_error=replay_error,
+                            works_elsewhere=False, outputs=self._output)
             combined.explained(explain_whole(exc=combined.exception, whole=whole, worked=worked, alone=causes))
 
     def _behaviour_rows(self, strategy_name: str, checks: list[str], working: _Attempt, alone: list[_Attempt]) -> list[CheckResult]:
@@ -442,10 +443,6 @@ def model_units(
         for strategy_name in strategies:
             yield strategy_name, _rows_for([ALL_LAYERS], config.checks, status, diagnosis, detail)
 
-    if spec.input_kind:
-        yield from everywhere("skipped", "structured_input", f"the model takes {spec.input_kind}; the harness gives the oracle and "
-                              "every strategy one tensor, so it cannot judge this model yet")
-        return
     if not config.include_big and spec.is_big:
         yield from everywhere("skipped", "big_model", f"{spec.param_count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
         return

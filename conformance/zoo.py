@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from strategies.base import Arguments, map_tensors
+
 from .errors import ConformanceError
 from .families import timm_families
 
@@ -85,8 +87,24 @@ class ModelSpec:
     input_shape: tuple[int, ...]
     factory: Callable[[], nn.Module]
     tracer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the author's FX options (factory.tracer_kwargs)
-    input_kind: str = ""  # what the model takes where it is not one tensor of input_shape; such models are not run yet
+    input_kind: str = "tensor"  # how the model takes its input: a key of INPUT_KINDS
     group: str = ""  # torchvision's model group (TORCHVISION_GROUPS)
+
+    def inputs(self, *, seed: int, device: str) -> tuple[Any, Any]:
+        """The previous input and the input: a fixed-seed sample of :attr:`input_kind` at
+        :attr:`input_shape`, and its negation, so that a branch on the input's sign runs for
+        one of them only."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.input_kind == "tensor":
+            current: Any = torch.randn(*self.input_shape, generator=generator)
+        elif self.input_kind == "image_list":
+            current = [torch.randn(*self.input_shape[1:], generator=generator) for _ in range(self.input_shape[0])]
+        elif self.input_kind == "two_images":
+            current = Arguments(torch.randn(*self.input_shape, generator=generator) for _ in range(2))
+        else:
+            raise ConformanceError(f"unknown input kind {self.input_kind!r} of {self.id}", hint=f"use one of {', '.join(INPUT_KINDS)}")
+        previous = map_tensors(lambda t: (-t).to(device), current)
+        return previous, map_tensors(lambda t: t.to(device), current)
 
     @property
     def id(self) -> str:
@@ -158,11 +176,16 @@ _GROUP_BUILD_OPTIONS = {
 _VIDEO_INPUT_SHAPE = {"r3d_18": (2, 3, 8, 112, 112), "mc3_18": (2, 3, 8, 112, 112), "r2plus1d_18": (2, 3, 8, 112, 112),
                       "s3d": (2, 3, 16, 224, 224), "mvit_v1_b": (2, 3, 16, 224, 224), "mvit_v2_s": (2, 3, 16, 224, 224),
                       "swin3d_t": (2, 3, 8, 224, 224), "swin3d_s": (2, 3, 8, 224, 224), "swin3d_b": (2, 3, 8, 224, 224)}
-# Groups whose models take something other than one tensor (a list of images, two images).
-_STRUCTURED_INPUT = {
-    "detection": "a list of 3-D images (and targets in train mode)",
-    "optical_flow": "two images, as two positional arguments",
+#: How a model takes its input (``ModelSpec.input_kind``), for the reports; ``input_shape`` gives the sizes.
+INPUT_KINDS = {
+    "tensor": "one tensor of input_shape",
+    "image_list": "a list of input_shape[0] images of input_shape[1:] (torchvision's detection models)",
+    "two_images": "two tensors of input_shape, as two positional arguments (RAFT)",
 }
+_GROUP_INPUT_KIND = {"detection": "image_list", "optical_flow": "two_images"}
+_OPTICAL_FLOW_INPUT_SHAPE = (2, 3, 128, 128)  # RAFT wants sides divisible by 8
+# Detection models that resize every image to min_size (800 by default): told to keep the input's 224.
+_RESIZING_DETECTORS = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos")
 
 
 def torchvision_group(name: str) -> str:
@@ -181,13 +204,17 @@ def _torchvision_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSp
 
     group = torchvision_group(name)
     size = _TORCHVISION_INPUT_SIZE.get(name)
-    default = _VIDEO_INPUT_SHAPE.get(name) or ((*DEFAULT_INPUT_SHAPE[:2], size, size) if size else DEFAULT_INPUT_SHAPE)
-    options = _GROUP_BUILD_OPTIONS.get(group, {})
+    default = (_VIDEO_INPUT_SHAPE.get(name) or (_OPTICAL_FLOW_INPUT_SHAPE if group == "optical_flow" else None)
+               or ((*DEFAULT_INPUT_SHAPE[:2], size, size) if size else DEFAULT_INPUT_SHAPE))
+    options = dict(_GROUP_BUILD_OPTIONS.get(group, {}))
+    if name.startswith(_RESIZING_DETECTORS):
+        side = (input_shape or default)[-1]
+        options.update(min_size=side, max_size=side)
 
     def factory() -> nn.Module:
         return torchvision.models.get_model(name, weights=None, **options)
 
-    return ModelSpec("torchvision", name, input_shape or default, factory, input_kind=_STRUCTURED_INPUT.get(group, ""), group=group)
+    return ModelSpec("torchvision", name, input_shape or default, factory, input_kind=_GROUP_INPUT_KIND.get(group, "tensor"), group=group)
 
 
 def _timm_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:

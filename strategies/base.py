@@ -8,6 +8,7 @@ when their API cannot express a request: everything else is measured by the chec
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Extraction", "Extractor", "Strategy", "Tap", "Unsupported", "clone_tree", "map_tensors", "module_outputs", "repeated_modules"]
+__all__ = ["Arguments", "Extraction", "Extractor", "Strategy", "Tap", "Unsupported", "call_model", "clone_tree", "input_device", "map_tensors", "tensor_tree", "module_outputs", "repeated_modules"]
 
 
 class Tap(str):
@@ -131,12 +132,13 @@ class Extractor(ABC):
     #: The module the strategy executes; its weights are compared with the model's.
     module: nn.Module
 
-    def __call__(self, x: torch.Tensor) -> Extraction:
-        """Run the input through and return the features."""
+    def __call__(self, x: Any) -> Extraction:
+        """Run the input through and return the features (``x``: a tensor, or what the model
+        takes: a list of images, :class:`Arguments`)."""
         return self.extract_with(self.module, x)
 
     @abstractmethod
-    def extract_with(self, module: nn.Module | torch.jit.ScriptModule, x: torch.Tensor) -> Extraction:
+    def extract_with(self, module: nn.Module | torch.jit.ScriptModule, x: Any) -> Extraction:
         """Run ``x`` through ``module`` and collect the features the way this strategy does.
 
         ``module`` is :attr:`module` or a transformed stand-in for it (scripted, compiled,
@@ -165,11 +167,56 @@ class Strategy(ABC):
         """
 
 
+class Arguments(tuple):
+    """The positional arguments of a model that takes more than one input (RAFT's two images).
+    Any other input, a tensor or a list of images, is the model's one positional argument."""
+
+
+torch.utils._pytree.register_pytree_node(
+    Arguments, lambda arguments: (list(arguments), None), lambda values, context: Arguments(values),
+    serialized_type_name=f"{__name__}.Arguments",
+)
+
+
+def call_model(module: Any, x: Any) -> Any:
+    """``module`` called on the input ``x``: ``module(*x)`` for :class:`Arguments`, else ``module(x)``."""
+    return module(*x) if isinstance(x, Arguments) else module(x)
+
+
+def input_device(x: Any) -> torch.device:
+    """The device of the input's (first) tensor."""
+    return next(leaf for leaf in torch.utils._pytree.tree_leaves(x) if isinstance(leaf, torch.Tensor)).device
+
+
+def _holds_tensors(node: Any) -> bool:
+    """Whether ``node`` is a plain object with tensors among its attributes (torchvision's ``ImageList``)."""
+    attributes = getattr(node, "__dict__", None)
+    return (isinstance(attributes, dict) and not isinstance(node, (nn.Module, type))
+            and any(isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves(list(attributes.values()))))
+
+
 def map_tensors(function: Callable[[torch.Tensor], Any], value: Any) -> Any:
-    """``value`` (possibly nested lists, tuples, dicts) with ``function`` applied to every tensor
-    in it; other values are kept as they are (a ``torch.Size`` stays one)."""
+    """``value`` (possibly nested lists, tuples, dicts, objects holding tensors) with ``function``
+    applied to every tensor in it; an object holding tensors is copied with its tensors mapped;
+    other values are kept as they are (a ``torch.Size`` stays one)."""
+    def leaf(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            return function(node)
+        if _holds_tensors(node):
+            copied = copy.copy(node)
+            vars(copied).update({name: map_tensors(function, attribute) for name, attribute in vars(node).items()})
+            return copied
+        return node
+
+    return torch.utils._pytree.tree_map(leaf, value, is_leaf=lambda node: isinstance(node, torch.Size))
+
+
+def tensor_tree(value: Any) -> Any:
+    """``value`` with every object holding tensors replaced by ``{type name: its attributes}``,
+    so that its tensors are leaves of the tree that comparing and hashing walk."""
     return torch.utils._pytree.tree_map(
-        lambda leaf: function(leaf) if isinstance(leaf, torch.Tensor) else leaf, value, is_leaf=lambda node: isinstance(node, torch.Size)
+        lambda node: {type(node).__qualname__: tensor_tree(dict(vars(node)))} if _holds_tensors(node) else node, value,
+        is_leaf=lambda node: isinstance(node, torch.Size),
     )
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
 from captum.attr import LayerActivation
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, module_outputs
+from .base import Arguments, Extraction, Extractor, Strategy, Tap, module_outputs
 
 __all__ = ["Captum"]
 
@@ -24,11 +23,11 @@ class _CaptumExtractor(Extractor):
         self.paths = list(dict.fromkeys(modules.values()))
         self.activation = LayerActivation(model, [model.get_submodule(path) for path in self.paths])
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
         activation = self.activation
         if module is not self.module:
             activation = LayerActivation(module, [module.get_submodule(path) for path in self.paths])
-        values = dict(zip(self.paths, activation.attribute(x)))
+        values = dict(zip(self.paths, activation.attribute(tuple(x) if isinstance(x, Arguments) else (x,) if isinstance(x, list) else x)))
         return Extraction(features={name: values[path] for name, path in self.modules.items()})
 
 

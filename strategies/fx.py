@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from .base import Extraction, Extractor, Strategy, Tap, Unsupported
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported, call_model
 
 __all__ = ["FxFeatureExtractor", "fx_options"]
 
@@ -25,8 +24,8 @@ class _FxExtractor(Extractor):
     def __init__(self, module: nn.Module) -> None:
         self.module = module
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
-        return Extraction(features=module(x))
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        return Extraction(features=call_model(module, x))
 
 
 def fx_options(tracer_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

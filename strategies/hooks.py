@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, module_outputs
+from .base import Extraction, Extractor, Strategy, Tap, call_model, module_outputs
 
 __all__ = ["Hooks", "HooksClone"]
 
@@ -26,8 +26,8 @@ class _HookExtractor(Extractor):
                 self.features[name] = output.clone() if clone and isinstance(output, torch.Tensor) else output
             self.handles.append(model.get_submodule(path).register_forward_hook(hook))
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
-        output = module(x)
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        output = call_model(module, x)
         return Extraction(features=self.features, output=output)
 
     def close(self) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
+from .base import Arguments, Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
 __all__ = ["IntermediateLayerGetterStrategy"]
 
@@ -21,7 +20,9 @@ class _IlgExtractor(Extractor):
     def __init__(self, module: IntermediateLayerGetter) -> None:
         self.module = module
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        if isinstance(x, Arguments):
+            raise Unsupported(f"IntermediateLayerGetter's forward takes one input; the model takes {len(x)} positional arguments")
         return Extraction(features=module(x))
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
 from nnsight import NNsight
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, module_outputs
+from .base import Arguments, Extraction, Extractor, Strategy, Tap, module_outputs
 
 __all__ = ["NNsightStrategy"]
 
@@ -36,10 +35,10 @@ class _NNsightExtractor(Extractor):
         self.paths = list(dict.fromkeys(modules.values()))
         self.wrapped = NNsight(model)
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
         wrapped = self.wrapped if module is self.module else NNsight(module)
         saved = {}
-        with wrapped.trace(x):
+        with wrapped.trace(*(x if isinstance(x, Arguments) else (x,))):
             for path in self.paths:
                 saved[path] = _envoy(wrapped, path).output.save()
             output = wrapped.output.save()

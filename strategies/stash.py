@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, module_outputs
+from .base import Extraction, Extractor, Strategy, Tap, call_model, module_outputs
 
 __all__ = ["Stash", "StashClone"]
 
@@ -38,8 +38,8 @@ class _StashExtractor(Extractor):
 
             module.forward = forward
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
-        output = module(x)
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        output = call_model(module, x)
         features = {
             name: getattr(module, ATTRIBUTE)
             for name, module in zip(self.layers, self.patched)

@@ -13,7 +13,7 @@ import torch
 import torchextractor
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
+from .base import Extraction, Extractor, Strategy, Tap, Unsupported, call_model, module_outputs, repeated_modules
 
 __all__ = ["TorchExtractor", "TorchExtractorClone"]
 
@@ -28,8 +28,8 @@ class _TorchExtractorExtractor(Extractor):
         self.module = extractor
         self.renamed = {path: name for name, path in names.items() if name != path}
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
-        output, feature_maps = module(x)
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        output, feature_maps = call_model(module, x)
         if self.renamed:  # a node name of a module's last call: torchextractor keys by module path
             feature_maps = {self.renamed.get(key, key): value for key, value in feature_maps.items()}
         return Extraction(features=feature_maps, output=output)

@@ -21,7 +21,7 @@ import torch
 import torchlens
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, Unsupported
+from .base import Arguments, Extraction, Extractor, Strategy, Tap, Unsupported
 
 __all__ = ["TorchLens"]
 
@@ -33,8 +33,10 @@ class _TorchLensExtractor(Extractor):
         self.save = functools.reduce(operator.or_, [torchlens.module(path) for path, _ in dict.fromkeys(calls.values())])
         self.capture = torchlens.options.CaptureOptions(unwrap_when_done=True)
 
-    def extract_with(self, module: nn.Module, x: torch.Tensor) -> Extraction:
-        log = torchlens.trace(module, x, save=self.save, capture=self.capture)
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        # TorchLens reads a list or tuple as the positional arguments themselves
+        arguments = list(x) if isinstance(x, Arguments) else x if isinstance(x, torch.Tensor) else [x]
+        log = torchlens.trace(module, arguments, save=self.save, capture=self.capture)
         return Extraction(features={name: log.modules[path].calls[index].out for name, (path, index) in self.calls.items()})
 
 

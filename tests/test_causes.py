@@ -106,7 +106,7 @@ def test_a_proxy_error_inside_the_trace_is_untraceable_and_names_the_line():
 def test_a_module_returning_a_size_is_the_cause_of_captums_failure():
     rows = _rows("sized_patches", ["patch_embed", "head"], ["captum"]).set_index(["layer", "check"])
     assert tuple(rows.loc[("patch_embed", "values"), ["status", "diagnosis"]]) == ("error", "non_tensor_output")
-    assert "returns torch.Size besides tensors" in rows.loc[("patch_embed", "values"), "detail"]
+    assert "(it holds torch.Size)" in rows.loc[("patch_embed", "values"), "detail"]
     assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "non_tensor_output")
     assert rows.loc[("head", "values"), "status"] == "pass"
 
@@ -153,3 +153,9 @@ def test_the_control_requested_in_the_order_they_run_nnsight_passes_and_a_failur
     register("always_raises", _strategy(_always_raises))
     rows = _rows("reordered_children", ["second", "first"], ["always_raises"]).set_index(["layer", "check"])
     assert rows.loc[("*", "keys"), "diagnosis"] == "call_failed"
+
+
+def test_a_strategy_failing_on_every_layer_is_explained_where_its_error_names_a_part_of_the_output():
+    row = _rows("sized_patches", ["patch_embed"], ["captum"]).set_index(["layer", "check"]).loc[("patch_embed", "values")]
+    assert (row.status, row.diagnosis) == ("error", "non_tensor_output")
+    assert "the error names its torch.Size" in row.detail

@@ -11,6 +11,7 @@ from conformance.layers import resolve_layers
 from conformance.runner import RunConfig, Timings, model_units
 from conformance.zoo import QUICK_ZOO, TIMM_ZOO, build_model, list_models, resolve_model
 from strategies import list_strategies
+from strategies.base import Arguments
 
 SMOKE = ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "timm:resnet18", "timm:efficientnet_b0", "timm:convnext_atto"]
 
@@ -70,18 +71,35 @@ def test_timm_families_hold_one_model_per_timm_module_chosen_by_the_rule():
     assert resolve_model(vgg.reference).family == "vgg" and resolve_model(vgg.reference).input_shape == (2, *vgg.input_size)
 
 
-def test_torchvision_groups_are_zoos_and_structured_inputs_are_rows_with_the_reason():
+def test_torchvision_groups_are_zoos_with_the_inputs_their_models_take():
     groups = {group: list_models(zoo=f"torchvision-{group}") for group in ("segmentation", "video", "quantization", "detection", "optical-flow")}
     assert {group: len(models) for group, models in groups.items()} == {"segmentation": 6, "video": 9, "quantization": 12, "detection": 12, "optical-flow": 2}
     assert len(list_models(zoo="torchvision-all")) == 80 + 6 + 9 + 12 + 12 + 2
     assert resolve_model("torchvision:r3d_18").input_shape == (2, 3, 8, 112, 112)
     assert resolve_model("torchvision:r3d_18").family == "video.resnet"
-    spec = resolve_model("torchvision:raft_small")
-    config = RunConfig(models=[spec], layers=["@children"], strategies=["hooks", "fx"], checks=["values"])
-    units = dict(model_units(spec, config.strategies, config, Timings()))
-    for rows in units.values():
-        [row] = rows
-        assert (row.status, row.diagnosis) == ("skipped", "structured_input") and "two images" in row.detail
+    previous, current = resolve_model("torchvision:raft_small").inputs(seed=0, device="cpu")
+    assert type(current) is Arguments and [tuple(t.shape) for t in current] == [(2, 3, 128, 128)] * 2
+    assert type(previous) is Arguments and torch.equal(previous[1], -current[1])
+    _, images = resolve_model("torchvision:fcos_resnet50_fpn").inputs(seed=0, device="cpu")
+    assert type(images) is list and [tuple(t.shape) for t in images] == [(3, 224, 224)] * 2
+
+
+@pytest.mark.zoo
+def test_two_images_and_a_list_of_images_reach_the_oracle_and_every_strategy():
+    """RAFT takes two images; a detector takes a list of images and returns a list of dicts,
+    with torchvision's ``ImageList`` (an object holding tensors) between its children."""
+    strategies = ["hooks+clone", "ilg", "captum"]
+    flow = run_model("torchvision:raft_small", ["feature_encoder", "context_encoder"], input_shape=(1, 3, 128, 128), strategies=strategies)
+    assert all(r.status == "pass" for r in flow["hooks+clone"] + flow["captum"]), flow
+    assert {(r.status, r.detail) for r in flow["ilg"]} == {("unsupported", "IntermediateLayerGetter's forward takes one input; the model takes 2 positional arguments")}
+    detection = run_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", ["transform", "backbone"], input_shape=(2, 3, 96, 96),
+                          strategies=strategies)
+    assert all(r.status == "pass" for r in detection["hooks+clone"]), detection["hooks+clone"]
+    transform = {r.check: r for r in detection["hooks+clone"] if r.layer == "transform"}
+    assert transform["values"].status == "pass" and transform["values"].bitwise  # the ImageList's tensors compared, not its identity
+    ilg = {(r.layer, r.check): r for r in detection["ilg"]}
+    assert (ilg[("transform", "values")].status, ilg[("backbone", "values")].diagnosis) == ("pass", "children_not_chained")
+    assert {r.diagnosis for r in detection["captum"] if r.status != "pass"} == {"non_tensor_output"}
 
 
 @pytest.mark.zoo
