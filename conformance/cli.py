@@ -106,6 +106,9 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     run_.add_argument("--ray-address", default=None, metavar="ADDRESS", help="with --executor ray: the cluster to use (default: a local Ray instance)")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+    run_.add_argument("--redo", metavar="QUERY",
+                      help="with --resume: run again every unit (model, strategy) with a row this pandas query selects, "
+                           "e.g. \"diagnosis == 'unexplained'\"")
     run_.set_defaults(**(run_defaults or {}))
 
     bench_ = commands.add_parser("bench", help="what each strategy costs: latency, overhead, floor ratio, build time, memory")
@@ -245,7 +248,9 @@ def _command_run(args: argparse.Namespace) -> int:
     task_threads = max(1, total_threads // jobs) if executor_name == "processes" else total_threads
     out, metadata = _start(args)
     metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address})
-    writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite)
+    if args.redo and not args.resume:
+        raise ConformanceError("--redo runs units of an earlier run again", hint="pass --resume and the --out of that run")
+    writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite, redo=args.redo)
     executor = make_executor(name=executor_name, jobs=jobs, threads=task_threads, device=args.device, ray_address=args.ray_address)
     if executor_name != "serial":
         print(f"executor {executor_name}: {task_threads} torch threads per model task", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Conformance: one row per (model, strategy, layer, check). ``results.csv`` grows one unit
 (a model and a strategy) at a time, so an interrupted run keeps every finished unit and
-``--resume`` carries on from there. ``run.json`` holds the run metadata from the start;
+``--resume`` carries on from there (``--redo QUERY`` runs again the units with a row the
+query selects, after the suite learned a diagnosis, say). ``run.json`` holds the run metadata from the start;
 ``results.json`` holds the metadata and all rows at the end.
 
 Costs (``conformance bench``): one row per (model, layer request, strategy, metric) with a
@@ -66,7 +67,7 @@ def _json_rows(frame: pd.DataFrame) -> list[dict]:
 class ResultsWriter:
     """Appends rows to ``DIR/results.csv`` and writes the JSON documents."""
 
-    def __init__(self, out: Path, *, metadata: dict, resume: bool, overwrite: bool) -> None:
+    def __init__(self, out: Path, *, metadata: dict, resume: bool, overwrite: bool, redo: str | None = None) -> None:
         self.out = out
         self.csv_path = out / RESULTS_CSV
         self.metadata = metadata
@@ -84,7 +85,12 @@ class ResultsWriter:
                     hint="resume with the same --device, or choose another --out",
                 )
             metadata["run_id"] = (previous or {}).get("run_id", metadata["run_id"])
-            self.done = {(row["model"], row["strategy"]) for row in self._read_rows()}
+            rows = self._read_rows()
+            if redo:
+                again = self._units_matching(redo)
+                rows = [row for row in rows if (row["model"], row["strategy"]) not in again]
+                self._rewrite(rows)
+            self.done = {(row["model"], row["strategy"]) for row in rows}
         elif self.csv_path.exists():
             self.csv_path.unlink()
         out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +108,16 @@ class ResultsWriter:
                 rows = [r for r in rows if (r["model"], r["strategy"]) != broken]
             self._rewrite(rows)
         return rows
+
+    def _units_matching(self, query: str) -> set[tuple[str, str]]:
+        """The (model, strategy) units with a row that ``query`` selects."""
+        frame = load_results(self.csv_path)
+        try:
+            selected = frame.query(query)
+        except Exception as exc:
+            raise ConformanceError(f"--redo {query!r} is no query of the results: {type(exc).__name__}: {exc}",
+                                   hint=f"a pandas query over the columns {', '.join(frame.columns)}, e.g. \"diagnosis == 'unexplained'\"") from exc
+        return set(zip(selected["model"], selected["strategy"]))
 
     def _rewrite(self, rows: list[dict]) -> None:
         with self.csv_path.open("w", newline="") as handle:

@@ -101,6 +101,36 @@ def test_existing_results_are_kept_and_a_run_resumes(tmp_path):
     assert after["run_id"].nunique() == 1
 
 
+def test_redo_runs_again_the_units_a_query_selects_and_keeps_the_others(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--model", f"{PITFALLS}:reused_module", "--layers", "@children", "--strategies", "hooks", "fx", "--checks", "values", "--out", str(out)]
+    assert conformance(*args).returncode == 0
+    first = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert set(first.query("status == 'fail'")["strategy"]) == {"fx"}
+    # mark the fx unit as if an older suite had left it unexplained; the hooks unit as done long ago
+    planted = first.assign(diagnosis=first["diagnosis"].where(first["strategy"] != "fx", "unexplained"),
+                           run_id=first["run_id"].where(first["strategy"] != "hooks", "kept"))
+    planted.to_csv(out / "results.csv", index=False)
+    redone = conformance(*args, "--resume", "--redo", "diagnosis == 'unexplained'")
+    assert redone.returncode == 0, redone.stderr
+    after = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert (after.query("strategy == 'hooks'")["run_id"] == "kept").all()  # not run again
+    assert "unexplained" not in set(after["diagnosis"]) and len(after) == len(first)
+    assert after.query("strategy == 'fx' and status == 'fail'")["diagnosis"].eq("reused_module").all()
+
+
+@pytest.mark.parametrize("extra, message", [(["--redo", "status == 'fail'"], "pass --resume"),
+                                            (["--resume", "--redo", "status ==="], "is no query of the results")])
+def test_bad_redo_is_a_clear_error_and_the_results_stay(tmp_path, extra, message):
+    out = tmp_path / "run"
+    args = ["run", "--model", f"{PITFALLS}:plain", "--layers", "@children", "--strategies", "hooks", "--checks", "values", "--out", str(out)]
+    assert conformance(*args).returncode == 0
+    before = (out / "results.csv").read_text()
+    result = conformance(*[a for a in args if a != "--overwrite"], *extra)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert (out / "results.csv").read_text() == before
+
+
 def test_list_commands():
     models = conformance("list", "models", "--zoo", "all").stdout.split()
     assert "torchvision:resnet18" in models and "timm:convnext_tiny" in models and len(models) >= 80 + 25
