@@ -130,7 +130,7 @@ def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: 
     return None
 
 
-def request_order(*, exc: BaseException, requested: Sequence[str], in_order: Sequence[str]) -> Cause:
+def request_order(*, exc: BaseException, in_order: Sequence[str]) -> Cause:
     """The cause of a request that fails as a whole while every layer works alone, where the same
     layers requested in the order the model runs them (``in_order``) were extracted."""
     return "request_order", (f"the model runs the layers in another order than requested ({', '.join(in_order)}); "

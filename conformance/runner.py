@@ -297,7 +297,7 @@ class _ModelRun:
                 if combined.exception is not None and len(working_layers) == len(alone) > 1 and in_order != working_layers:
                     reordered = self.attempt(strategy_name, in_order)
                     if reordered.context is not None:
-                        combined.explained(request_order(exc=combined.exception, requested=combined.layers, in_order=in_order))
+                        combined.explained(request_order(exc=combined.exception, in_order=in_order))
                         working = reordered
                         working_layers = []
                 if behaviour_checks and alone and working_layers:
