@@ -31,7 +31,7 @@ from strategies.base import call_model
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
 from .causes import explain, explain_whole, request_order, traced_optional_input
-from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digests
+from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digest, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
 from .executors import Executor, ModelTask, SerialExecutor
@@ -178,14 +178,14 @@ class _ModelRun:
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
     def locate(self, value: torch.Tensor) -> list[str]:
-        """Modules of the model whose output, for the input, is ``value``."""
-        with self.timings.phase("diagnoses"):
-            return locate(self.model, self.input, value, close=lambda a, b: compare(a, b).close)
+        """Modules of the model whose output, for the input, is ``value`` (once per value and
+        model: strategies often return the same wrong value)."""
+        return self._memo(("locate", tensor_digest(value)), lambda: locate(self.model, self.input, value, close=lambda a, b: compare(a, b).close))
 
     def locate_nodes(self, value: torch.Tensor) -> list[str]:
-        """Nodes of the forward pass whose value, for the input, is ``value``."""
-        with self.timings.phase("diagnoses"):
-            return locate_nodes(self.model, self.input, value, close=lambda a, b: compare(a, b).close, tracer_kwargs=self.spec.tracer_kwargs)
+        """Nodes of the forward pass whose value, for the input, is ``value`` (once per value and model)."""
+        return self._memo(("locate_nodes", tensor_digest(value)), lambda: locate_nodes(
+            self.model, self.input, value, close=lambda a, b: compare(a, b).close, tracer_kwargs=self.spec.tracer_kwargs))
 
     def _memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """What a diagnosis measures, once per model, shared by its strategies."""
