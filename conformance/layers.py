@@ -97,8 +97,9 @@ def stage_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
     """The ``@stages`` of a model (see the module docstring)."""
     feature_info = getattr(model, "feature_info", None)
     if spec.source == "timm" and feature_info:
-        # entries naming no module of the model (HRNet's ``stem``, ``stage1``: modules of its features wrapper only) are left out
-        modules = {name for name, _ in model.named_modules()}
+        # entries naming no module of the model (HRNet's ``stem``, ``stage1``: modules of its features wrapper only)
+        # or the model itself (TResNet's ``''``: its space-to-depth stem is a function of the features wrapper) are left out
+        modules = {name for name, _ in model.named_modules() if name}
         return [info["module"] for info in feature_info if info["module"] in modules]
     stem = name_stem(spec.name.removeprefix("quantized_")) if spec.source == "torchvision" else None
     if stem in _TORCHVISION_STAGES:  # a classifier, or its quantized version

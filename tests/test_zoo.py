@@ -201,7 +201,12 @@ def test_the_quick_run_has_no_regression_against_the_committed_baseline(quick_fa
 
 @pytest.mark.zoo
 def test_stages_leave_out_feature_info_entries_that_name_no_module():
-    """timm's HRNet names ``stem`` and ``stage1`` in feature_info, modules of its features wrapper only."""
+    """timm's HRNet names ``stem`` and ``stage1`` in feature_info, modules of its features wrapper
+    only; TResNet names ``''``, the model itself."""
     spec = resolve_model("timm:hrnet_w18_small")
     model = build_model(spec=spec, seed=0)
     assert [str(tap) for tap in resolve_layers(model, spec, ["@stages"])] == ["stage2", "stage3", "stage4"]
+    spec = resolve_model("timm:tresnet_m")
+    model = build_model(spec=spec, seed=0)
+    assert model.feature_info[0]["module"] == ""
+    assert [str(tap) for tap in resolve_layers(model, spec, ["@stages"])] == ["body.layer1", "body.layer2", "body.layer3", "body.layer4"]
