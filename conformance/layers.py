@@ -72,19 +72,28 @@ _TORCHVISION_STAGES: dict[str, Callable[[nn.Module], list[str]]] = {
 _STAGE_CONTAINERS = {"layers": ("mnasnet",)}
 
 
-def _resolution_ends(model: nn.Module, container: str, input_shape: Sequence[int]) -> list[str]:
-    """Last child of ``container`` at each spatial resolution (NCHW), probed on the meta device."""
-    probe = copy.deepcopy(model).to("meta")
+def _child_resolutions(probe: nn.Module, container: str, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [
         child.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape[2:])))
         for name, child in probe.get_submodule(container).named_children()
     ]
     try:
-        probe(torch.empty(*input_shape, device="meta"))
+        with torch.no_grad():
+            probe(x)
     finally:
         for handle in handles:
             handle.remove()
+    return shapes
+
+
+def _resolution_ends(model: nn.Module, container: str, input_shape: Sequence[int]) -> list[str]:
+    """Last child of ``container`` at each spatial resolution (NCHW), probed on the meta device,
+    or on the CPU where the model cannot run there (quantized ops read their scales)."""
+    try:
+        shapes = _child_resolutions(copy.deepcopy(model).to("meta"), container, torch.empty(*input_shape, device="meta"))
+    except (NotImplementedError, RuntimeError):
+        shapes = _child_resolutions(copy.deepcopy(model).cpu(), container, torch.zeros(*input_shape))
     names = list(shapes)
     return [
         f"{container}.{name}"

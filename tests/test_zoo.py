@@ -141,12 +141,16 @@ def test_model_build_is_seeded():
     assert not a.training
 
 
-@pytest.mark.parametrize("reference", ["torchvision:mobilenet_v2", "torchvision:vgg11", "torchvision:densenet121", "timm:convnext_atto"])
+@pytest.mark.parametrize("reference", ["torchvision:mobilenet_v2", "torchvision:vgg11", "torchvision:densenet121", "timm:convnext_atto",
+                                       "torchvision:quantized_mobilenet_v2"])
 def test_stages_are_real_module_paths(reference):
+    """A quantized model cannot run on the meta device; its resolution changes are probed on the CPU."""
     spec = resolve_model(reference)
     model = build_model(spec=spec, seed=0)
     stages = resolve_layers(model, spec, ["@stages"])
     assert stages and all(model.get_submodule(s) is not None for s in stages)
+    if reference.startswith("torchvision:") and "mobilenet_v2" in reference:
+        assert [str(s) for s in stages] == ["features.1", "features.3", "features.6", "features.13", "features.18"]
     assert resolve_layers(model, spec, ["@children", "@children"]) == [n for n, _ in model.named_children()]
 
 
