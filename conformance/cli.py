@@ -262,23 +262,24 @@ def _command_run(args: argparse.Namespace) -> int:
         try:
             run(config, writer=writer, timings=timings, progress=progress, executor=executor)
         except KeyboardInterrupt:
-            writer.finish(extra={"interrupted": True, "timings": timings.split()})
+            writer.finish(extra={"interrupted": True, "timings": timings.split(), "strategy_seconds": timings.strategy_split()})
             print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
             return 130
         finally:
             executor.close()
-    split = timings.split()
-    frame = writer.finish(extra={"timings": split})
-    _summarise_run(out, frame, metadata, split)
+    split, by_strategy = timings.split(), timings.strategy_split()
+    frame = writer.finish(extra={"timings": split, "strategy_seconds": by_strategy})
+    _summarise_run(out, frame, metadata, split, by_strategy)
     return 0
 
 
-def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[str, float]) -> None:
+def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[str, float], by_strategy: dict[str, float]) -> None:
     """Write ``summary.md`` and print the capability matrix and the status counts."""
     text = summary_table(frame).to_string()
     matrix = capability_matrix(frame).to_string()
     top = headline(frame).drop(columns="query").to_string(index=False)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
+    strategy_timing = ", ".join(f"{k} {v:.1f}s" for k, v in by_strategy.items())
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
@@ -287,12 +288,13 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
         f"## Headline\n\n{fence}\n{top}\n{fence}\n\n"
         f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
         f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
-        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n"
+        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n\nWall time of each strategy's units: {strategy_timing}\n"
     )
     print(matrix)
     print(f"\n{top}")
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
+    print(f"wall time of each strategy's units: {strategy_timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
 
 

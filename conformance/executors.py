@@ -96,7 +96,7 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
         units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
     except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
         return {"error": str(exc)}
-    return {"units": units, "seconds": dict(timings.seconds)}
+    return {"units": units, "seconds": dict(timings.seconds), "strategy_seconds": dict(timings.by_strategy)}
 
 
 class _PoolExecutor:
@@ -129,6 +129,8 @@ class _PoolExecutor:
                 raise ConformanceError(outcome["error"])
             for phase, seconds in outcome["seconds"].items():
                 timings.seconds[phase] += seconds
+            for strategy_name, seconds in outcome.get("strategy_seconds", {}).items():
+                timings.by_strategy[strategy_name] += seconds
             for strategy_name, results in outcome["units"]:
                 yield task, strategy_name, results
 

@@ -64,11 +64,13 @@ class Timings:
     """Wall time of a run by phase; ``rest`` is the harness's own overhead.
 
     Phases are exclusive: a phase entered inside another pauses the outer one, so no
-    second is counted twice.
+    second is counted twice. ``by_strategy`` is a second, independent tally: the wall time
+    of each strategy's units (model build and oracle capture, shared by all, are in none).
     """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.by_strategy: dict[str, float] = defaultdict(float)
         self._stack: list[str] = []
         self._started = self._since = time.perf_counter()
 
@@ -87,6 +89,19 @@ class Timings:
         finally:
             self._charge()
             self._stack.pop()
+
+    @contextlib.contextmanager
+    def strategy(self, name: str) -> Iterator[None]:
+        """Charge the wall time inside to strategy ``name`` (phases go on counting as well)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.by_strategy[name] += time.perf_counter() - started
+
+    def strategy_split(self) -> dict[str, float]:
+        """Seconds by strategy, most expensive first."""
+        return {name: round(seconds, 3) for name, seconds in sorted(self.by_strategy.items(), key=lambda item: -item[1])}
 
     def split(self) -> dict[str, float]:
         """Seconds by phase since this object was made, with ``rest`` and ``total``."""
@@ -470,7 +485,9 @@ def model_units(
         yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
         return
     for strategy_name in strategies:
-        yield strategy_name, model_run.unit(strategy_name)
+        with timings.strategy(strategy_name):
+            rows = model_run.unit(strategy_name)
+        yield strategy_name, rows
 
 
 def evaluate(

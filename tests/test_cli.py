@@ -73,8 +73,11 @@ def test_run_writes_tidy_rows_metadata_and_summary(tmp_path):
     assert (aliasing.status, aliasing.diagnosis) == ("fail", "inplace_aliasing")
     document = json.loads((out / "results.json").read_text())
     assert len(document["rows"]) == len(rows)
-    for key in ("datetime", "command", "versions", "machine_info", "commit_info", "timings"):
+    for key in ("datetime", "command", "versions", "machine_info", "commit_info", "timings", "strategy_seconds"):
         assert key in document
+    assert set(document["strategy_seconds"]) == {"hooks", "hooks+clone"}
+    assert 0 < sum(document["strategy_seconds"].values()) <= document["timings"]["total"]
+    assert "wall time of each strategy's units: " in result.stdout
     assert {"python", "torch", "torchvision", "timm", "torchextractor"} <= set(document["versions"])
     assert "hooks+clone" in (out / "summary.md").read_text() and "hooks+clone" in result.stdout
 

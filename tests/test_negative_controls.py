@@ -148,6 +148,21 @@ def test_nested_timing_phases_are_not_counted_twice():
     assert 0.04 < timings.seconds["checks"] < 0.09
 
 
+def test_strategy_time_counts_its_units_whole_and_apart_from_the_phases():
+    import time
+
+    from conformance.runner import Timings
+
+    timings = Timings()
+    with timings.strategy("slow"), timings.phase("forward"):
+        time.sleep(0.1)
+    with timings.strategy("quick"):
+        time.sleep(0.02)
+    assert list(timings.strategy_split()) == ["slow", "quick"]
+    assert 0.09 < timings.by_strategy["slow"] < 0.2 and 0.09 < timings.seconds["forward"] < 0.2
+    assert timings.by_strategy["quick"] < timings.by_strategy["slow"]
+
+
 def test_a_request_refused_as_a_whole_is_judged_layer_by_layer(register):
     """A strategy that refuses a request without naming the layers at fault hides nothing: each
     layer is asked alone, and a wrong one (here 'second', planted) fails instead of being 'unsupported'."""
