@@ -48,6 +48,19 @@ def _quarters(container: str) -> Callable[[nn.Module], list[str]]:
     return pick
 
 
+def _block_sequences(container: str) -> Callable[[nn.Module], list[str]]:
+    """The children of ``container`` that are sequences of transformer blocks (Swin's stages,
+    between its patch merges: ``features.1, 3, 5, 7`` in 2-D, ``features.0, 2, 4, 6`` in 3-D)."""
+    def pick(model: nn.Module) -> list[str]:
+        return [
+            f"{container}.{name}" for name, child in model.get_submodule(container).named_children()
+            if isinstance(child, nn.Sequential) and len(child) and all(type(block).__name__.endswith("Block") or
+                                                                       type(block).__name__.endswith("BlockV2") for block in child)
+        ]
+
+    return pick
+
+
 def _fixed(*names: str) -> Callable[[nn.Module], list[str]]:
     return lambda model: list(names)
 
@@ -59,8 +72,8 @@ _TORCHVISION_STAGES: dict[str, Callable[[nn.Module], list[str]]] = {
     "wide_resnet": _fixed("layer1", "layer2", "layer3", "layer4"),
     "regnet": _fixed("trunk_output.block1", "trunk_output.block2", "trunk_output.block3", "trunk_output.block4"),
     "convnext": _fixed("features.1", "features.3", "features.5", "features.7"),
-    "swin": _fixed("features.1", "features.3", "features.5", "features.7"),
-    "swin_v2": _fixed("features.1", "features.3", "features.5", "features.7"),
+    "swin": _block_sequences("features"),  # swin_t and swin3d_t (stem "swin")
+    "swin_v2": _block_sequences("features"),
     "maxvit": _fixed("blocks.0", "blocks.1", "blocks.2", "blocks.3"),
     "densenet": _fixed("features.denseblock1", "features.denseblock2", "features.denseblock3", "features.denseblock4"),
     "googlenet": _fixed("maxpool2", "inception3b", "inception4e", "inception5b"),

@@ -154,6 +154,15 @@ def test_stages_are_real_module_paths(reference):
     assert resolve_layers(model, spec, ["@children", "@children"]) == [n for n, _ in model.named_children()]
 
 
+@pytest.mark.parametrize("reference, stages", [
+    ("torchvision:swin_t", ["features.1", "features.3", "features.5", "features.7"]),
+    ("torchvision:swin3d_t", ["features.0", "features.2", "features.4", "features.6"]),  # no patch embedding in features
+])
+def test_swin_stages_are_its_block_sequences_in_2d_and_3d(reference, stages):
+    spec = resolve_model(reference)
+    assert [str(s) for s in resolve_layers(build_model(spec=spec, seed=0), spec, ["@stages"])] == stages
+
+
 @pytest.mark.zoo
 def test_fx_binds_a_container_and_its_last_child_to_different_nodes():
     """Two names for one FX node: one of them silently gets the node before it."""
