@@ -80,7 +80,7 @@ class CheckContext:
     measure_model_changes: Callable[[], list[str]] = lambda: []  # costs a forward: run when first read
     # What the diagnoses measure, each run only when a failure needs it:
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
-    inplace_nodes: Callable[[], list[Node]] = lambda: []  # the in-place ops of the eager pass
+    droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
     counterfactual: Callable[..., dict[str, Any]] = lambda **change: {}  # the layers' values with one change to the model
     locate_nodes: Callable[[Any], list[str]] = lambda value: []  # nodes of the pass whose value is this

@@ -23,7 +23,8 @@ inplace_aliasing        the output after the pass: a later in-place op changed i
 reused_module           another call of the same module ("matches call 1 of 2")             ``reused_module``
 wrong_layer             another requested layer's value                                     ``two_identical_paths``
 stale                   this layer's value for the previous input                           (behaviour checks)
-dead_code_eliminated    the model without an in-place op the strategy's traced graph lacks  ``dead_inplace``
+dead_code_eliminated    the model without the in-place ops or functions kept whole that     ``dead_inplace``,
+                        the strategy's traced graph lacks                                   ``wrapped_mutation``
 kwargs_dropped          the model with one module called without its keyword arguments      ``kwargs_and_tuples``
 children_not_chained    the top-level children replayed in registration order              ``functional_between``
 wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
@@ -39,6 +40,7 @@ unexplained             nothing above
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
@@ -204,19 +206,26 @@ def stale(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 
 
 def dead_code_eliminated(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
-    """The strategy runs a traced graph lacking an in-place op that the eager pass runs, and the
-    model run without that op gives its value (pytorch/pytorch#68301: FX removes in-place ops
-    whose result is unused as dead code)."""
+    """The strategy runs a traced graph lacking calls that the eager pass runs (in-place ops, or
+    functions FX keeps whole that change their arguments, as MViT v2's ``_add_shortcut``), and
+    the model run without them gives its value (pytorch/pytorch#68301: FX removes a call whose
+    result is unused as dead code). An op the graph lacks every call of is dropped whole; where
+    it lacks only some, each call is tried in turn with those."""
     graph_ops = ctx.graph_ops()
     if graph_ops is None:
         return None
-    for node in ctx.inplace_nodes():
-        if graph_ops.count(node.op) >= sum(1 for other in ctx.inplace_nodes() if other.op == node.op):
-            continue
-        if _close(value, ctx.counterfactual(skip_inplace=node.name).get(layer)):
-            where = f"in {node.scope}" if node.scope else "in the model's own forward"
-            return "dead_code_eliminated", (f"the traced graph has no in-place {node.op} ({node.name}, {where}), which FX drops as dead code "
-                                            f"when its result is unused; the model run without it gives this value")
+    in_graph, in_pass = Counter(graph_ops), Counter(node.op for node in ctx.droppable_nodes())
+    missing = [node for node in ctx.droppable_nodes() if in_graph[node.op] < in_pass[node.op]]
+    every_call = tuple(node.name for node in missing if in_graph[node.op] == 0)
+    some_calls = [node for node in missing if in_graph[node.op] > 0]
+    trials = ([every_call] if every_call else []) + [(*every_call, node.name) for node in some_calls]
+    for skipped in trials:
+        if _close(value, ctx.counterfactual(skip_nodes=skipped).get(layer)):
+            nodes = [next(node for node in missing if node.name == name) for name in skipped]
+            named = ", ".join(f"{node.name} ({node.describe()})" for node in nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            calls = "a call" if len(nodes) == 1 else f"{len(nodes)} calls"
+            return "dead_code_eliminated", (f"the traced graph lacks {calls} of the eager pass, {named}, which FX drops as dead code "
+                                            f"when the result is unused; the model run without {'it' if len(nodes) == 1 else 'them'} gives this value")
     return None
 
 

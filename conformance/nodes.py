@@ -90,13 +90,14 @@ class Node:
     op: str = ""  # other nodes: the op (add, relu_, flatten, getitem...)
     tensor: bool = True  # the node's value is a tensor
     inplace: bool = False  # an in-place op: its output is its first argument, changed
+    kept_whole: bool = False  # a function FX keeps whole (``torch.fx.wrap``, autowrap): what it does inside is not recorded
 
     def describe(self) -> str:
         if self.kind == "module":
             return f"call {self.call} of {self.calls} of module {self.module}" if self.calls > 1 else f"output of module {self.module}"
         if self.kind == "function":
             where = f"in {self.scope}" if self.scope else "in the model's own forward"
-            return f"{'in-place ' if self.inplace else ''}op {self.op} {where}"
+            return f"{'in-place ' if self.inplace else 'function ' if self.kept_whole else ''}op {self.op} {where}"
         return {"input": "the input", "get_attr": "a parameter or buffer"}.get(self.kind, self.kind)
 
 
@@ -331,14 +332,15 @@ class _Recorder(TorchFunctionMode):
     def active(self) -> bool:
         return not (self.leaf_depth or self.paused or self.finished)
 
-    def add(self, kind: str, op: str | None, value: Any, *, module: str | None = None, inplace: bool = False) -> str:
+    def add(self, kind: str, op: str | None, value: Any, *, module: str | None = None, inplace: bool = False, kept_whole: bool = False) -> str:
         """Name and record one node in the current scope; clone its value if it is wanted."""
         scope = self.scopes[-1]
         name = self.namer.name(module if module is not None else scope, op)
         call = 1
         if module is not None:
             call = self.calls[module] = self.calls.get(module, 0) + 1
-        node = Node(name, kind, scope, module=module, call=call, op=op or "", tensor=isinstance(value, torch.Tensor), inplace=inplace)
+        node = Node(name, kind, scope, module=module, call=call, op=op or "", tensor=isinstance(value, torch.Tensor), inplace=inplace,
+                    kept_whole=kept_whole)
         self.nodes.append(node)
         if self.visit is not None:
             self.paused += 1
@@ -421,12 +423,15 @@ class _Recorder(TorchFunctionMode):
         def call(*args: Any, **kwargs: Any) -> Any:
             if not self.active or not self._traced_arguments(args, kwargs):
                 return function(*args, **kwargs)
+            if self.skip is not None and self.skip(self._next_name(op)):
+                self.add("function", op, args[0] if args else None, kept_whole=True)
+                return args[0] if args else None
             self.paused += 1
             try:
                 out = function(*args, **kwargs)
             finally:
                 self.paused -= 1
-            self.add("function", op, out)
+            self.add("function", op, out, kept_whole=True)
             self.mark(out)
             return self.track(out)
 
@@ -492,9 +497,9 @@ def record(model: nn.Module, x: Any, *, wanted: Iterable[str] = (), tracer_kwarg
     the values of the ``wanted`` nodes are cloned as they are produced and again after the pass.
 
     ``tracer_kwargs`` are the model's FX options (``leaf_modules``, ``autowrap_functions``,
-    ``autowrap_modules``), added to torchvision's. ``skip`` names in-place ops not to run
-    (their input passes through unchanged), so that a diagnosis can measure what the model
-    gives without them; ``visit`` sees every node and its value as it is produced.
+    ``autowrap_modules``), added to torchvision's. ``skip`` names in-place ops and functions
+    kept whole not to run (their first argument passes through unchanged), so that a diagnosis
+    can measure what the model gives without them; ``visit`` sees every node and its value as it is produced.
     """
     leaves, autowrap_modules, autowrap_functions = _tracer_defaults(tracer_kwargs)
     recorder = _Recorder(model, wanted=wanted, leaf_modules=leaves, skip=skip, track_sizes=track_sizes, visit=visit)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -293,11 +293,11 @@ def keyword_calls(model: nn.Module, x: Any) -> list[str]:
     return called
 
 
-def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_inplace: str | None = None,
+def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),
                    drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The layers' values when the model runs with one change: the in-place op node
-    ``skip_inplace`` not run (its input passes through), or the module ``drop_keywords``
-    called with its positional arguments only. Layers that do not run are absent."""
+    """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
+    ops, functions FX keeps whole) not run, their first argument passing through, or the module
+    ``drop_keywords`` called with its positional arguments only. Layers that do not run are absent."""
     copy_ = copy.deepcopy(model)
     taps = _taps(layers)
     seen: dict[str, Any] = {}
@@ -317,8 +317,8 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_inpl
     ops = [str(tap) for tap in taps if tap.is_op]
     try:
         with torch.no_grad():
-            if ops or skip_inplace is not None:
-                seen.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=None if skip_inplace is None else skip_inplace.__eq__).values)
+            if ops or skip_nodes:
+                seen.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=frozenset(skip_nodes).__contains__ if skip_nodes else None).values)
             else:
                 call_model(copy_, x)
     except Exception:  # the changed model may not run at all: then the change reproduces nothing

@@ -209,17 +209,19 @@ class _ModelRun:
                 self.diagnosis_memo[key] = compute()
         return self.diagnosis_memo[key]
 
-    def inplace_nodes(self) -> list[Node]:
+    def droppable_nodes(self) -> list[Node]:
+        """The calls of the eager pass that can change a value while their result goes unused:
+        in-place ops and functions FX keeps whole."""
         def compute() -> list[Node]:
             with torch.no_grad():
                 table = record(copy.deepcopy(self.model), self.input, tracer_kwargs=self.spec.tracer_kwargs)
-            return [node for node in table.nodes if node.inplace and node.kind == "function"]
-        return self._memo(("inplace",), compute)
+            return [node for node in table.nodes if node.kind == "function" and (node.inplace or node.kept_whole)]
+        return self._memo(("droppable",), compute)
 
     def keyword_calls(self) -> list[str]:
         return self._memo(("keywords",), lambda: keyword_calls(self.model, self.input))
 
-    def counterfactual(self, **change: str) -> dict[str, Any]:
+    def counterfactual(self, **change: Any) -> dict[str, Any]:
         return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 
@@ -270,7 +272,7 @@ class _ModelRun:
             locate=self.locate, device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
-            graph_ops=lambda: graph_ops(extractor.module), inplace_nodes=self.inplace_nodes, keyword_calls=self.keyword_calls,
+            graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes, keyword_calls=self.keyword_calls,
             counterfactual=self.counterfactual, locate_nodes=self.locate_nodes,
         )
         return _Attempt(layers, context=context)

@@ -133,6 +133,33 @@ class DeadInplace(nn.Module):
         return self.second(x)
 
 
+def _accumulate(x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """Adds ``shortcut`` into ``x`` in place, as torchvision MViT's ``_add_shortcut`` does."""
+    x.add_(shortcut)
+    return x
+
+
+torch.fx.wrap("_accumulate")
+
+
+class WrappedMutation(nn.Module):
+    """A function FX keeps whole changes its argument in place, its result unused, in two places
+    (as in MViT v2's residual pooling): FX drops both calls as dead code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.first(x)
+        h = self.second(shortcut)
+        _accumulate(h, shortcut)
+        _accumulate(h, shortcut)
+        return self.head(h)
+
+
 class DoublingConv(nn.Module):
     """A convolution whose output is doubled in place, the result of the in-place op unused."""
 
@@ -415,6 +442,7 @@ kwargs_and_tuples = _factory(KwargsAndTuples)
 sign_branch = _factory(SignBranch)
 plain = _factory(Plain)
 dead_inplace = _factory(DeadInplace)
+wrapped_mutation = _factory(WrappedMutation)
 inplace_in_child = _factory(InplaceInChild)
 keyword_child = _factory(KeywordChild)
 size_type_branch = _factory(SizeTypeBranch)

@@ -19,6 +19,7 @@ REAL = [
     ("dead_inplace", ["first", "second"], "fx", "second", "dead_code_eliminated"),
     ("dead_inplace", ["first", "second"], "ilg", "second", "children_not_chained"),  # the same value, ilg's mechanism
     ("inplace_in_child", ["head"], "fx", "head", "dead_code_eliminated"),
+    ("wrapped_mutation", ["second", "head"], "fx", "head", "dead_code_eliminated"),  # both calls dropped: neither alone gives it
     ("keyword_child", ["block", "head"], "ilg", "block", "kwargs_dropped"),
     ("keyword_child", ["block", "head"], "ilg", "head", "kwargs_dropped"),
     ("kwargs_and_tuples", ["block"], "ilg", "block", "kwargs_dropped"),
@@ -48,6 +49,11 @@ def test_ilg_keeps_an_in_place_op_inside_a_child_that_fx_drops():
     """The control for dead_code_eliminated: a strategy running the child whole is right."""
     rows = _rows("inplace_in_child", ["head"], ["ilg", "fx"]).set_index("strategy")
     assert rows.loc["ilg", "status"] == "pass" and rows.loc["fx", "diagnosis"] == "dead_code_eliminated"
+
+
+def test_dead_code_names_every_call_fx_dropped_when_one_alone_does_not_give_the_value():
+    row = _rows("wrapped_mutation", ["second", "head"], ["fx"]).query("layer == 'head'").iloc[0]
+    assert "2 calls" in row.detail and "function op _accumulate" in row.detail, row.detail
 
 
 def _module_first_output(ex, module, x, extraction):
