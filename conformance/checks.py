@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -202,8 +203,10 @@ def check_model_output(ctx: CheckContext) -> list[CheckResult]:
 
 def tensor_digest(tensor: Any) -> str:
     """A content hash of one state-dict entry: a tensor's values, dtype and shape (a quantized
-    tensor's integers and quantization parameters); a packed tuple's parts; any other value's repr."""
-    digest = hashlib.blake2b(digest_size=16)
+    tensor's integers and quantization parameters); a packed tuple's parts; any other value's repr.
+    SHA-1 over the tensor's own bytes (no copy where it is contiguous on the CPU): an identity, not
+    a defence, and about three times the speed of BLAKE2b here."""
+    digest = hashlib.sha1(usedforsecurity=False)
     if isinstance(tensor, (tuple, list)):
         for part in tensor:
             digest.update(tensor_digest(part).encode())
@@ -218,7 +221,8 @@ def tensor_digest(tensor: Any) -> str:
         digest.update(repr((data.qscheme(), parameters)).encode())
         data = data.int_repr()
     data = data.contiguous().reshape(-1)
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    if data.numel():
+        digest.update(data.view(torch.uint8).numpy())
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
     return digest.hexdigest()
 
@@ -231,8 +235,11 @@ def _same_entry(value: Any, reference: Any) -> bool:
 
 
 def tensor_digests(module: nn.Module) -> dict[str, str]:
-    """A content hash of every state-dict tensor, by name."""
-    return {name: tensor_digest(tensor) for name, tensor in module.state_dict().items()}
+    """A content hash of every state-dict tensor, by name, hashed on as many threads as torch
+    computes on (hashlib lets go of the GIL while it hashes)."""
+    state = module.state_dict()
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        return dict(zip(state, pool.map(tensor_digest, state.values())))
 
 
 def check_weights(ctx: CheckContext) -> list[CheckResult]:
