@@ -84,7 +84,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
 
     run_ = commands.add_parser("run", help="run the conformance checks and write tidy results")
     run_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable)")
-    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, timm, timm-families or all")
+    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, torchvision-all, torchvision-families, timm, timm-families or all")
     run_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="fnmatch patterns selecting zoo models")
     run_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="fnmatch patterns excluding zoo models")
     run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
@@ -177,7 +177,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
     list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
-    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, timm, timm-families or all")
+    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, torchvision-all, torchvision-families, timm, timm-families or all")
     list_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="for 'list models': fnmatch patterns selecting models")
     list_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="for 'list models': fnmatch patterns excluding models")
     list_.add_argument("--nodes", action="store_true",
@@ -476,13 +476,15 @@ def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> in
 
 
 def _command_list(args: argparse.Namespace) -> int:
-    if args.what == "models" and args.zoo == "timm-families":
-        from .families import timm_families
+    if args.what == "models" and args.zoo in ("timm-families", "torchvision-families"):
+        from .families import timm_families, torchvision_families
 
         chosen = set(list_models(zoo=args.zoo, include=args.include, exclude=args.exclude))
-        print("rule: from each timm model module, the architecture with the fewest parameters (meta device), at its default input size")
+        library, families, size = (("timm", timm_families, "its default input size") if args.zoo == "timm-families"
+                                   else ("torchvision", torchvision_families, "the zoo's input for its group"))
+        print(f"rule: from each {library} model module, the architecture with the fewest parameters (meta device), at {size}")
         print(f"{'module':24s} {'model':40s} {'params':>10s} {'of':>4s}  input")
-        for choice in timm_families():
+        for choice in families():
             if choice.reference in chosen:
                 skipped = f"  ({len(choice.unbuildable)} not buildable on meta)" if choice.unbuildable else ""
                 print(f"{choice.module:24s} {choice.reference:40s} {choice.params / 1e6:9.2f}M {choice.candidates:4d}  {'x'.join(map(str, choice.input_size))}{skipped}")

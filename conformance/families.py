@@ -1,22 +1,28 @@
-"""The ``timm-families`` zoo: one model per timm model module, chosen by rule.
+"""The ``timm-families`` and ``torchvision-families`` zoos: one model per model module, chosen by rule.
 
 timm registers every architecture in a model module (``timm.models.resnet``,
-``timm.models.vision_transformer``, ...); a module is a family. The rule: from each
-module, the architecture with the fewest parameters, counted on the meta device (ties
-broken by name), run at its default pretrained-config input size. Counting all of
-timm's architectures takes minutes, so the choice is stored per timm version: the
-file shipped in ``conformance/data/`` for the pinned version, and a cache under
-``~/.cache/feature-conformance`` made on first use for any other.
+``timm.models.vision_transformer``, ...); a module is a family. torchvision defines its
+builders the same way (``torchvision.models.resnet``, ``torchvision.models.video.resnet``,
+``torchvision.models.detection.faster_rcnn``, ...). The rule: from each module, the
+architecture with the fewest parameters, counted on the meta device (ties broken by name).
+timm's models run at their default pretrained-config input size, torchvision's at the
+zoo's input for their group. Counting all of timm's architectures takes minutes, so the
+choice is stored per timm version: the file shipped in ``conformance/data/`` for the pinned
+version, and a cache under ``~/.cache/feature-conformance`` made on first use for any
+other. torchvision's 121 builders are counted on each call (seconds).
 
 Example::
 
-    >>> from conformance.families import timm_families
+    >>> from conformance.families import timm_families, torchvision_families
     >>> choice = timm_families()[0]
     >>> choice.module, choice.model, choice.params, choice.candidates
+    >>> [choice.reference for choice in torchvision_families()][:2]
+    ['torchvision:alexnet', 'torchvision:convnext_tiny']
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -25,25 +31,26 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FamilyChoice", "choose_family_model", "timm_families"]
+__all__ = ["FamilyChoice", "choose_family_model", "timm_families", "torchvision_families"]
 
 _SHIPPED = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)
 class FamilyChoice:
-    """The model the rule chose for one timm module, and why."""
+    """The model the rule chose for one model module, and why."""
 
-    module: str  # timm model module (family), e.g. "resnet"
+    module: str  # the model module (family), e.g. "resnet", or torchvision's "video.resnet"
     model: str  # the chosen architecture
     params: int  # its parameter count, on the meta device
     candidates: int  # architectures registered in the module
-    input_size: tuple[int, ...]  # (C, H, W) of its default pretrained config
+    input_size: tuple[int, ...]  # timm: (C, H, W) of its default pretrained config; torchvision: the zoo's input shape
     unbuildable: tuple[str, ...] = ()  # architectures the meta-device count could not build
+    library: str = "timm"  # "timm" or "torchvision"
 
     @property
     def reference(self) -> str:
-        return f"timm:{self.model}"
+        return f"{self.library}:{self.model}"
 
 
 def _meta_params(name: str) -> int:
@@ -116,4 +123,51 @@ def timm_families(*, refresh: bool = False) -> list[FamilyChoice]:
                 return choices
     choices = [choose_family_model(module) for module in sorted(timm.list_modules())]
     save_families(choices, path=_cache_path(version), version=version)
+    return choices
+
+
+def _torchvision_params(name: str, group: str) -> int:
+    """Parameters of a torchvision builder, counted on the meta device as the zoo builds it
+    (no backbone weights; a quantizable model before it is quantized); for a builder that
+    computes with tensors while it builds (RegNet), the ``num_params`` of its weights' metadata."""
+    import torchvision
+
+    from .zoo import _GROUP_BUILD_OPTIONS
+
+    options = {key: value for key, value in _GROUP_BUILD_OPTIONS.get(group, {}).items() if key != "quantize"}
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            return sum(p.numel() for p in torchvision.models.get_model(name, weights=None, **options).parameters())
+    except Exception:
+        return next(iter(torchvision.models.get_model_weights(name))).meta["num_params"]
+
+
+@functools.cache
+def torchvision_families() -> list[FamilyChoice]:
+    """The rule's choice for every torchvision model module, group by group (the order of
+    ``TORCHVISION_GROUPS``), modules by name: 38 families for torchvision 0.29."""
+    import torchvision
+
+    from .zoo import TORCHVISION_GROUPS, resolve_model, torchvision_names
+
+    choices = []
+    for group in TORCHVISION_GROUPS:
+        modules: dict[str, list[str]] = {}
+        for name in torchvision_names(group):
+            module = torchvision.models.get_model_builder(name).__module__.removeprefix("torchvision.models.")
+            modules.setdefault(module, []).append(name)
+        for module, names in sorted(modules.items()):
+            counts: dict[str, int] = {}
+            unbuildable = []
+            for name in names:
+                try:
+                    counts[name] = _torchvision_params(name, group)
+                except Exception:  # neither counted on meta nor in its weights' metadata: the rule skips it, and says so
+                    unbuildable.append(name)
+            if not counts:
+                raise RuntimeError(f"no builder of torchvision module {module!r} builds on the meta device")
+            model = min(counts, key=lambda name: (counts[name], name))
+            shape = resolve_model(f"torchvision:{model}").input_shape
+            choices.append(FamilyChoice(module, model, counts[model], len(names), shape, tuple(unbuildable), library="torchvision"))
     return choices

@@ -29,7 +29,7 @@ from torch import nn
 from strategies.base import Arguments, map_tensors
 
 from .errors import ConformanceError
-from .families import timm_families
+from .families import timm_families, torchvision_families
 
 __all__ = [
     "BIG_MODEL_PARAMS",
@@ -44,6 +44,7 @@ __all__ = [
     "parse_input_shape",
     "resolve_model",
     "torchvision_group",
+    "torchvision_names",
 ]
 
 #: Models with more parameters than this (counted on the meta device) run only with ``--include-big``.
@@ -196,7 +197,7 @@ def torchvision_group(name: str) -> str:
         module = torchvision.models if group == "classification" else getattr(torchvision.models, group)
         if name in torchvision.models.list_models(module=module):
             return group
-    raise _unknown_model(f"torchvision:{name}", [f"torchvision:{n}" for n in _torchvision_names()])
+    raise _unknown_model(f"torchvision:{name}", [f"torchvision:{n}" for n in torchvision_names()])
 
 
 def _torchvision_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
@@ -279,12 +280,12 @@ def _tracer_kwargs(reference: str, options: Any) -> dict[str, Any]:
     return dict(options)
 
 
-def _torchvision_names(group: str | None = None) -> list[str]:
+def torchvision_names(group: str | None = None) -> list[str]:
     """torchvision's models of one group, or of every group."""
     import torchvision
 
     if group is None:
-        return [name for each in TORCHVISION_GROUPS for name in _torchvision_names(each)]
+        return [name for each in TORCHVISION_GROUPS for name in torchvision_names(each)]
     module = torchvision.models if group == "classification" else getattr(torchvision.models, group)
     return list(torchvision.models.list_models(module=module))
 
@@ -317,16 +318,18 @@ def list_models(
 ) -> list[str]:
     """Model references in a zoo, fnmatch-filtered: ``quick``, ``torchvision`` (classification),
     ``torchvision-segmentation``, ``-video``, ``-quantization``, ``-detection``, ``-optical-flow``,
-    ``torchvision-all`` (every group), ``timm`` (curated), ``timm-families`` (one model per timm
-    model module, :mod:`.families`) or ``all`` (``torchvision`` and ``timm``)."""
+    ``torchvision-all`` (every group), ``torchvision-families`` (one model per torchvision model
+    module), ``timm`` (curated), ``timm-families`` (one model per timm model module; both
+    :mod:`.families`) or ``all`` (``torchvision`` and ``timm``)."""
     zoos = {
         "quick": lambda: list(QUICK_ZOO),
-        "torchvision": lambda: [f"torchvision:{n}" for n in _torchvision_names("classification")],
-        **{f"torchvision-{group.replace('_', '-')}": (lambda group=group: [f"torchvision:{n}" for n in _torchvision_names(group)])
+        "torchvision": lambda: [f"torchvision:{n}" for n in torchvision_names("classification")],
+        **{f"torchvision-{group.replace('_', '-')}": (lambda group=group: [f"torchvision:{n}" for n in torchvision_names(group)])
            for group in TORCHVISION_GROUPS[1:]},
-        "torchvision-all": lambda: [f"torchvision:{n}" for n in _torchvision_names()],
+        "torchvision-all": lambda: [f"torchvision:{n}" for n in torchvision_names()],
         "timm": lambda: [f"timm:{n}" for n in TIMM_ZOO],
         "timm-families": lambda: [choice.reference for choice in timm_families()],
+        "torchvision-families": lambda: [choice.reference for choice in torchvision_families()],
     }
     zoos["all"] = lambda: zoos["torchvision"]() + zoos["timm"]()
     if zoo not in zoos:

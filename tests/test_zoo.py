@@ -71,6 +71,26 @@ def test_timm_families_hold_one_model_per_timm_module_chosen_by_the_rule():
     assert resolve_model(vgg.reference).family == "vgg" and resolve_model(vgg.reference).input_shape == (2, *vgg.input_size)
 
 
+def test_torchvision_families_hold_the_smallest_model_of_each_torchvision_module_without_downloading(monkeypatch):
+    import torch.hub
+    import torchvision
+
+    from conformance.families import torchvision_families
+
+    downloads = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, *a, **k: downloads.append(url))
+    torchvision_families.cache_clear()
+    choices = {choice.module: choice for choice in torchvision_families()}
+    assert downloads == []  # the detectors' and segmenters' backbones are built without weights
+    modules = {torchvision.models.get_model_builder(n).__module__.removeprefix("torchvision.models.") for n in torchvision.models.list_models()}
+    assert set(choices) == modules and len(list_models(zoo="torchvision-families")) == len(choices)
+    assert choices["resnet"].model == "resnet18" and choices["resnet"].candidates == 10  # wide_resnet and resnext are resnet.py's too
+    assert choices["video.resnet"].model == "mc3_18"  # of r3d_18, mc3_18 and r2plus1d_18
+    assert choices["regnet"].model == "regnet_y_400mf"  # RegNet builds with tensors, so it is counted from its weights' metadata
+    assert choices["quantization.resnet"].params == choices["resnet"].params  # counted before quantization
+    assert choices["optical_flow.raft"].input_size == resolve_model("torchvision:raft_small").input_shape
+
+
 def test_torchvision_groups_are_zoos_with_the_inputs_their_models_take():
     groups = {group: list_models(zoo=f"torchvision-{group}") for group in ("segmentation", "video", "quantization", "detection", "optical-flow")}
     assert {group: len(models) for group, models in groups.items()} == {"segmentation": 6, "video": 9, "quantization": 12, "detection": 12, "optical-flow": 2}
