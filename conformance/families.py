@@ -28,6 +28,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,13 +54,17 @@ class FamilyChoice:
         return f"{self.library}:{self.model}"
 
 
+def _count_on_meta(build: Callable[[], torch.nn.Module]) -> int:
+    """Parameters of the model ``build`` makes, built on the meta device (no memory, no init)."""
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        return sum(p.numel() for p in build().parameters())
+
+
 def _meta_params(name: str) -> int:
     import timm
 
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        model = timm.create_model(name, pretrained=False)
-    return sum(p.numel() for p in model.parameters())
+    return _count_on_meta(lambda: timm.create_model(name, pretrained=False))
 
 
 def choose_family_model(module: str) -> FamilyChoice:
@@ -136,9 +141,7 @@ def _torchvision_params(name: str, group: str) -> int:
 
     options = {key: value for key, value in _GROUP_BUILD_OPTIONS.get(group, {}).items() if key != "quantize"}
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            return sum(p.numel() for p in torchvision.models.get_model(name, weights=None, **options).parameters())
+        return _count_on_meta(lambda: torchvision.models.get_model(name, weights=None, **options))
     except Exception:
         return next(iter(torchvision.models.get_model_weights(name))).meta["num_params"]
 
