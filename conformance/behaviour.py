@@ -79,6 +79,25 @@ class Probe:
         target = copy.deepcopy(self.model) if model is None else model
         return self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs)
 
+    def reduced(self) -> tuple[torch.Tensor, OracleCapture]:
+        """The reduced input and the oracle's eval-mode truth for it: the input's first example
+        at half its height and width (every other pixel) where both are 64 or more and the
+        model takes that size, else the first example as it is.
+
+        For checks whose question does not involve the batch or the size (is a value the same
+        requested alone, under autocast), this costs an eighth of the input's passes on a
+        convolutional network; a model with a fixed input size (a ViT) keeps it."""
+        first = self.input[:1]
+
+        def compute() -> tuple[torch.Tensor, OracleCapture]:
+            if first.dim() >= 4 and min(first.shape[-2:]) >= 64:
+                halved = first[..., ::2, ::2].contiguous()
+                with contextlib.suppress(Exception):
+                    return halved, capture(self.model, halved, layers=self.layers, tracer_kwargs=self.tracer_kwargs)
+            return first, capture(self.model, first, layers=self.layers, tracer_kwargs=self.tracer_kwargs)
+
+        return self.oracle("reduced", compute)
+
     def oracle(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per model and request, shared by every strategy; raises
         :class:`ModelRejects` when the plain model fails."""
@@ -91,6 +110,11 @@ class Probe:
         if isinstance(self.memo[key_], ModelRejects):
             raise self.memo[key_]
         return self.memo[key_]
+
+
+def _at_size(x: torch.Tensor) -> str:
+    """`` at HxW`` for an input with spatial dimensions."""
+    return f" at {'x'.join(map(str, x.shape[2:]))}" if x.dim() > 2 else ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -133,8 +157,8 @@ def _per_layer(check: str, probe: Probe, judge: Callable[[str], CheckResult], *,
     return rows
 
 
-def _all_layers(check: str, probe: Probe, status: str, diagnosis: str, detail: str) -> list[CheckResult]:
-    return _per_layer(check, probe, lambda layer: CheckResult(check, layer, status, diagnosis, detail))
+def _all_layers(check: str, probe: Probe, status: str, diagnosis: str, detail: str, *, trusted_only: bool = True) -> list[CheckResult]:
+    return _per_layer(check, probe, lambda layer: CheckResult(check, layer, status, diagnosis, detail), trusted_only=trusted_only)
 
 
 def _request_verdict(check: str, probe: Probe, features: Mapping[str, Any], *, context: str, scale: float = 1.0, notes: Sequence[str] = ()) -> list[CheckResult]:
@@ -167,40 +191,54 @@ def _attached(probe: Probe, **kwargs: Any):
 
 
 def check_set_independence(probe: Probe) -> list[CheckResult]:
-    """A layer's value is the same requested alone as requested with the other layers."""
+    """A layer's value is the same requested alone as requested with the other layers.
+
+    Judged on the reduced input (:meth:`Probe.reduced`): one extraction of the whole request
+    and one per layer, where the question does not involve the batch or the size."""
     check = "set_independence"
     if len(probe.layers) < 2:
         return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
-
+    try:
+        x, truth = probe.reduced()
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
     # A strategy measured to leave the model as it found it attaches to one shared copy.
     shared = copy.deepcopy(probe.model) if probe.leaves_model_untouched else None
 
+    def extract(layers: Sequence[str]) -> dict[str, Any]:
+        model = shared if shared is not None else copy.deepcopy(probe.model)
+        with _attached(probe, layers=layers, model=model) as extractor:
+            return snapshot(extractor(x).features)
+
+    try:
+        together = extract(probe.layers)
+    except Exception as exc:
+        return _all_layers(check, probe, "fail", "call_failed", f"the whole request on one example{_at_size(x)}: {_failure(exc)}", trusted_only=False)
+
     def judge(layer: str) -> CheckResult:
         try:
-            model = shared if shared is not None else copy.deepcopy(probe.model)
-            with _attached(probe, layers=[layer], model=model) as extractor:
-                alone = snapshot(extractor(probe.input).features)
+            alone = extract([layer])
         except Unsupported as exc:
             return CheckResult(check, layer, "unsupported", "", f"requested alone: {exc}")
         except Exception as exc:
             return CheckResult(check, layer, "fail", "fails_alone", f"requested alone: {_failure(exc)}")
         others = len(probe.layers) - 1
-        if layer not in alone or layer not in probe.together:
-            if layer not in alone and layer not in probe.together:
+        if layer not in alone or layer not in together:
+            if layer not in alone and layer not in together:
                 return CheckResult(check, layer, "pass", "", "returned neither alone nor with the others")
             where = "alone" if layer in alone else f"with the {others} other layers"
             return CheckResult(check, layer, "fail", "depends_on_request", f"returned only when requested {where}")
-        comparison = compare(alone[layer], probe.together[layer])
+        comparison = compare(alone[layer], together[layer])
         if comparison.close:
-            return CheckResult(check, layer, "pass", "", f"the same alone as with the {others} other layers",
+            return CheckResult(check, layer, "pass", "", f"the same alone as with the {others} other layers (one example{_at_size(x)})",
                                max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise)
-        truth = probe.truth.layers[layer].value
+        true = truth.layers[layer].value
 
         def right(value: Any) -> str:
-            return "right" if truth is not None and compare(value, truth).close else "wrong"
+            return "right" if true is not None and compare(value, true).close else "wrong"
 
         return CheckResult(check, layer, "fail", "depends_on_request",
-                           f"alone: {right(alone[layer])}; with the {others} other layers: {right(probe.together[layer])}",
+                           f"alone: {right(alone[layer])}; with the {others} other layers: {right(together[layer])}",
                            max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=False)
 
     return _per_layer(check, probe, judge, trusted_only=False)
@@ -250,9 +288,11 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     return _per_layer(check, probe, judge)
 
 
-def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
-    """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
-    return [node for node in locate_nodes(probe.model, probe.input, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
+def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None,
+                 x: torch.Tensor | None = None) -> list[str]:
+    """The nodes of the model's pass for ``x`` (default: the input), other than ``layer``, whose value is ``value``."""
+    x = probe.input if x is None else x
+    return [node for node in locate_nodes(probe.model, x, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
             if node != layer]
 
 
@@ -332,21 +372,26 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
 
     One backward of the weighted sum over the layers is compared first; with independent
     random weights a wrong path cannot cancel out, so only when it differs is each layer's
-    backward compared on its own, to say which layers are wrong.
+    backward compared on its own, to say which layers are wrong. Judged on the reduced input
+    (:meth:`Probe.reduced`): which path a gradient takes does not depend on the batch or the size.
     """
     check = "gradients"
+    try:
+        x0, truth = probe.reduced()
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
     differentiable = [
         layer for layer in probe.trusted
-        if isinstance(probe.truth.layers[layer].value, torch.Tensor) and probe.truth.layers[layer].value.is_floating_point()
+        if isinstance(truth.layers[layer].value, torch.Tensor) and truth.layers[layer].value.is_floating_point()
     ]
-    weights = {layer: _loss_weight(layer, probe.truth.layers[layer].value, probe.seed) for layer in differentiable}
+    weights = {layer: _loss_weight(layer, truth.layers[layer].value, probe.seed) for layer in differentiable}
 
     def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = {layer: weights[layer] for layer in layers}
-        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
+        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, x0, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
 
     model = copy.deepcopy(probe.model)
-    x = probe.input.detach().clone().requires_grad_(True)
+    x = x0.detach().clone().requires_grad_(True)
     rows: dict[str, CheckResult] = {}
     try:
         with _attached(probe, model=model) as extractor, torch.enable_grad():
@@ -368,7 +413,8 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
                         rows[layer] = CheckResult(check, layer, "pass", "", f"one backward from the {len(graphed)} features: the input and {count} parameter gradients equal the oracle's")
                 for layer in graphed if problems else ():
                     alone, count = matcher.problems(features, [layer], weights, x, truth_for([layer]))
-                    rows[layer] = (CheckResult(check, layer, "fail", *_gradient_diagnosis(probe, layer, "; ".join(alone))) if alone
+                    rows[layer] = (CheckResult(check, layer, "fail", *_gradient_diagnosis(probe, layer, "; ".join(alone), value=features[layer].detach(),
+                                                                                           truth=truth.layers[layer].value, x=x0)) if alone
                                    else CheckResult(check, layer, "pass", "", f"the input and {count} parameter gradients equal the oracle's"))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself cannot be differentiated: {exc}")
@@ -378,20 +424,24 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
     def judge(layer: str) -> CheckResult:
         if layer in rows:
             return rows[layer]
-        why = "the module does not run" if probe.truth.layers[layer].value is None else "not a floating-point tensor"
+        why = "the module does not run" if truth.layers[layer].value is None else "not a floating-point tensor"
         return CheckResult(check, layer, "skipped", "", why)
 
     return _per_layer(check, probe, judge)
 
 
-def _gradient_diagnosis(probe: Probe, layer: str, detail: str) -> tuple[str, str]:
-    """A wrong gradient of a feature whose value is within tolerance: when the value is bitwise
-    another node's, that node is what the strategy returned (``wrong_node``)."""
-    value, truth = probe.together.get(layer), probe.truth.layers[layer].value
-    if isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and not torch.equal(value, truth):
-        nodes = _other_nodes(probe, layer, value, close=torch.equal)
+def _gradient_diagnosis(probe: Probe, layer: str, detail: str, *, value: Any, truth: Any, x: torch.Tensor) -> tuple[str, str]:
+    """A wrong gradient of a feature: when its value for ``x`` is bitwise another node's, that
+    node is what the strategy returned (``wrong_node``); when the value is the truth, only the
+    gradient is wrong (``wrong_gradient``); else the value is wrong at ``x`` as well (unexplained)."""
+    if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor)):
+        return UNEXPLAINED, detail
+    if not torch.equal(value, truth):
+        nodes = _other_nodes(probe, layer, value, close=torch.equal, x=x)
         if nodes:
             return "wrong_node", f"the feature is node {nodes[0]!r}'s value, within tolerance of the truth but not it; {detail}"
+    if not compare(value, truth).close:
+        return UNEXPLAINED, f"the value is wrong at{_at_size(x)} as well, though right for the input; {detail}"
     return "wrong_gradient", f"the value is right, its gradient is not; {detail}"
 
 
@@ -758,13 +808,17 @@ def check_autocast(probe: Probe) -> list[CheckResult]:
     oracle's under the same autocast, in value and dtype, within that dtype's tolerance
     (``compare.tolerance``: rtol 1.6e-2 for bfloat16, 1e-3 for float16; ten times on CUDA).
 
-    It runs on the input's first example: autocast changes dtypes, not how the examples of a
-    batch meet (``batch_consistency`` asks that), and a bfloat16 forward on a CPU without
-    native bfloat16 kernels costs many float32 ones (30 for a ResNet-18 on an AVX2 CPU)."""
+    It runs on the reduced input (:meth:`Probe.reduced`): autocast changes dtypes, not how the
+    examples of a batch meet (``batch_consistency`` asks that) nor what the size does
+    (``input_size``), and a bfloat16 forward on a CPU without native bfloat16 kernels costs
+    many float32 ones (46 for a ResNet-18 on an AVX2 CPU)."""
     check, device = "autocast", probe.input.device
     dtype = _autocast_dtype(device)
-    context = f"under autocast({device.type}, {str(dtype).removeprefix('torch.')})"
-    x = probe.input[:1]
+    try:
+        x, _ = probe.reduced()
+    except ModelRejects as exc:
+        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
+    context = f"under autocast({device.type}, {str(dtype).removeprefix('torch.')}){_at_size(x)}"
 
     def autocast() -> Any:
         return torch.autocast(device_type=device.type, dtype=dtype)

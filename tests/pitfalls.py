@@ -25,6 +25,14 @@ class InplaceAfterTap(nn.Module):
         return self.head(self.relu(self.bn(self.conv(x))))
 
 
+class FixedSizeInplaceAfterTap(InplaceAfterTap):
+    """:class:`InplaceAfterTap` that takes 64x64 inputs only, as a ViT takes its image size only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.shape[-1] == 64, "the model takes 64x64 inputs only")
+        return super().forward(x)
+
+
 class ReusedModule(nn.Module):
     """``act`` is called twice; its last call is the reference."""
 

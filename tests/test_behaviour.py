@@ -169,6 +169,17 @@ def test_set_independence_catches_fx_pruning_that_hides_an_inplace_op():
     assert set(statuses(got, "hooks+clone", "set_independence").values()) == {("pass", "")}
 
 
+@pytest.mark.parametrize("model, size", [(pitfalls.InplaceAfterTap, "32x32"), (pitfalls.FixedSizeInplaceAfterTap, "64x64")])
+def test_size_free_checks_run_on_one_example_at_half_size_where_the_model_takes_it(model, size):
+    rows = evaluate(model(), layers=["conv", "bn", "head"], strategies=["fx", "hooks+clone"], checks=["set_independence", "autocast"],
+                    input_shape=(2, 3, 64, 64))
+    got = {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+    assert got[("fx", "set_independence", "bn")][:2] == ("fail", "depends_on_request")  # the planted fault, caught at either size
+    assert got[("hooks+clone", "set_independence", "conv")] == ("pass", "", f"the same alone as with the 2 other layers (one example at {size})")
+    assert got[("hooks+clone", "autocast", "head")][:2] == ("pass", "")
+    assert f"under autocast(cpu, bfloat16) at {size}" in got[("hooks+clone", "autocast", "head")][2]
+
+
 def test_a_train_mode_value_that_is_another_node_is_named_wrong_node():
     """In eval mode FX's ``block`` (bound to the conv before the BatchNorm) is within tolerance;
     in train mode it is the conv's batch-mode value, which the recorder finds."""
