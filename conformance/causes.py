@@ -10,7 +10,7 @@ cause                  measured by                                              
 =====================  ===========================================================  ==========================
 not_called             the oracle's pass never runs the layer's module (a           ``never_called``
                        ``ModuleList``, an aux head in eval), the strategy fails on
-                       it requested alone and works on the other layers alone
+                       it requested alone and works on the other layers
 children_not_chained   running the top-level children one after another in          ``functional_between``
                        registration order raises the very same exception
 non_tensor_output      the layer's module returns more than tensors and lists or    ``sized_patches``
@@ -118,7 +118,7 @@ _LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output
 def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause]) -> Cause:
     """The cause of a request that failed as a whole: its own, or, where every layer that fails
     alone fails for a cause of its own (``alone``: each failing layer's cause: its module does
-    not run, it returns more than tensors) and the ``worked`` layers work alone, that."""
+    not run, it returns more than tensors) and the ``worked`` layers work without them, that."""
     if whole is not None or not alone:
         return whole
     if not worked and not all(cause is not None and cause[0] == "non_tensor_output" for cause in alone.values()):
@@ -126,7 +126,7 @@ def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: 
     if all(cause is not None and cause[0] in _LAYER_CAUSES for cause in alone.values()):
         first = next(iter(alone.values()))[0]
         because = "; ".join(f"{layer} {_LAYER_CAUSES[cause[0]]}" for layer, cause in alone.items())
-        return first, f"the request fails as a whole because {because} (the other layers work alone): {describe_exception(exc)}"
+        return first, f"the request fails as a whole because {because} (the other layers work without it): {describe_exception(exc)}"
     return None
 
 

@@ -7,7 +7,8 @@ previous input, the input and the previous input again, close it, run the value 
 limit, and write the rows. A unit or check that fails or runs past its time limit becomes
 rows with a reason; it never ends the run. Layers a strategy names as beyond its API are
 ``unsupported`` and the rest extracted without them; a request that fails or is refused as a
-whole is retried one layer at a time, so each layer gets its own verdict.
+whole is retried one layer at a time, so each layer gets its own verdict (where some layers do
+not run for the input: first one request without them, then those alone).
 """
 
 from __future__ import annotations
@@ -282,8 +283,9 @@ class _ModelRun:
 
         A request the strategy can express for some layers only is narrowed to those (the
         others are ``unsupported``); a request that fails as a whole is retried one layer
-        at a time, so that each layer gets its own verdict. The behaviour checks then act
-        on the request that works.
+        at a time, so that each layer gets its own verdict, or, where some layers do not run
+        for the input, first as one request without those, then those alone. The behaviour
+        checks then act on the request that works.
         """
         value_checks = [c for c in self.config.checks if c in CHECKS]
         behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
@@ -303,27 +305,37 @@ class _ModelRun:
                     for layer in named:
                         rows += _rows_for([layer], self.config.checks, "unsupported", "", combined.reasons[layer], request_wide=False)
                     combined = self.attempt(strategy_name, rest)
-                alone = []
+                alone, without = [], None
                 refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None
                 if combined.context is None and (combined.status == "error" or refused_whole) and len(combined.layers) > 1:
-                    alone = [self.attempt(strategy_name, [layer]) for layer in combined.layers]
-                self._explain(combined, alone)
-                working = combined
-                working_layers = [a.layers[0] for a in alone if a.context is not None]
+                    never_run = [layer for layer in combined.layers if self._not_run(layer)]
+                    running = [layer for layer in combined.layers if layer not in set(never_run)]
+                    if never_run and running:  # one request for what runs, then the others alone
+                        without = self.attempt(strategy_name, running)
+                        without = without if without.context is not None else None
+                    alone = [self.attempt(strategy_name, [layer]) for layer in (never_run if without else combined.layers)]
+                self._explain(combined, alone, without)
+                working = without or combined
+                working_layers = [*(without.layers if without else ()), *(a.layers[0] for a in alone if a.context is not None)]
                 in_order = self.truth.run_order(working_layers)
-                if combined.exception is not None and len(working_layers) == len(alone) > 1 and in_order != working_layers:
+                if without is None and combined.exception is not None and len(working_layers) == len(alone) > 1 and in_order != working_layers:
                     reordered = self.attempt(strategy_name, in_order)
                     if reordered.context is not None:
                         combined.explained(request_order(exc=combined.exception, in_order=in_order))
                         working = reordered
                         working_layers = []
-                if behaviour_checks and alone and working_layers:
+                if behaviour_checks and alone and working_layers and (working is combined or working_layers != working.layers):
                     working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
             return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
         with self.timings.phase("checks"):
-            rows += self._rows(combined, value_checks, per_layer=not alone, request_wide=True)
+            rows += self._rows(combined, value_checks, per_layer=not (alone or without), request_wide=True)
             why = "was refused" if refused_whole else "failed"
+            if without is not None:
+                never_run = len(combined.layers) - len(without.layers)
+                for row in self._rows(without, value_checks, per_layer=True, request_wide=False):
+                    row.detail = f"requested without the {never_run} layers the model does not run, as the whole request {why}; {row.detail}".rstrip("; ")
+                    rows.append(row)
             for attempt in alone:
                 for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):
                     row.detail = f"requested alone, as the whole request {why}; {row.detail}".rstrip("; ")
@@ -344,10 +356,11 @@ class _ModelRun:
         truth = self.truth.layers.get(layer)
         return truth.value if truth is not None else None
 
-    def _explain(self, combined: _Attempt, alone: list[_Attempt]) -> None:
-        """Name the causes of the errored attempts (``causes.py``)."""
+    def _explain(self, combined: _Attempt, alone: list[_Attempt], without: _Attempt | None) -> None:
+        """Name the causes of the errored attempts (``causes.py``); ``without``: the request
+        without the layers that do not run, where it worked."""
         replay_error = lambda: self.replay_error  # noqa: E731
-        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None}
+        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None} | set(without.layers if without else ())
         causes = {}
         for attempt in alone:
             if attempt.exception is not None:

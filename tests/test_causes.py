@@ -49,6 +49,24 @@ def test_a_module_that_never_runs_is_the_cause_of_the_failures_it_brings(registe
     assert rows.loc[("head", "values"), "status"] == "pass"
 
 
+def test_a_request_failing_for_modules_that_never_run_is_retried_without_them_then_those_alone(register):
+    requests = []
+
+    class Counting(_strategy(_requires_every_layer)):
+        def attach(self, model, *, layers, tracer_kwargs=None):
+            requests.append([str(layer) for layer in layers])
+            return super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
+
+    register("requires_every_layer", Counting)
+    rows = _rows("never_called", ["blocks", "blocks.0", "blocks.1", "head"], ["requires_every_layer"]).set_index(["layer", "check"])
+    assert requests == [["blocks", "blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head"], ["blocks"]]
+    assert tuple(rows.loc[("blocks", "values"), ["status", "diagnosis"]]) == ("error", "not_called")
+    assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "not_called")
+    for layer in ("blocks.0", "blocks.1", "head"):
+        assert rows.loc[(layer, "values"), "status"] == "pass"
+        assert rows.loc[(layer, "values"), "detail"].startswith("requested without the 1 layers the model does not run, as the whole request failed")
+
+
 def test_the_control_a_strategy_failing_everything_is_not_explained_by_the_module_that_never_runs(register):
     register("always_raises", _strategy(_always_raises))
     rows = _rows("never_called", ["blocks", "head"], ["always_raises"]).set_index(["layer", "check"])
