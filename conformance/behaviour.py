@@ -17,8 +17,9 @@ row measures the behaviour and not the eval-mode defect again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import copy
+import dataclasses
+import functools
 import io
 import warnings
 import zlib
@@ -36,7 +37,7 @@ from .diagnoses import UNEXPLAINED
 from .layers import node_table, runs_in
 from .oracle import OracleCapture, capture, gradients, locate_nodes
 
-__all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "ModelRejects", "Probe"]
+__all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "REDUCED_INPUT_CHECKS", "ModelRejects", "Probe"]
 
 #: Gradients are compared relative to their largest element, times this multiple of the
 #: dtype's rtol: they are sums over many terms, accumulated in a strategy-dependent order.
@@ -64,7 +65,6 @@ class Probe:
     previous_input: torch.Tensor
     truth: OracleCapture  # eval mode, for the input
     previous_truth: OracleCapture  # eval mode, for the previous input
-    together: Mapping[str, Any]  # the whole request's features for the input
     model_digests: dict[str, str] = field(default_factory=dict)  # the model's state-dict tensors, by name
     leaves_model_untouched: bool = False  # measured on the main request: closing restores the model
     seed: int = 0
@@ -79,24 +79,29 @@ class Probe:
         target = copy.deepcopy(self.model) if model is None else model
         return self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs)
 
-    def reduced(self) -> tuple[torch.Tensor, OracleCapture]:
-        """The reduced input and the oracle's eval-mode truth for it: the input's first example
-        at half its height and width (every other pixel) where both are 64 or more and the
-        model takes that size, else the first example as it is.
+    def on_reduced_input(self) -> Probe:
+        """This probe on the reduced input: the first example of the input and of the previous
+        input at half their height and width (every other pixel) where both are 64 or more and
+        the model takes that size, else the first examples as they are, with the oracle's
+        eval-mode truths for them. Raises :class:`ModelRejects` when the model fails on both.
 
         For checks whose question does not involve the batch or the size (is a value the same
-        requested alone, under autocast), this costs an eighth of the input's passes on a
-        convolutional network; a model with a fixed input size (a ViT) keeps it."""
-        first = self.input[:1]
+        requested alone, under autocast, from a copy), this costs an eighth of the input's
+        passes on a convolutional network; a model with a fixed input size (a ViT) keeps it."""
+        first, previous = self.input[:1], self.previous_input[:1]
 
-        def compute() -> tuple[torch.Tensor, OracleCapture]:
+        def truths(x: torch.Tensor, earlier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
+            return (x, earlier, capture(self.model, x, layers=self.layers, tracer_kwargs=self.tracer_kwargs),
+                    capture(self.model, earlier, layers=self.layers, tracer_kwargs=self.tracer_kwargs))
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
             if first.dim() >= 4 and min(first.shape[-2:]) >= 64:
-                halved = first[..., ::2, ::2].contiguous()
                 with contextlib.suppress(Exception):
-                    return halved, capture(self.model, halved, layers=self.layers, tracer_kwargs=self.tracer_kwargs)
-            return first, capture(self.model, first, layers=self.layers, tracer_kwargs=self.tracer_kwargs)
+                    return truths(first[..., ::2, ::2].contiguous(), previous[..., ::2, ::2].contiguous())
+            return truths(first, previous)
 
-        return self.oracle("reduced", compute)
+        x, earlier, truth, previous_truth = self.oracle("reduced", compute)
+        return dataclasses.replace(self, input=x, previous_input=earlier, truth=truth, previous_truth=previous_truth)
 
     def oracle(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per model and request, shared by every strategy; raises
@@ -190,18 +195,40 @@ def _attached(probe: Probe, **kwargs: Any):
         extractor.close()
 
 
+#: Behaviour checks asked on :meth:`Probe.on_reduced_input` (those decorated with ``_on_reduced_input``).
+REDUCED_INPUT_CHECKS: list[str] = []
+
+
+def _on_reduced_input(*, per_layer: bool) -> Callable[[Callable[[Probe], list[CheckResult]]], Callable[[Probe], list[CheckResult]]]:
+    """Run the decorated check on :meth:`Probe.on_reduced_input`: for a question that the batch
+    and the input size do not enter into. Skipped where the model fails on its first example."""
+    def decorate(check_fn: Callable[[Probe], list[CheckResult]]) -> Callable[[Probe], list[CheckResult]]:
+        check = check_fn.__name__.removeprefix("check_")
+        REDUCED_INPUT_CHECKS.append(check)
+
+        @functools.wraps(check_fn)
+        def run(probe: Probe) -> list[CheckResult]:
+            try:
+                small = probe.on_reduced_input()
+            except ModelRejects as exc:
+                detail = f"the model itself fails on its input's first example: {exc}"
+                return _all_layers(check, probe, "skipped", "model_rejects", detail) if per_layer else [
+                    CheckResult(check, ALL_LAYERS, "skipped", "model_rejects", detail)]
+            return check_fn(small)
+        return run
+    return decorate
+
+
+@_on_reduced_input(per_layer=True)
 def check_set_independence(probe: Probe) -> list[CheckResult]:
     """A layer's value is the same requested alone as requested with the other layers.
 
-    Judged on the reduced input (:meth:`Probe.reduced`): one extraction of the whole request
+    Judged on the reduced input (:meth:`Probe.on_reduced_input`): one extraction of the whole request
     and one per layer, where the question does not involve the batch or the size."""
     check = "set_independence"
     if len(probe.layers) < 2:
         return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
-    try:
-        x, truth = probe.reduced()
-    except ModelRejects as exc:
-        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
+    x, truth = probe.input, probe.truth
     # A strategy measured to leave the model as it found it attaches to one shared copy.
     shared = copy.deepcopy(probe.model) if probe.leaves_model_untouched else None
 
@@ -366,6 +393,7 @@ def _loss_weight(layer: str, like: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
 
+@_on_reduced_input(per_layer=True)
 def check_gradients(probe: Probe) -> list[CheckResult]:
     """Backward from the features reaches the input and the parameters that feed them, with
     the oracle's gradients (eval mode, a fixed random weighting of each feature).
@@ -373,13 +401,10 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
     One backward of the weighted sum over the layers is compared first; with independent
     random weights a wrong path cannot cancel out, so only when it differs is each layer's
     backward compared on its own, to say which layers are wrong. Judged on the reduced input
-    (:meth:`Probe.reduced`): which path a gradient takes does not depend on the batch or the size.
+    (:meth:`Probe.on_reduced_input`): which path a gradient takes does not depend on the batch or the size.
     """
     check = "gradients"
-    try:
-        x0, truth = probe.reduced()
-    except ModelRejects as exc:
-        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
+    x0, truth = probe.input, probe.truth
     differentiable = [
         layer for layer in probe.trusted
         if isinstance(truth.layers[layer].value, torch.Tensor) and truth.layers[layer].value.is_floating_point()
@@ -559,9 +584,12 @@ def _parameter_storages(module: nn.Module) -> set[int]:
     return {p.untyped_storage().data_ptr() for p in module.parameters()}
 
 
+@_on_reduced_input(per_layer=False)
 def check_deepcopy(probe: Probe) -> list[CheckResult]:
     """``copy.deepcopy`` of a used extractor gives an independent one with the true values
-    and as many parameters, and the original keeps working."""
+    and as many parameters, and the original keeps working.
+
+    On the reduced input (:meth:`Probe.on_reduced_input`)."""
     check = "deepcopy"
     twin = None
     try:
@@ -622,9 +650,12 @@ def _scramble(model: nn.Module) -> nn.Module:
     return model
 
 
+@_on_reduced_input(per_layer=False)
 def check_state_dict(probe: Probe) -> list[CheckResult]:
     """The extractor's state dict loads into a fresh extractor (built on other weights),
-    which then gives the true values; key names are compared with the model's."""
+    which then gives the true values; key names are compared with the model's.
+
+    On the reduced input (:meth:`Probe.on_reduced_input`)."""
     check = "state_dict"
     with _attached(probe) as extractor:
         state = extractor.module.state_dict()
@@ -803,21 +834,19 @@ def _autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+@_on_reduced_input(per_layer=True)
 def check_autocast(probe: Probe) -> list[CheckResult]:
     """Under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA) the features equal the
     oracle's under the same autocast, in value and dtype, within that dtype's tolerance
     (``compare.tolerance``: rtol 1.6e-2 for bfloat16, 1e-3 for float16; ten times on CUDA).
 
-    It runs on the reduced input (:meth:`Probe.reduced`): autocast changes dtypes, not how the
+    It runs on the reduced input (:meth:`Probe.on_reduced_input`): autocast changes dtypes, not how the
     examples of a batch meet (``batch_consistency`` asks that) nor what the size does
     (``input_size``), and a bfloat16 forward on a CPU without native bfloat16 kernels costs
     many float32 ones (46 for a ResNet-18 on an AVX2 CPU)."""
     check, device = "autocast", probe.input.device
     dtype = _autocast_dtype(device)
-    try:
-        x, _ = probe.reduced()
-    except ModelRejects as exc:
-        return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails on its input's first example: {exc}")
+    x = probe.input
     context = f"under autocast({device.type}, {str(dtype).removeprefix('torch.')}){_at_size(x)}"
 
     def autocast() -> Any:
@@ -857,9 +886,12 @@ def _memory_format(value: Any) -> str:
     return "contiguous" if value.is_contiguous() else "strided"
 
 
+@_on_reduced_input(per_layer=True)
 def check_channels_last(probe: Probe) -> list[CheckResult]:
     """With the model and the input in ``channels_last`` the features are the truth there; the
-    detail says whether each feature keeps the memory format the model's own output has."""
+    detail says whether each feature keeps the memory format the model's own output has.
+
+    On the reduced input (:meth:`Probe.on_reduced_input`)."""
     check = "channels_last"
     if probe.input.dim() != 4:
         return _all_layers(check, probe, "skipped", "", "the input is not a 4-d image batch")
@@ -890,11 +922,14 @@ def check_channels_last(probe: Probe) -> list[CheckResult]:
     return _per_layer(check, probe, judge)
 
 
+@_on_reduced_input(per_layer=True)
 def check_inference_mode(probe: Probe) -> list[CheckResult]:
     """Under ``torch.inference_mode()`` the extractor runs and gives the truth; afterwards its
     features work as values (read, cloned, used in new ops: in-place updates and autograd on
     inference tensors are refused by torch by design, and not asked) and the extractor works
-    again outside it."""
+    again outside it.
+
+    On the reduced input (:meth:`Probe.on_reduced_input`)."""
     check = "inference_mode"
     try:
         with _attached(probe) as extractor:

@@ -388,7 +388,7 @@ class _ModelRun:
             strategy=get_strategy(strategy_name), model=self.model, layers=working.layers, requested=self.layers, untrusted=_untrusted(ctx),
             tracer_kwargs=self.spec.tracer_kwargs,
             input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
-            together=ctx.features, model_digests=self.model_digests, leaves_model_untouched=not ctx.model_changes,
+            model_digests=self.model_digests, leaves_model_untouched=not ctx.model_changes,
             seed=self.config.seed, memo=self.oracle_memo,
         )
         for check in checks:

@@ -9,13 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import pitfalls
+from conformance.behaviour import REDUCED_INPUT_CHECKS
 from conformance.runner import evaluate
 from faults import corrupted, features_mapped, unchanged
 from strategies import Extraction, Extractor, Strategy, get_strategy
 
 
-def rows_for(model, *, strategies, checks, layers=("first", "second")):
-    rows = evaluate(model, layers=list(layers), strategies=strategies, checks=checks, input_shape=pitfalls.INPUT_SHAPE)
+def rows_for(model, *, strategies, checks, layers=("first", "second"), input_shape=pitfalls.INPUT_SHAPE):
+    rows = evaluate(model, layers=list(layers), strategies=strategies, checks=checks, input_shape=input_shape)
     return {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
 
 
@@ -94,15 +95,25 @@ PLANTED = {
 }
 
 
-@pytest.mark.parametrize("fault", PLANTED)
-def test_planted_fault_is_caught(fault, register):
+def _caught(fault, register, input_shape=pitfalls.INPUT_SHAPE):
     corrupt, on_attach, inner, model, layers, check, layer, diagnosis = PLANTED[fault]
     register(f"planted-{fault}", corrupted(corrupt, on_attach=on_attach, inner=inner))
     register(f"control-{fault}", corrupted(unchanged, inner=inner))
-    got = rows_for(model(), strategies=[f"planted-{fault}", f"control-{fault}"], checks=[check], layers=layers)
+    got = rows_for(model(), strategies=[f"planted-{fault}", f"control-{fault}"], checks=[check], layers=layers, input_shape=input_shape)
     assert got[(f"planted-{fault}", check, layer)][:2] == ("fail", diagnosis), got
     control = statuses(got, f"control-{fault}", check)
     assert set(control.values()) == {("pass", "")}, control
+
+
+@pytest.mark.parametrize("fault", PLANTED)
+def test_planted_fault_is_caught(fault, register):
+    _caught(fault, register)
+
+
+@pytest.mark.parametrize("fault", [fault for fault, planted in PLANTED.items() if planted[5] in REDUCED_INPUT_CHECKS])
+def test_planted_fault_is_caught_on_the_input_halved(fault, register):
+    """The checks on the reduced input, where it is the first example at half size (64 -> 32)."""
+    _caught(fault, register, input_shape=(2, 3, 64, 64))
 
 
 def test_the_compile_check_catches_a_fault_and_passes_the_control(register):
