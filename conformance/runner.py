@@ -8,7 +8,7 @@ limit, and write the rows. A unit or check that fails or runs past its time limi
 rows with a reason; it never ends the run. Layers a strategy names as beyond its API are
 ``unsupported`` and the rest extracted without them; a request that fails or is refused as a
 whole is retried one layer at a time, so each layer gets its own verdict (where some layers do
-not run for the input: first one request without them, then those alone).
+not run for the input or return more than tensors: first one request without them, then those alone).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from strategies import StrategyUnavailable, Unsupported, get_strategy
 from strategies.base import call_model
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
-from .causes import explain, explain_whole, request_order, traced_optional_input
+from .causes import explain, explain_whole, non_tensors, request_order, traced_optional_input
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digest, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
@@ -284,8 +284,9 @@ class _ModelRun:
         A request the strategy can express for some layers only is narrowed to those (the
         others are ``unsupported``); a request that fails as a whole is retried one layer
         at a time, so that each layer gets its own verdict, or, where some layers do not run
-        for the input, first as one request without those, then those alone. The behaviour
-        checks then act on the request that works.
+        for the input or return more than tensors (lists or tuples of them), first as one
+        request without those, then those alone. The behaviour checks then act on the request
+        that works.
         """
         value_checks = [c for c in self.config.checks if c in CHECKS]
         behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
@@ -308,12 +309,12 @@ class _ModelRun:
                 alone, without = [], None
                 refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None
                 if combined.context is None and (combined.status == "error" or refused_whole) and len(combined.layers) > 1:
-                    never_run = [layer for layer in combined.layers if self._not_run(layer)]
-                    running = [layer for layer in combined.layers if layer not in set(never_run)]
-                    if never_run and running:  # one request for what runs, then the others alone
-                        without = self.attempt(strategy_name, running)
+                    suspects = [layer for layer in combined.layers if self._not_run(layer) or non_tensors(self._output(layer))]
+                    others = [layer for layer in combined.layers if layer not in set(suspects)]
+                    if suspects and others:  # one request for the others, then the suspects alone
+                        without = self.attempt(strategy_name, others)
                         without = without if without.context is not None else None
-                    alone = [self.attempt(strategy_name, [layer]) for layer in (never_run if without else combined.layers)]
+                    alone = [self.attempt(strategy_name, [layer]) for layer in (suspects if without else combined.layers)]
                 self._explain(combined, alone, without)
                 working = without or combined
                 working_layers = [*(without.layers if without else ()), *(a.layers[0] for a in alone if a.context is not None)]
@@ -332,9 +333,10 @@ class _ModelRun:
             rows += self._rows(combined, value_checks, per_layer=not (alone or without), request_wide=True)
             why = "was refused" if refused_whole else "failed"
             if without is not None:
-                never_run = len(combined.layers) - len(without.layers)
+                suspects = len(combined.layers) - len(without.layers)
                 for row in self._rows(without, value_checks, per_layer=True, request_wide=False):
-                    row.detail = f"requested without the {never_run} layers the model does not run, as the whole request {why}; {row.detail}".rstrip("; ")
+                    row.detail = (f"requested without the {suspects} layers that do not run or return more than tensors, "
+                                  f"as the whole request {why}; {row.detail}").rstrip("; ")
                     rows.append(row)
             for attempt in alone:
                 for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):

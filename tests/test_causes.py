@@ -64,7 +64,7 @@ def test_a_request_failing_for_modules_that_never_run_is_retried_without_them_th
     assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "not_called")
     for layer in ("blocks.0", "blocks.1", "head"):
         assert rows.loc[(layer, "values"), "status"] == "pass"
-        assert rows.loc[(layer, "values"), "detail"].startswith("requested without the 1 layers the model does not run, as the whole request failed")
+        assert rows.loc[(layer, "values"), "detail"].startswith("requested without the 1 layers that do not run or return more than tensors, as the whole request failed")
 
 
 def test_the_control_a_strategy_failing_everything_is_not_explained_by_the_module_that_never_runs(register):
@@ -127,6 +127,7 @@ def test_a_module_returning_a_size_is_the_cause_of_captums_failure():
     assert "(it holds torch.Size)" in rows.loc[("patch_embed", "values"), "detail"]
     assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "non_tensor_output")
     assert rows.loc[("head", "values"), "status"] == "pass"
+    assert rows.loc[("head", "values"), "detail"].startswith("requested without the 1 layers that do not run or return more than tensors")
 
 
 def test_the_control_a_strategy_failing_everything_is_not_explained_by_the_size(register):
