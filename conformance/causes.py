@@ -24,8 +24,8 @@ untraceable            the exception was raised inside ``torch.fx``'s symbolic  
 traced_optional_input  the traced graph made an argument that defaults to ``None``  ``optional_mask``
                        an input and uses it: the node that raised takes it, and it
                        is ``None`` in the call (a ``mask is not None`` branch)
-request_order          the request fails as a whole, every layer works alone, and   ``reordered_children``
-                       the same request in the order the modules run works
+request_order          the request fails as a whole and the same layers in the      ``reordered_children``
+                       order the modules run work
 =====================  ===========================================================  ==========================
 """
 
@@ -131,8 +131,8 @@ def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: 
 
 
 def request_order(*, exc: BaseException, in_order: Sequence[str]) -> Cause:
-    """The cause of a request that fails as a whole while every layer works alone, where the same
-    layers requested in the order the model runs them (``in_order``) were extracted."""
+    """The cause of a request that fails as a whole, where the same layers requested in the order
+    the model runs them (``in_order``) were extracted."""
     return "request_order", (f"the model runs the layers in another order than requested ({', '.join(in_order)}); "
                              f"requested in that order they are extracted: {describe_exception(exc)}")
 

@@ -7,8 +7,9 @@ previous input, the input and the previous input again, close it, run the value 
 limit, and write the rows. A unit or check that fails or runs past its time limit becomes
 rows with a reason; it never ends the run. Layers a strategy names as beyond its API are
 ``unsupported`` and the rest extracted without them; a request that fails or is refused as a
-whole is retried one layer at a time, so each layer gets its own verdict (where some layers do
-not run for the input or return more than tensors: first one request without them, then those alone).
+whole is retried one layer at a time, so each layer gets its own verdict, unless one request in
+the order the model runs the layers, or without the layers that do not run or return more than
+tensors (then requested alone), works in its place.
 """
 
 from __future__ import annotations
@@ -283,10 +284,10 @@ class _ModelRun:
 
         A request the strategy can express for some layers only is narrowed to those (the
         others are ``unsupported``); a request that fails as a whole is retried one layer
-        at a time, so that each layer gets its own verdict, or, where some layers do not run
-        for the input or return more than tensors (lists or tuples of them), first as one
-        request without those, then those alone. The behaviour checks then act on the request
-        that works.
+        at a time, so that each layer gets its own verdict, unless one request works in its
+        place (``_retry``: in the order the model runs them; without the layers that do not run
+        or return more than tensors, which are then requested alone). The behaviour checks
+        then act on the request that works.
         """
         value_checks = [c for c in self.config.checks if c in CHECKS]
         behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
@@ -306,37 +307,25 @@ class _ModelRun:
                     for layer in named:
                         rows += _rows_for([layer], self.config.checks, "unsupported", "", combined.reasons[layer], request_wide=False)
                     combined = self.attempt(strategy_name, rest)
-                alone, without = [], None
+                retried, retry_note, alone = None, "", []
                 refused_whole = combined.status == "unsupported" and combined.unsupported_layers is None
                 if combined.context is None and (combined.status == "error" or refused_whole) and len(combined.layers) > 1:
-                    suspects = [layer for layer in combined.layers if self._not_run(layer) or non_tensors(self._output(layer))]
-                    others = [layer for layer in combined.layers if layer not in set(suspects)]
-                    if suspects and others:  # one request for the others, then the suspects alone
-                        without = self.attempt(strategy_name, others)
-                        without = without if without.context is not None else None
-                    alone = [self.attempt(strategy_name, [layer]) for layer in (suspects if without else combined.layers)]
-                self._explain(combined, alone, without)
-                working = without or combined
-                working_layers = [*(without.layers if without else ()), *(a.layers[0] for a in alone if a.context is not None)]
-                in_order = self.truth.run_order(working_layers)
-                if without is None and combined.exception is not None and len(working_layers) == len(alone) > 1 and in_order != working_layers:
-                    reordered = self.attempt(strategy_name, in_order)
-                    if reordered.context is not None:
-                        combined.explained(request_order(exc=combined.exception, in_order=in_order))
-                        working = reordered
-                        working_layers = []
+                    retried, retry_note, alone = self._retry(strategy_name, combined)
+                self._explain(combined, alone, retried)
+                if retried is not None and combined.exception is not None and set(retried.layers) == set(combined.layers):
+                    combined.explained(request_order(exc=combined.exception, in_order=retried.layers))
+                working = retried or combined
+                working_layers = [*(retried.layers if retried else ()), *(a.layers[0] for a in alone if a.context is not None)]
                 if behaviour_checks and alone and working_layers and (working is combined or working_layers != working.layers):
                     working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
             return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
         with self.timings.phase("checks"):
-            rows += self._rows(combined, value_checks, per_layer=not (alone or without), request_wide=True)
+            rows += self._rows(combined, value_checks, per_layer=not (alone or retried), request_wide=True)
             why = "was refused" if refused_whole else "failed"
-            if without is not None:
-                suspects = len(combined.layers) - len(without.layers)
-                for row in self._rows(without, value_checks, per_layer=True, request_wide=False):
-                    row.detail = (f"requested without the {suspects} layers that do not run or return more than tensors, "
-                                  f"as the whole request {why}; {row.detail}").rstrip("; ")
+            if retried is not None:
+                for row in self._rows(retried, value_checks, per_layer=True, request_wide=False):
+                    row.detail = f"{retry_note}, as the whole request {why}; {row.detail}".rstrip("; ")
                     rows.append(row)
             for attempt in alone:
                 for row in self._rows(attempt, value_checks, per_layer=True, request_wide=False):
@@ -350,6 +339,25 @@ class _ModelRun:
             rows += self._behaviour_rows(strategy_name, behaviour_checks, working, alone)
         return rows
 
+    def _retry(self, strategy_name: str, combined: _Attempt) -> tuple[_Attempt | None, str, list[_Attempt]]:
+        """After ``combined`` failed or was refused as a whole: one request that works in its
+        place, with how it differs (where every layer runs and returns tensors, the same layers
+        in the order the model runs them; else the request without the layers that do not, which
+        are then requested alone); where no such request works, every layer alone."""
+        suspects = [layer for layer in combined.layers if self._not_run(layer) or non_tensors(self._output(layer))]
+        others = [layer for layer in combined.layers if layer not in set(suspects)]
+        in_order = self.truth.run_order(combined.layers)
+        if not suspects and combined.exception is not None and in_order != combined.layers:
+            reordered = self.attempt(strategy_name, in_order)
+            if reordered.context is not None:
+                return reordered, "requested in the order the model runs them", []
+        if suspects and others:
+            without = self.attempt(strategy_name, others)
+            if without.context is not None:
+                return (without, f"requested without the {len(suspects)} layers that do not run or return more than tensors",
+                        [self.attempt(strategy_name, [layer]) for layer in suspects])
+        return None, "", [self.attempt(strategy_name, [layer]) for layer in combined.layers]
+
     def _not_run(self, layer: str) -> bool:
         truth = self.truth.layers.get(layer)
         return truth is not None and not truth.calls
@@ -358,11 +366,11 @@ class _ModelRun:
         truth = self.truth.layers.get(layer)
         return truth.value if truth is not None else None
 
-    def _explain(self, combined: _Attempt, alone: list[_Attempt], without: _Attempt | None) -> None:
-        """Name the causes of the errored attempts (``causes.py``); ``without``: the request
-        without the layers that do not run, where it worked."""
+    def _explain(self, combined: _Attempt, alone: list[_Attempt], retried: _Attempt | None) -> None:
+        """Name the causes of the errored attempts (``causes.py``); ``retried``: the request
+        that worked in place of ``combined`` (``_retry``)."""
         replay_error = lambda: self.replay_error  # noqa: E731
-        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None} | set(without.layers if without else ())
+        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None} | set(retried.layers if retried else ())
         causes = {}
         for attempt in alone:
             if attempt.exception is not None:

@@ -165,6 +165,7 @@ def test_a_request_out_of_the_order_the_modules_run_fails_in_nnsight_and_works_i
     assert (row.status, row.diagnosis) == ("error", "request_order"), row.detail
     assert "(first, second)" in row.detail and "OutOfOrderError" in row.detail
     assert (rows.loc[[("first", "values"), ("second", "values")], "status"] == "pass").all()
+    assert rows.loc[("first", "values"), "detail"].startswith("requested in the order the model runs them, as the whole request failed")
 
 
 def test_the_control_requested_in_the_order_they_run_nnsight_passes_and_a_failure_everywhere_is_no_order(register):
