@@ -315,11 +315,9 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     return _per_layer(check, probe, judge)
 
 
-def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None,
-                 x: torch.Tensor | None = None) -> list[str]:
-    """The nodes of the model's pass for ``x`` (default: the input), other than ``layer``, whose value is ``value``."""
-    x = probe.input if x is None else x
-    return [node for node in locate_nodes(probe.model, x, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
+def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
+    """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
+    return [node for node in locate_nodes(probe.model, probe.input, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
             if node != layer]
 
 
@@ -404,7 +402,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
     (:meth:`Probe.on_reduced_input`): which path a gradient takes does not depend on the batch or the size.
     """
     check = "gradients"
-    x0, truth = probe.input, probe.truth
+    truth = probe.truth
     differentiable = [
         layer for layer in probe.trusted
         if isinstance(truth.layers[layer].value, torch.Tensor) and truth.layers[layer].value.is_floating_point()
@@ -413,10 +411,10 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
 
     def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = {layer: weights[layer] for layer in layers}
-        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, x0, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
+        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
 
     model = copy.deepcopy(probe.model)
-    x = x0.detach().clone().requires_grad_(True)
+    x = probe.input.detach().clone().requires_grad_(True)
     rows: dict[str, CheckResult] = {}
     try:
         with _attached(probe, model=model) as extractor, torch.enable_grad():
@@ -438,8 +436,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
                         rows[layer] = CheckResult(check, layer, "pass", "", f"one backward from the {len(graphed)} features: the input and {count} parameter gradients equal the oracle's")
                 for layer in graphed if problems else ():
                     alone, count = matcher.problems(features, [layer], weights, x, truth_for([layer]))
-                    rows[layer] = (CheckResult(check, layer, "fail", *_gradient_diagnosis(probe, layer, "; ".join(alone), value=features[layer].detach(),
-                                                                                           truth=truth.layers[layer].value, x=x0)) if alone
+                    rows[layer] = (CheckResult(check, layer, "fail", *_gradient_diagnosis(probe, layer, "; ".join(alone), value=features[layer].detach())) if alone
                                    else CheckResult(check, layer, "pass", "", f"the input and {count} parameter gradients equal the oracle's"))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself cannot be differentiated: {exc}")
@@ -455,18 +452,19 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
     return _per_layer(check, probe, judge)
 
 
-def _gradient_diagnosis(probe: Probe, layer: str, detail: str, *, value: Any, truth: Any, x: torch.Tensor) -> tuple[str, str]:
-    """A wrong gradient of a feature: when its value for ``x`` is bitwise another node's, that
-    node is what the strategy returned (``wrong_node``); when the value is the truth, only the
-    gradient is wrong (``wrong_gradient``); else the value is wrong at ``x`` as well (unexplained)."""
+def _gradient_diagnosis(probe: Probe, layer: str, detail: str, *, value: Any) -> tuple[str, str]:
+    """A wrong gradient of a feature: when its value for the probe's input is bitwise another
+    node's, that node is what the strategy returned (``wrong_node``); when the value is the truth,
+    only the gradient is wrong (``wrong_gradient``); else the value is wrong there as well (unexplained)."""
+    truth = probe.truth.layers[layer].value
     if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor)):
         return UNEXPLAINED, detail
     if not torch.equal(value, truth):
-        nodes = _other_nodes(probe, layer, value, close=torch.equal, x=x)
+        nodes = _other_nodes(probe, layer, value, close=torch.equal)
         if nodes:
             return "wrong_node", f"the feature is node {nodes[0]!r}'s value, within tolerance of the truth but not it; {detail}"
     if not compare(value, truth).close:
-        return UNEXPLAINED, f"the value is wrong at{_at_size(x)} as well, though right for the input; {detail}"
+        return UNEXPLAINED, f"the value is wrong at{_at_size(probe.input)} as well, though right for the input; {detail}"
     return "wrong_gradient", f"the value is right, its gradient is not; {detail}"
 
 
