@@ -208,7 +208,7 @@ def _start(args: argparse.Namespace) -> tuple[Path, dict]:
     threads = args.threads or torch.get_num_threads()
     make_deterministic(seed=args.seed, threads=threads)
     out = _out_dir(args)
-    metadata = run_metadata(device=args.device, command=["conformance", *sys.argv[1:]], seed=args.seed, threads=threads)
+    metadata = run_metadata(device=args.device, command=["conformance", *args.argv], seed=args.seed, threads=threads)
     metadata["run_id"] = f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     return out, metadata
 
@@ -358,7 +358,7 @@ def _command_matrix(args: argparse.Namespace) -> int:
 def _command_report(args: argparse.Namespace) -> int:
     from .publish import write_report
 
-    written = write_report(sources=args.results, out=args.out, command=" ".join(["conformance", *sys.argv[1:]]))
+    written = write_report(sources=args.results, out=args.out, command=" ".join(["conformance", *args.argv]))
     print(f"report: {args.out / 'report.md'}, {args.out / 'index.html'} ({len(written)} files)")
     return 0
 
@@ -531,7 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser(_run_defaults(config.options)).parse_args(argv)
+    args.argv = argv  # the command as given, written into the run metadata
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
                     "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list}

@@ -38,6 +38,6 @@ def quick_fast_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("quick") / "serial"
     # the limit only stops a hang, on a loaded machine too
-    run = conformance("run", "--checks", "fast", "--out", str(out), timeout=1800)
+    run = conformance("run", "--checks", "fast", "--out", str(out), timeout=1800, subprocess_=True)
     assert run.returncode == 0, run.stderr[-2000:]
     return out

@@ -19,7 +19,7 @@ def test_a_ray_run_of_the_quick_zoo_writes_the_rows_of_a_serial_run(quick_fast_r
     pytest.importorskip("ray")
     out = tmp_path / "ray"
     # a local Ray instance, started and stopped by the run; the limit only stops a hang
-    result = conformance("run", "--checks", "fast", "--executor", "ray", "--out", str(out), timeout=1800)
+    result = conformance("run", "--checks", "fast", "--executor", "ray", "--out", str(out), timeout=1800, subprocess_=True)
     assert result.returncode == 0, result.stderr[-3000:]
     serial, ray = _rows(quick_fast_run), _rows(out)
     assert len(serial) > 5000
@@ -31,7 +31,7 @@ def test_a_ray_run_of_the_quick_zoo_writes_the_rows_of_a_serial_run(quick_fast_r
 def test_a_worker_that_dies_gives_rows_with_the_cause(tmp_path):
     """A model whose worker process exits (a native crash, out of memory) is rows, not the end of the run."""
     common = ["--model", f"{PITFALLS}:exits_the_process", "--model", f"{PITFALLS}:plain", "--strategies", "hooks", "--checks", "values", "shape"]
-    result = conformance("run", *common, "--jobs", "2", "--out", str(tmp_path / "run"))
+    result = conformance("run", *common, "--jobs", "2", "--out", str(tmp_path / "run"), subprocess_=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(tmp_path / "run")
     crashed = rows[rows["model"].str.endswith("exits_the_process")]
