@@ -115,10 +115,11 @@ def _type_names(value: Any) -> set[str]:
 _LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors and lists or tuples of them"}
 
 
-def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause]) -> Cause:
+def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause], reordered: bool = False) -> Cause:
     """The cause of a request that failed as a whole: its own, or, where every layer that fails
     alone fails for a cause of its own (``alone``: each failing layer's cause: its module does
-    not run, it returns more than tensors) and the ``worked`` layers work without them, that."""
+    not run, it returns more than tensors) and the ``worked`` layers work without them, that
+    (``reordered``: the worked layers work only requested in the order the model runs them)."""
     if whole is not None or not alone:
         return whole
     if not worked and not all(cause is not None and cause[0] == "non_tensor_output" for cause in alone.values()):
@@ -126,7 +127,8 @@ def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: 
     if all(cause is not None and cause[0] in _LAYER_CAUSES for cause in alone.values()):
         first = next(iter(alone.values()))[0]
         because = "; ".join(f"{layer} {_LAYER_CAUSES[cause[0]]}" for layer, cause in alone.items())
-        return first, f"the request fails as a whole because {because} (the other layers work without it): {describe_exception(exc)}"
+        how = ", requested in the order the model runs them; requested as given they fail too" if reordered else ""
+        return first, f"the request fails as a whole because {because} (the other layers work without it{how}): {describe_exception(exc)}"
     return None
 
 

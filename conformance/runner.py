@@ -341,21 +341,25 @@ class _ModelRun:
 
     def _retry(self, strategy_name: str, combined: _Attempt) -> tuple[_Attempt | None, str, list[_Attempt]]:
         """After ``combined`` failed or was refused as a whole: one request that works in its
-        place, with how it differs (where every layer runs and returns tensors, the same layers
-        in the order the model runs them; else the request without the layers that do not, which
-        are then requested alone); where no such request works, every layer alone."""
+        place, with how it differs (the same layers in the order the model runs them; else the
+        request without the layers that do not run or return more than tensors, as given, then
+        in run order, which are then requested alone); where no such request works, every layer alone."""
         suspects = [layer for layer in combined.layers if self._not_run(layer) or non_tensors(self._output(layer))]
         others = [layer for layer in combined.layers if layer not in set(suspects)]
+        raised = combined.exception is not None  # a refusal is no question of order
         in_order = self.truth.run_order(combined.layers)
-        if not suspects and combined.exception is not None and in_order != combined.layers:
+        if raised and in_order != combined.layers:
             reordered = self.attempt(strategy_name, in_order)
             if reordered.context is not None:
                 return reordered, "requested in the order the model runs them", []
         if suspects and others:
             without = self.attempt(strategy_name, others)
+            note = f"requested without the {len(suspects)} layers that do not run or return more than tensors"
+            if without.context is None and raised and self.truth.run_order(others) != others:
+                without = self.attempt(strategy_name, self.truth.run_order(others))
+                note += " and in the order the model runs them"
             if without.context is not None:
-                return (without, f"requested without the {len(suspects)} layers that do not run or return more than tensors",
-                        [self.attempt(strategy_name, [layer]) for layer in suspects])
+                return without, note, [self.attempt(strategy_name, [layer]) for layer in suspects]
         return None, "", [self.attempt(strategy_name, [layer]) for layer in combined.layers]
 
     def _not_run(self, layer: str) -> bool:
@@ -380,7 +384,8 @@ class _ModelRun:
         if combined.exception is not None:
             whole = explain(exc=combined.exception, layers=combined.layers, not_run=self._not_run, replay_error=replay_error,
                             works_elsewhere=False, outputs=self._output)
-            combined.explained(explain_whole(exc=combined.exception, whole=whole, worked=worked, alone=causes))
+            reordered = retried is not None and retried.layers != [layer for layer in combined.layers if layer in set(retried.layers)]
+            combined.explained(explain_whole(exc=combined.exception, whole=whole, worked=worked, alone=causes, reordered=reordered))
 
     def _behaviour_rows(self, strategy_name: str, checks: list[str], working: _Attempt, alone: list[_Attempt]) -> list[CheckResult]:
         """The behaviour checks on the request that works; layers that cannot be extracted

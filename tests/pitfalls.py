@@ -59,6 +59,21 @@ class ReorderedChildren(nn.Module):
         return self.head(self.second(self.first(x)))
 
 
+class ReorderedWithUnused(nn.Module):
+    """Children registered as ``second, first`` but run as ``first, second``, and a child
+    that never runs (an aux head left out in eval)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.unused = nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.second(self.first(x)))
+
+
 class FunctionalBetween(nn.Module):
     """A functional op runs between two children; replaying the children skips it."""
 
@@ -444,6 +459,7 @@ def _factory(cls: type[nn.Module]):
 inplace_after_tap = _factory(InplaceAfterTap)
 reused_module = _factory(ReusedModule)
 reordered_children = _factory(ReorderedChildren)
+reordered_with_unused = _factory(ReorderedWithUnused)
 functional_between = _factory(FunctionalBetween)
 data_dependent_control_flow = _factory(DataDependentControlFlow)
 kwargs_and_tuples = _factory(KwargsAndTuples)

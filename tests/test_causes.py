@@ -59,7 +59,8 @@ def test_a_request_failing_for_modules_that_never_run_is_retried_without_them_th
 
     register("requires_every_layer", Counting)
     rows = _rows("never_called", ["blocks", "blocks.0", "blocks.1", "head"], ["requires_every_layer"]).set_index(["layer", "check"])
-    assert requests == [["blocks", "blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head"], ["blocks"]]
+    # the whole request in run order first (the module that never runs goes last), then without it, then it alone
+    assert requests == [["blocks", "blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head", "blocks"], ["blocks.0", "blocks.1", "head"], ["blocks"]]
     assert tuple(rows.loc[("blocks", "values"), ["status", "diagnosis"]]) == ("error", "not_called")
     assert tuple(rows.loc[("*", "keys"), ["status", "diagnosis"]]) == ("error", "not_called")
     for layer in ("blocks.0", "blocks.1", "head"):
@@ -173,6 +174,32 @@ def test_the_control_requested_in_the_order_they_run_nnsight_passes_and_a_failur
     register("always_raises", _strategy(_always_raises))
     rows = _rows("reordered_children", ["second", "first"], ["always_raises"]).set_index(["layer", "check"])
     assert rows.loc[("*", "keys"), "diagnosis"] == "call_failed"
+
+
+def test_a_request_failing_for_a_module_that_never_runs_and_for_its_order_names_both(register):
+    """nnsight on a request that is both out of run order and holds a module that never runs:
+    neither the whole request in run order nor the rest as given works; the rest in run order does."""
+    requests = []
+
+    class Counting(_strategy(_requires_every_layer)):
+        def attach(self, model, *, layers, tracer_kwargs=None):
+            requests.append([str(layer) for layer in layers])
+            return super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
+
+    register("requires_every_layer", Counting)
+    rows = _rows("reordered_with_unused", ["second", "first", "unused", "head"], ["nnsight"]).set_index(["layer", "check"])
+    row = rows.loc[("*", "keys")]
+    assert (row.status, row.diagnosis) == ("error", "not_called"), row.detail
+    assert "because unused does not run" in row.detail and "requested in the order the model runs them; requested as given they fail too" in row.detail
+    assert "OutOfOrderError" in row.detail
+    for layer in ("first", "second", "head"):
+        assert rows.loc[(layer, "values"), "status"] == "pass"
+        assert rows.loc[(layer, "values"), "detail"].startswith(
+            "requested without the 1 layers that do not run or return more than tensors and in the order the model runs them")
+    assert tuple(rows.loc[("unused", "values"), ["status", "diagnosis"]]) == ("error", "not_called")
+    # the control: a strategy that fails only on the module that never runs works on the rest as given
+    _rows("reordered_with_unused", ["second", "first", "unused", "head"], ["requires_every_layer"])
+    assert requests == [["second", "first", "unused", "head"], ["first", "second", "head", "unused"], ["second", "first", "head"], ["unused"]]
 
 
 def test_a_strategy_failing_on_every_layer_is_explained_where_its_error_names_a_part_of_the_output():
