@@ -3,7 +3,8 @@
 Conformance: one row per (model, strategy, layer, check). ``results.csv`` grows one unit
 (a model and a strategy) at a time, so an interrupted run keeps every finished unit and
 ``--resume`` carries on from there (``--redo QUERY`` runs again the units with a row the
-query selects, after the suite learned a diagnosis, say). ``run.json`` holds the run metadata from the start;
+query selects, after the suite learned a diagnosis, say). ``run.json`` holds the run metadata from the start
+(after ``--resume``, with ``earlier``: the metadata of the invocations that wrote the rows before);
 ``results.json`` holds the metadata and all rows at the end.
 
 Costs (``conformance bench``): one row per (model, layer request, strategy, metric) with a
@@ -64,6 +65,9 @@ def _json_rows(frame: pd.DataFrame) -> list[dict]:
     return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
+_EARLIER_KEYS = ("datetime", "command", "commit_info", "versions", "executor", "timings", "redo")
+
+
 class ResultsWriter:
     """Appends rows to ``DIR/results.csv`` and writes the JSON documents."""
 
@@ -85,8 +89,12 @@ class ResultsWriter:
                     hint="resume with the same --device, or choose another --out",
                 )
             metadata["run_id"] = (previous or {}).get("run_id", metadata["run_id"])
+            # the invocations that wrote the rows kept, newest last: rows may come from other commits
+            metadata["earlier"] = [*(previous or {}).get("earlier", []),
+                                   *([{key: previous.get(key) for key in _EARLIER_KEYS}] if previous else [])]
             rows = self._read_rows()
             if redo:
+                metadata["redo"] = redo
                 again = self._units_matching(redo)
                 rows = [row for row in rows if (row["model"], row["strategy"]) not in again]
                 self._rewrite(rows)

@@ -144,6 +144,11 @@ def test_redo_runs_again_the_units_a_query_selects_and_keeps_the_others(tmp_path
     assert (after.query("strategy == 'hooks'")["run_id"] == "kept").all()  # not run again
     assert "unexplained" not in set(after["diagnosis"]) and len(after) == len(first)
     assert after.query("strategy == 'fx' and status == 'fail'")["diagnosis"].eq("reused_module").all()
+    # run.json names this invocation and keeps the one that wrote the rows before it
+    metadata = json.loads((out / "run.json").read_text())
+    assert metadata["redo"] == "diagnosis == 'unexplained'" and "--redo" in metadata["command"]
+    assert [earlier["command"][-2:] for earlier in metadata["earlier"]] == [["--out", str(out)]]
+    assert metadata["earlier"][0]["redo"] is None and "commit_info" in metadata["earlier"][0]
 
 
 @pytest.mark.parametrize("extra, message", [(["--redo", "status == 'fail'"], "pass --resume"),
