@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-__all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole", "request_order", "traced_optional_input"]
+__all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole", "keep_lines_only", "request_order", "traced_optional_input"]
 
 #: Error diagnoses that say what raised, not why: counted as unexplained errors.
 GENERIC_ERRORS = ("", "build_failed", "call_failed", "check_failed", "oracle_failed", "layers_failed")
@@ -51,10 +51,24 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def keep_lines_only(exc: BaseException) -> None:
+    """Replace the traceback of ``exc`` (and of the exceptions it chains) by its lines: the
+    frames of a traceback hold their functions and locals (a model's copy, a traced graph)
+    for as long as the exception is kept, and the causes read only the lines."""
+    while exc is not None and exc.__traceback__ is not None:
+        exc._lines = traceback.extract_tb(exc.__traceback__)  # type: ignore[attr-defined]
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
+def _lines(exc: BaseException) -> traceback.StackSummary:
+    return getattr(exc, "_lines", None) or traceback.extract_tb(exc.__traceback__)
+
+
 def _model_line(exc: BaseException) -> str:
     """Where in the model's code the trace failed: the innermost frame outside torch."""
     torch_dir = str(Path(torch.__file__).parent) + os.sep  # not torchvision
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.startswith(torch_dir)]
+    frames = [frame for frame in _lines(exc) if not frame.filename.startswith(torch_dir)]
     if not frames:
         return ""
     frame = frames[-1]
@@ -66,7 +80,7 @@ def _raised_while_tracing(exc: BaseException) -> bool:
     if isinstance(exc, torch.fx.proxy.TraceError):
         return True
     return any(Path(frame.filename).parts[-3:] == ("torch", "fx", "_symbolic_trace.py") and frame.name == "trace"
-               for frame in traceback.extract_tb(exc.__traceback__))
+               for frame in _lines(exc))
 
 
 def non_tensors(value: Any) -> list[str]:

@@ -32,7 +32,7 @@ from strategies import StrategyUnavailable, Unsupported, get_strategy
 from strategies.base import call_model
 
 from .behaviour import BEHAVIOUR_CHECKS, Probe
-from .causes import explain, explain_whole, non_tensors, request_order, traced_optional_input
+from .causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digest, tensor_digests
 from .compare import compare
 from .errors import ConformanceError
@@ -171,6 +171,18 @@ class _Attempt:
     unsupported_layers: list[str] | None = None
     reasons: dict[str, str] = field(default_factory=dict)  # an unsupported layer's own reason
     exception: BaseException | None = None  # what an errored request raised
+    checked: list[CheckResult] | None = None  # its value rows, where they were taken at once and the context let go
+
+    @property
+    def extracted(self) -> bool:
+        return self.context is not None or self.checked is not None
+
+    def let_go(self) -> _Attempt:
+        """Free what the request's failure holds on to: an exception's traceback keeps the
+        frames it unwound alive, and with them the model's copy and its traced graph."""
+        if self.exception is not None:
+            keep_lines_only(self.exception)
+        return self
 
     def explained(self, cause: tuple[str, str] | None) -> None:
         """Name the cause of the error (``causes.py``), keeping what raised in the detail."""
@@ -228,6 +240,11 @@ class _ModelRun:
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 
     def attempt(self, strategy_name: str, layers: list[str]) -> _Attempt:
+        """One request on a fresh deep copy of the model (``_request``), holding nothing of
+        the copy once it failed."""
+        return self._request(strategy_name, layers).let_go()
+
+    def _request(self, strategy_name: str, layers: list[str]) -> _Attempt:
         strategy = get_strategy(strategy_name)
         with self.timings.phase("copy"):
             model = copy.deepcopy(self.model)
@@ -289,7 +306,7 @@ class _ModelRun:
         or return more than tensors, which are then requested alone). The behaviour checks
         then act on the request that works.
         """
-        value_checks = [c for c in self.config.checks if c in CHECKS]
+        value_checks = self._value_checks
         behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
         try:
             get_strategy(strategy_name)
@@ -315,7 +332,7 @@ class _ModelRun:
                 if retried is not None and combined.exception is not None and set(retried.layers) == set(combined.layers):
                     combined.explained(request_order(exc=combined.exception, in_order=retried.layers))
                 working = retried or combined
-                working_layers = [*(retried.layers if retried else ()), *(a.layers[0] for a in alone if a.context is not None)]
+                working_layers = [*(retried.layers if retried else ()), *(a.layers[0] for a in alone if a.extracted)]
                 if behaviour_checks and alone and working_layers and (working is combined or working_layers != working.layers):
                     working = self.attempt(strategy_name, working_layers)
         except CellTimeout as exc:
@@ -359,8 +376,22 @@ class _ModelRun:
                 without = self.attempt(strategy_name, self.truth.run_order(others))
                 note += " and in the order the model runs them"
             if without.context is not None:
-                return without, note, [self.attempt(strategy_name, [layer]) for layer in suspects]
-        return None, "", [self.attempt(strategy_name, [layer]) for layer in combined.layers]
+                return without, note, [self._alone(strategy_name, layer) for layer in suspects]
+        return None, "", [self._alone(strategy_name, layer) for layer in combined.layers]
+
+    def _alone(self, strategy_name: str, layer: str) -> _Attempt:
+        """``layer`` requested alone, its value rows taken at once: a unit can request hundreds
+        of layers alone, and each extraction holds a copy of the model until it is checked."""
+        attempt = self.attempt(strategy_name, [layer])
+        if attempt.context is not None:
+            with self.timings.phase("checks"):
+                attempt.checked = self._rows(attempt, self._value_checks, per_layer=True, request_wide=False)
+            attempt.context = None
+        return attempt
+
+    @property
+    def _value_checks(self) -> list[str]:
+        return [check for check in self.config.checks if check in CHECKS]
 
     def _not_run(self, layer: str) -> bool:
         truth = self.truth.layers.get(layer)
@@ -374,7 +405,7 @@ class _ModelRun:
         """Name the causes of the errored attempts (``causes.py``); ``retried``: the request
         that worked in place of ``combined`` (``_retry``)."""
         replay_error = lambda: self.replay_error  # noqa: E731
-        worked = {attempt.layers[0] for attempt in alone if attempt.context is not None} | set(retried.layers if retried else ())
+        worked = {attempt.layers[0] for attempt in alone if attempt.extracted} | set(retried.layers if retried else ())
         causes = {}
         for attempt in alone:
             if attempt.exception is not None:
@@ -392,7 +423,7 @@ class _ModelRun:
         at all get the status of their extraction."""
         rows, covered = [], set()
         for attempt in alone:
-            if attempt.context is None:
+            if not attempt.extracted:
                 rows += _rows_for(attempt.layers, checks, attempt.status, attempt.diagnosis, f"cannot be extracted: {attempt.detail}", request_wide=False)
                 covered.update(attempt.layers)
         if working.context is None:
@@ -412,6 +443,8 @@ class _ModelRun:
         return rows
 
     def _rows(self, attempt: _Attempt, checks: Sequence[str], *, per_layer: bool, request_wide: bool) -> list[CheckResult]:
+        if attempt.checked is not None:
+            return attempt.checked
         if attempt.context is not None:
             return [
                 row

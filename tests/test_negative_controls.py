@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
+from torch import nn
 
 import pitfalls
 from conformance.profiles import PROFILES
@@ -180,3 +184,46 @@ def test_a_request_refused_as_a_whole_is_judged_layer_by_layer(register):
     assert values.loc["first", "status"] == "pass" and values.loc["second", "status"] == "fail"
     assert values["detail"].str.contains("requested alone, as the whole request was refused").all()
     assert rows[rows.check == "keys"]["status"].tolist() == ["unsupported"]  # the request as a whole
+
+
+def test_layers_requested_alone_do_not_keep_their_copies_of_the_model(register):
+    """Each request runs on its own deep copy of the model; a request that fails as a whole is
+    retried layer by layer. No copy may outlive its request: a failure's traceback holds the
+    frames that saw the copy, a working request's checks hold its extractor (on a detector at
+    @leaves that was 160 copies, past the machine's memory)."""
+    copies: list[weakref.ref] = []
+
+    def strategy(*, keeps_copies: bool) -> type[Strategy]:
+        kept = []
+
+        class FailsWholeAndOddLayers(Strategy):
+            def attach(self, model, *, layers, tracer_kwargs=None):
+                gc.collect()
+                alive.append(sum(ref() is not None for ref in copies))
+                copies.append(weakref.ref(model))
+                if keeps_copies:
+                    kept.append(model)
+
+                def fail(ex, module, x, extraction):
+                    if len(layers) > 1 or int(str(layers[0])) % 2:
+                        raise RuntimeError("planted: fails")
+                    return extraction
+
+                return corrupted(fail)().attach(model, layers=layers)
+
+        return FailsWholeAndOddLayers
+
+    layers = [str(i) for i in range(8)]
+    model = nn.Sequential(*[nn.Conv2d(3, 3, 1) for _ in layers])
+    alive: list[int] = []
+    register("fails-whole", strategy(keeps_copies=False))
+    rows = evaluate(model, layers=layers, strategies=["fails-whole"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    values = rows.set_index("layer")["status"]
+    assert [values[layer] for layer in layers] == ["pass", "error"] * 4
+    assert len(alive) == 1 + len(layers) and max(alive) <= 1, alive
+    # the control: a strategy that keeps every copy it is given is seen keeping them
+    copies.clear()
+    alive.clear()
+    register("fails-whole", strategy(keeps_copies=True))
+    evaluate(model, layers=layers, strategies=["fails-whole"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    assert alive == list(range(1 + len(layers))), alive
