@@ -19,7 +19,8 @@ container_changed       the true values in a tuple where the module returns a li
                         other way round
 reshaped                the true values in another shape (flattened, viewed)                ``flattened``
 cast                    the true values in another dtype                                    ``double``
-inplace_aliasing        the output after the pass: a later in-place op changed it           ``inplace_after_tap``
+inplace_aliasing        the output after the pass: a later in-place op changed it, or        ``inplace_after_tap``,
+                        replaced a part of the dict or list the module returned             ``replaced_entry``
 reused_module           another call of the same module ("matches call 1 of 2")             ``reused_module``
 wrong_layer             another requested layer's value                                     ``two_identical_paths``
 stale                   this layer's value for the previous input                           (behaviour checks)
@@ -176,6 +177,11 @@ def cast(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 def inplace_aliasing(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     truth = ctx.truth.layers[layer]
     if _close(value, truth.after_forward[truth.index]):
+        replaced = truth.replaced[truth.index]
+        if replaced:
+            parts = ", ".join(replaced[:4]) + (f" and {len(replaced) - 4} more" if len(replaced) > 4 else "")
+            return "inplace_aliasing", (f"equals the output after the pass: a later op replaced {parts} in the "
+                                        f"{type(truth.value).__name__} the module returned, which the strategy kept, not a copy")
         return "inplace_aliasing", "equals the output after a later in-place op overwrote it"
     return None
 

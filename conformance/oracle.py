@@ -3,7 +3,8 @@
 On a deep copy of the model, a forward hook on each requested module clones the output
 the moment it is produced and records every call. It also keeps the output tensor
 itself, cloned again after the whole forward pass, so that a strategy holding the
-post-forward state of the same storage (in-place aliasing) can be recognised. Forward
+post-forward state of the same storage (in-place aliasing) can be recognised, and notes
+which part of a returned dict or list the rest of the pass replaced by another tensor. Forward
 pre-hooks on the top-level children record whether the model is a plain chain of its
 children, which replaying strategies (``ilg``, timm's FeatureListNet) assume.
 
@@ -16,6 +17,7 @@ cannot have changed what the model computes.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
@@ -38,6 +40,7 @@ class LayerTruth:
 
     calls: list[Any] = field(default_factory=list)  # output of each call, cloned at capture
     after_forward: list[Any] = field(default_factory=list)  # the same outputs, cloned after the pass
+    replaced: list[list[str]] = field(default_factory=list)  # per call: the parts of the returned dict or list the pass replaced
     keywords: list[str] = field(default_factory=list)  # keyword arguments of the last call
     index: int = -1  # the call that is the reference: the last, or the one a node name names
     finished: int = -1  # when its first call returned, counted in module outputs of the pass; -1: never
@@ -115,6 +118,26 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _tensors_by_path(value: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """The tensors in a returned dict, list or tuple, each with its path (``[0]['masks']``)."""
+    if isinstance(value, torch.Tensor):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _tensors_by_path(item, f"{path}[{key!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [found for index, item in enumerate(value) for found in _tensors_by_path(item, f"{path}[{index}]")]
+    return []
+
+
+def _replaced(returned: list[tuple[str, weakref.ref]], value: Any) -> list[str]:
+    """The paths of a module's returned structure ``value`` that hold another tensor than the
+    one returned there, a tensor where none was, or none where one was (dict entries the rest
+    of the pass replaced, added or removed); empty where every tensor is the one returned."""
+    now = dict(_tensors_by_path(value))
+    gone = [path for path, tensor in returned if tensor() is None or now.get(path) is not tensor()]
+    return gone + [path for path in now if path not in dict(returned)]
+
+
 def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
             tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
     """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
@@ -135,6 +158,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         if not tap.is_op:
             by_module.setdefault(tap.module, []).append(tap)
     raw: dict[str, list[Any]] = {module: [] for module in by_module}
+    returned_tensors: dict[str, list[list[tuple[str, weakref.ref]]]] = {module: [] for module in by_module}
     handles = []
     returned = [0]
     for module, module_taps in by_module.items():
@@ -147,6 +171,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
                 truths[tap].calls.append(value)
                 truths[tap].keywords = sorted(kwargs)
             raw[module].append(output)
+            returned_tensors[module].append([(path, weakref.ref(tensor)) for path, tensor in _tensors_by_path(output)])
         handles.append(copy_.get_submodule(module).register_forward_hook(hook, with_kwargs=True))
 
     children = [name for name, _ in copy_.named_children()]
@@ -171,8 +196,9 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
             handle.remove()
     for module, module_taps in by_module.items():
         after = [clone_tree(value) for value in raw[module]]
+        replaced = [_replaced(returned, value) for returned, value in zip(returned_tensors[module], raw[module])]
         for tap in module_taps:
-            truths[tap].after_forward = after
+            truths[tap].after_forward, truths[tap].replaced = after, replaced
     if ops:
         end = _rng_state(device)
         table = record_faithfully(twin, x, output=output, before_each=lambda: _set_rng_state(start, device),
@@ -180,7 +206,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         _set_rng_state(end, device)
         for tap in ops:
             if tap in table.values:
-                truths[tap].calls, truths[tap].after_forward = [table.values[tap]], [table.after_forward[tap]]
+                truths[tap].calls, truths[tap].after_forward, truths[tap].replaced = [table.values[tap]], [table.after_forward[tap]], [[]]
     return OracleCapture(
         layers={str(tap): truth for tap, truth in truths.items()},
         output=output,

@@ -25,6 +25,39 @@ class InplaceAfterTap(nn.Module):
         return self.head(self.relu(self.bn(self.conv(x))))
 
 
+class ReplacedEntry(nn.Module):
+    """``head`` returns a dict whose ``mask`` the model replaces by an upsampled one after the
+    call, as Mask R-CNN's ``transform.postprocess`` pastes ``roi_heads``' 28x28 masks into the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = DictHead()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.conv(x))
+        out["mask"] = nn.functional.interpolate(out["mask"], scale_factor=2.0)
+        return out["mask"]
+
+
+class InplaceEntry(ReplacedEntry):
+    """:class:`ReplacedEntry` that scales ``mask`` in place instead of replacing it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.conv(x))
+        out["mask"].mul_(2.0)
+        return out["mask"]
+
+
+class DictHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mask": self.conv(x).sigmoid()}
+
+
 class FixedSizeInplaceAfterTap(InplaceAfterTap):
     """:class:`InplaceAfterTap` that takes 64x64 inputs only, as a ViT takes its image size only."""
 
@@ -457,6 +490,8 @@ def _factory(cls: type[nn.Module]):
 
 
 inplace_after_tap = _factory(InplaceAfterTap)
+replaced_entry = _factory(ReplacedEntry)
+inplace_entry = _factory(InplaceEntry)
 reused_module = _factory(ReusedModule)
 reordered_children = _factory(ReorderedChildren)
 reordered_with_unused = _factory(ReorderedWithUnused)

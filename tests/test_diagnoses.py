@@ -45,6 +45,19 @@ def test_the_control_a_cloning_hook_is_right_on_every_planted_model(name, layers
     assert (rows["status"] == "pass").all(), rows.to_dict("records")
 
 
+def test_a_replaced_entry_of_a_kept_output_is_named_where_an_in_place_op_is_not():
+    """hooks+clone clones a module's output only where it is one tensor: a dict it returns is kept
+    as is, and the entry the model replaces later comes back in its new shape."""
+    row = _rows("replaced_entry", ["head"], ["hooks+clone"]).iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", "inplace_aliasing"), row.to_dict()
+    assert "a later op replaced ['mask'] in the dict the module returned, which the strategy kept" in row.detail, row.detail
+    # the controls: the entry's tensor changed in place, and a kept tensor changed in place, are no replaced part
+    for name, layers, strategy, layer in (("inplace_entry", ["head"], "hooks+clone", "head"), ("inplace_after_tap", ["bn", "head"], "hooks", "bn")):
+        row = _rows(name, layers, [strategy]).query("layer == @layer").iloc[0]
+        assert (row.status, row.diagnosis) == ("fail", "inplace_aliasing"), row.to_dict()
+        assert row.detail.endswith("equals the output after a later in-place op overwrote it"), row.detail
+
+
 def test_ilg_keeps_an_in_place_op_inside_a_child_that_fx_drops():
     """The control for dead_code_eliminated: a strategy running the child whole is right."""
     rows = _rows("inplace_in_child", ["head"], ["ilg", "fx"]).set_index("strategy")
