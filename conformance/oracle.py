@@ -118,24 +118,19 @@ def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _tensors_by_path(value: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
-    """The tensors in a returned dict, list or tuple, each with its path (``[0]['masks']``)."""
-    if isinstance(value, torch.Tensor):
-        return [(path, value)]
-    if isinstance(value, dict):
-        return [found for key, item in value.items() for found in _tensors_by_path(item, f"{path}[{key!r}]")]
-    if isinstance(value, (list, tuple)):
-        return [found for index, item in enumerate(value) for found in _tensors_by_path(item, f"{path}[{index}]")]
-    return []
+def _tensors_by_path(value: Any) -> dict[str, torch.Tensor]:
+    """The tensors in a returned structure, by their path (``[0]['masks']``)."""
+    leaves, _ = torch.utils._pytree.tree_flatten_with_path(value)
+    return {torch.utils._pytree.keystr(path): leaf for path, leaf in leaves if isinstance(leaf, torch.Tensor)}
 
 
-def _replaced(returned: list[tuple[str, weakref.ref]], value: Any) -> list[str]:
+def _replaced(returned: dict[str, weakref.ref], value: Any) -> list[str]:
     """The paths of a module's returned structure ``value`` that hold another tensor than the
     one returned there, a tensor where none was, or none where one was (dict entries the rest
     of the pass replaced, added or removed); empty where every tensor is the one returned."""
-    now = dict(_tensors_by_path(value))
-    gone = [path for path, tensor in returned if tensor() is None or now.get(path) is not tensor()]
-    return gone + [path for path in now if path not in dict(returned)]
+    now = _tensors_by_path(value)
+    gone = [path for path, tensor in returned.items() if tensor() is None or now.get(path) is not tensor()]
+    return gone + [path for path in now if path not in returned]
 
 
 def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
@@ -158,7 +153,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         if not tap.is_op:
             by_module.setdefault(tap.module, []).append(tap)
     raw: dict[str, list[Any]] = {module: [] for module in by_module}
-    returned_tensors: dict[str, list[list[tuple[str, weakref.ref]]]] = {module: [] for module in by_module}
+    returned_tensors: dict[str, list[dict[str, weakref.ref]]] = {module: [] for module in by_module}
     handles = []
     returned = [0]
     for module, module_taps in by_module.items():
@@ -171,7 +166,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
                 truths[tap].calls.append(value)
                 truths[tap].keywords = sorted(kwargs)
             raw[module].append(output)
-            returned_tensors[module].append([(path, weakref.ref(tensor)) for path, tensor in _tensors_by_path(output)])
+            returned_tensors[module].append({path: weakref.ref(tensor) for path, tensor in _tensors_by_path(output).items()})
         handles.append(copy_.get_submodule(module).register_forward_hook(hook, with_kwargs=True))
 
     children = [name for name, _ in copy_.named_children()]

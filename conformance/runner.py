@@ -177,13 +177,6 @@ class _Attempt:
     def extracted(self) -> bool:
         return self.context is not None or self.checked is not None
 
-    def let_go(self) -> _Attempt:
-        """Free what the request's failure holds on to: an exception's traceback keeps the
-        frames it unwound alive, and with them the model's copy and its traced graph."""
-        if self.exception is not None:
-            keep_lines_only(self.exception)
-        return self
-
     def explained(self, cause: tuple[str, str] | None) -> None:
         """Name the cause of the error (``causes.py``), keeping what raised in the detail."""
         if cause is not None:
@@ -241,8 +234,12 @@ class _ModelRun:
 
     def attempt(self, strategy_name: str, layers: list[str]) -> _Attempt:
         """One request on a fresh deep copy of the model (``_request``), holding nothing of
-        the copy once it failed."""
-        return self._request(strategy_name, layers).let_go()
+        the copy once it failed: an exception's traceback keeps the frames it unwound alive,
+        and with them the copy and its traced graph."""
+        attempt = self._request(strategy_name, layers)
+        if attempt.exception is not None:
+            keep_lines_only(attempt.exception)
+        return attempt
 
     def _request(self, strategy_name: str, layers: list[str]) -> _Attempt:
         strategy = get_strategy(strategy_name)

@@ -40,6 +40,19 @@ def _strategy(corrupt):
     return Requiring
 
 
+def _register_counting(register) -> list[list[str]]:
+    """Register ``requires_every_layer`` noting each request it gets; the list of requests."""
+    requests = []
+
+    class Counting(_strategy(_requires_every_layer)):
+        def attach(self, model, *, layers, tracer_kwargs=None):
+            requests.append([str(layer) for layer in layers])
+            return super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
+
+    register("requires_every_layer", Counting)
+    return requests
+
+
 def test_a_module_that_never_runs_is_the_cause_of_the_failures_it_brings(register):
     register("requires_every_layer", _strategy(_requires_every_layer))
     rows = _rows("never_called", ["blocks", "head"], ["requires_every_layer"]).set_index(["layer", "check"])
@@ -50,14 +63,7 @@ def test_a_module_that_never_runs_is_the_cause_of_the_failures_it_brings(registe
 
 
 def test_a_request_failing_for_modules_that_never_run_is_retried_without_them_then_those_alone(register):
-    requests = []
-
-    class Counting(_strategy(_requires_every_layer)):
-        def attach(self, model, *, layers, tracer_kwargs=None):
-            requests.append([str(layer) for layer in layers])
-            return super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
-
-    register("requires_every_layer", Counting)
+    requests = _register_counting(register)
     rows = _rows("never_called", ["blocks", "blocks.0", "blocks.1", "head"], ["requires_every_layer"]).set_index(["layer", "check"])
     # the whole request in run order first (the module that never runs goes last), then without it, then it alone
     assert requests == [["blocks", "blocks.0", "blocks.1", "head"], ["blocks.0", "blocks.1", "head", "blocks"], ["blocks.0", "blocks.1", "head"], ["blocks"]]
@@ -179,14 +185,7 @@ def test_the_control_requested_in_the_order_they_run_nnsight_passes_and_a_failur
 def test_a_request_failing_for_a_module_that_never_runs_and_for_its_order_names_both(register):
     """nnsight on a request that is both out of run order and holds a module that never runs:
     neither the whole request in run order nor the rest as given works; the rest in run order does."""
-    requests = []
-
-    class Counting(_strategy(_requires_every_layer)):
-        def attach(self, model, *, layers, tracer_kwargs=None):
-            requests.append([str(layer) for layer in layers])
-            return super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
-
-    register("requires_every_layer", Counting)
+    requests = _register_counting(register)
     rows = _rows("reordered_with_unused", ["second", "first", "unused", "head"], ["nnsight"]).set_index(["layer", "check"])
     row = rows.loc[("*", "keys")]
     assert (row.status, row.diagnosis) == ("error", "not_called"), row.detail
