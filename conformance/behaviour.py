@@ -36,6 +36,7 @@ from .compare import compare, tolerance
 from .diagnoses import UNEXPLAINED
 from .layers import node_table, runs_in
 from .oracle import OracleCapture, capture, gradients, locate_nodes
+from .timing import deep_copy
 
 __all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "REDUCED_INPUT_CHECKS", "ModelRejects", "Probe"]
 
@@ -76,7 +77,7 @@ class Probe:
 
     def attach(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None) -> Extractor:
         """The strategy attached to a fresh deep copy of the model (or to ``model``)."""
-        target = copy.deepcopy(self.model) if model is None else model
+        target = deep_copy(self.model) if model is None else model
         return self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs)
 
     def on_reduced_input(self) -> Probe:
@@ -230,10 +231,10 @@ def check_set_independence(probe: Probe) -> list[CheckResult]:
         return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
     x, truth = probe.input, probe.truth
     # A strategy measured to leave the model as it found it attaches to one shared copy.
-    shared = copy.deepcopy(probe.model) if probe.leaves_model_untouched else None
+    shared = deep_copy(probe.model) if probe.leaves_model_untouched else None
 
     def extract(layers: Sequence[str]) -> dict[str, Any]:
-        model = shared if shared is not None else copy.deepcopy(probe.model)
+        model = shared if shared is not None else deep_copy(probe.model)
         with _attached(probe, layers=layers, model=model) as extractor:
             return snapshot(extractor(x).features)
 
@@ -277,7 +278,7 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     check = "train_mode"
 
     def oracle() -> tuple[OracleCapture, OracleCapture]:
-        model = copy.deepcopy(probe.model).train()
+        model = deep_copy(probe.model).train()
         torch.manual_seed(probe.seed)
         in_train = capture(model, probe.input, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
         model.eval()
@@ -373,7 +374,7 @@ def _rng_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult, state
         if (path, call) in states:
             set_state(states[(path, call)])
 
-    model = copy.deepcopy(probe.model).train()
+    model = deep_copy(probe.model).train()
     with _on_module_calls(model, restore):
         torch.manual_seed(probe.seed)
         replay = capture(model, probe.input, layers=[tap for tap in probe.layers if tap == layer], on_copy=False,
@@ -413,7 +414,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
         chosen = {layer: weights[layer] for layer in layers}
         return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
 
-    model = copy.deepcopy(probe.model)
+    model = deep_copy(probe.model)
     x = probe.input.detach().clone().requires_grad_(True)
     rows: dict[str, CheckResult] = {}
     try:
@@ -667,7 +668,7 @@ def check_state_dict(probe: Probe) -> list[CheckResult]:
     else:
         keys_note = "the same keys as the model's state dict"
     try:
-        with _attached(probe, model=_scramble(copy.deepcopy(probe.model))) as fresh:
+        with _attached(probe, model=_scramble(deep_copy(probe.model))) as fresh:
             try:
                 fresh.module.load_state_dict(state)
             except Exception as exc:
@@ -778,8 +779,8 @@ def check_device_move(probe: Probe) -> list[CheckResult]:
     if probe.input.is_cuda:
         truth = probe.truth
     else:
-        truth = probe.oracle(check, lambda: capture(copy.deepcopy(probe.model).cuda(), on_gpu, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
-    with _attached(probe, model=copy.deepcopy(probe.model).cpu()) as extractor:
+        truth = probe.oracle(check, lambda: capture(deep_copy(probe.model).cuda(), on_gpu, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
+    with _attached(probe, model=deep_copy(probe.model).cpu()) as extractor:
         extractor.module.to("cuda")
         try:
             got = snapshot(extractor(on_gpu).features)
@@ -803,7 +804,7 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
     taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in probe.requested]
     layers = {mode: [tap for tap in taps if runs_in(tap, tables[mode])] for mode in tables}
     try:
-        extractor = attach_per_mode(copy.deepcopy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs)
+        extractor = attach_per_mode(deep_copy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs)
         extractor.module.train()
         torch.manual_seed(probe.seed)
         features = {"train": snapshot(extractor(probe.input).features)}
@@ -814,7 +815,7 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
         return [CheckResult(check, ALL_LAYERS, "fail", "call_failed", f"attached per mode: {_failure(exc)}")]
 
     def truth(mode: str) -> OracleCapture:
-        model = copy.deepcopy(probe.model).train(mode == "train")
+        model = deep_copy(probe.model).train(mode == "train")
         torch.manual_seed(probe.seed)
         return capture(model, probe.input, layers=layers[mode], on_copy=False, tracer_kwargs=probe.tracer_kwargs)
 
@@ -896,7 +897,7 @@ def check_channels_last(probe: Probe) -> list[CheckResult]:
     x = probe.input.contiguous(memory_format=torch.channels_last)
 
     def in_channels_last() -> nn.Module:
-        return copy.deepcopy(probe.model).to(memory_format=torch.channels_last)
+        return deep_copy(probe.model).to(memory_format=torch.channels_last)
 
     try:
         truth = probe.oracle(check, lambda: capture(in_channels_last(), x, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))

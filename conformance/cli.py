@@ -43,7 +43,8 @@ from .environment import run_metadata
 from .bench import BenchConfig, bench
 from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
-from .runner import RunConfig, Timings, make_deterministic, run
+from .runner import RunConfig, make_deterministic, run
+from .timing import Timings, harness_share
 from .executors import EXECUTORS, make_executor
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
@@ -280,6 +281,7 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
     top = headline(frame).drop(columns="query").to_string(index=False)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     strategy_timing = ", ".join(f"{k} {v:.1f}s" for k, v in by_strategy.items())
+    harness = harness_share(split)
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
@@ -288,12 +290,13 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
         f"## Headline\n\n{fence}\n{top}\n{fence}\n\n"
         f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
         f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
-        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n\nWall time of each strategy's units: {strategy_timing}\n"
+        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n\nThe harness's own work: {harness}\n\nWall time of each strategy's units: {strategy_timing}\n"
     )
     print(matrix)
     print(f"\n{top}")
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
+    print(f"the harness's own work: {harness}")
     print(f"wall time of each strategy's units: {strategy_timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
 

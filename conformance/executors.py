@@ -25,7 +25,8 @@ from .zoo import ModelSpec
 
 if TYPE_CHECKING:
     from .checks import CheckResult
-    from .runner import RunConfig, Timings
+    from .runner import RunConfig
+    from .timing import Timings
 
 __all__ = ["EXECUTORS", "Executor", "ModelTask", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
 
@@ -86,7 +87,8 @@ class _Payload:
 
 def run_payload(payload: _Payload) -> dict[str, Any]:
     """Run one model in a worker: its units and the seconds of each phase."""
-    from .runner import Timings, make_deterministic, model_units
+    from .runner import make_deterministic, model_units
+    from .timing import Timings
     from .zoo import resolve_model
 
     make_deterministic(seed=payload.config.seed, threads=payload.threads)

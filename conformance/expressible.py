@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import pandas as pd
@@ -21,12 +20,13 @@ from strategies import StrategyUnavailable, Tap, Unsupported, get_strategy, list
 
 from .layers import example_input, node_table, node_tap
 from .zoo import ModelSpec
+from .timing import deep_copy
 
 __all__ = ["node_listing"]
 
 
 def _attach(name: str, model: nn.Module, spec: ModelSpec, layers: list[Tap]) -> None:
-    get_strategy(name).attach(copy.deepcopy(model), layers=layers, tracer_kwargs=spec.tracer_kwargs).close()
+    get_strategy(name).attach(deep_copy(model), layers=layers, tracer_kwargs=spec.tracer_kwargs).close()
 
 
 def _refusals(name: str, model: nn.Module, spec: ModelSpec, taps: list[Tap]) -> dict[str, str]:

@@ -15,7 +15,6 @@ it names (``layer1.0.relu`` is call 1 of 2, as in FX).
 
 from __future__ import annotations
 
-import copy
 import difflib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,6 +26,7 @@ from strategies.base import Tap
 from .errors import ConformanceError
 from .nodes import Node, NodeTable, record_faithfully
 from .zoo import ModelSpec, name_stem
+from .timing import deep_copy
 
 __all__ = ["LAYER_SETS", "NODE_SET", "SET_NAMES", "example_input", "node_table", "node_tap", "resolve_layers", "runs_in", "stage_layers"]
 
@@ -104,9 +104,9 @@ def _resolution_ends(model: nn.Module, container: str, input_shape: Sequence[int
     """Last child of ``container`` at each spatial resolution (NCHW), probed on the meta device,
     or on the CPU where the model cannot run there (quantized ops read their scales)."""
     try:
-        shapes = _child_resolutions(copy.deepcopy(model).to("meta"), container, torch.empty(*input_shape, device="meta"))
+        shapes = _child_resolutions(deep_copy(model).to("meta"), container, torch.empty(*input_shape, device="meta"))
     except (NotImplementedError, RuntimeError):
-        shapes = _child_resolutions(copy.deepcopy(model).cpu(), container, torch.zeros(*input_shape))
+        shapes = _child_resolutions(deep_copy(model).cpu(), container, torch.zeros(*input_shape))
     names = list(shapes)
     return [
         f"{container}.{name}"
@@ -167,13 +167,13 @@ def example_input(spec: ModelSpec) -> torch.Tensor:
 
 def node_table(model: nn.Module, *, example: torch.Tensor, tracer_kwargs: Mapping[str, Any] | None = None, train: bool = False) -> NodeTable:
     """The nodes of one forward pass of a copy of ``model`` (eval mode, or train), named as FX names them."""
-    copy_ = copy.deepcopy(model).train(train)
+    copy_ = deep_copy(model).train(train)
     param = next(copy_.parameters(), None)
     example = example.to(param.device) if param is not None else example
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         with torch.no_grad():
-            output = copy.deepcopy(copy_)(example)
+            output = deep_copy(copy_)(example)
         return record_faithfully(copy_, example, output=output, before_each=lambda: torch.manual_seed(0), tracer_kwargs=tracer_kwargs)
 
 

@@ -39,7 +39,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import copy
 import dis
 import functools
 import inspect
@@ -59,6 +58,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from strategies.base import call_model, clone_tree
+
+from .timing import deep_copy
 
 __all__ = ["Node", "NodeTable", "RecordingChanged", "is_leaf_module", "record", "record_faithfully", "same_value", "unrecorded"]
 
@@ -556,7 +557,7 @@ def record_faithfully(model: nn.Module, x: Any, *, output: Any, before_each: Cal
     for track_sizes in (True, False):
         before_each()
         with torch.no_grad():
-            table = record(copy.deepcopy(model), x, track_sizes=track_sizes, **options)
+            table = record(deep_copy(model), x, track_sizes=track_sizes, **options)
         if same_value(table.output, output):
             return table
     raise RecordingChanged("the op-level recording changes the model's output, even without tracking sizes")

@@ -16,7 +16,6 @@ cannot have changed what the model computes.
 
 from __future__ import annotations
 
-import copy
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -27,6 +26,7 @@ from torch import nn
 from strategies.base import Tap, call_model, clone_tree, input_device
 
 from .nodes import record, record_faithfully, unrecorded
+from .timing import deep_copy
 
 __all__ = [
     "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "keyword_calls", "locate", "locate_nodes",
@@ -141,10 +141,10 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     call (batch-norm running statistics in train mode) is that of a sequence of calls.
     ``tracer_kwargs`` are the model's FX options, which decide how ops are named.
     """
-    copy_ = copy.deepcopy(model) if on_copy else model
+    copy_ = deep_copy(model) if on_copy else model
     taps = _taps(layers)
     ops = [tap for tap in taps if tap.is_op]
-    twin = copy.deepcopy(copy_) if ops else None  # the model as the pass starts, for the recorder
+    twin = deep_copy(copy_) if ops else None  # the model as the pass starts, for the recorder
     device = input_device(x)
     start = _rng_state(device)
     truths = {tap: LayerTruth(index=tap.call - 1 if tap.call else -1) for tap in taps}
@@ -214,7 +214,7 @@ def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple
     """The layers' values when the top-level children run one after another in registration
     order, as replaying strategies run them (layers not reached before a crash, and layers
     that are no module's output, are absent), and what the replay raised (``Type: message``), if anything."""
-    copy_ = copy.deepcopy(model)
+    copy_ = deep_copy(model)
     seen: dict[str, Any] = {}
     error = None
     handles = [
@@ -235,7 +235,7 @@ def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple
 
 def locate(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[Any, Any], bool]) -> list[str]:
     """The modules any of whose calls output ``value`` (compared on the fly, nothing stored)."""
-    copy_ = copy.deepcopy(model)
+    copy_ = deep_copy(model)
     found: list[str] = []
 
     def hook(module: nn.Module, args: Any, output: Any, name: str) -> None:
@@ -262,7 +262,7 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
     op cannot change the value a loss is taken from; requested ops come from the op-level
     recorder in the same pass.
     """
-    copy_ = copy.deepcopy(model)
+    copy_ = deep_copy(model)
     taps = _taps(list(weights))
     taken: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
@@ -296,7 +296,7 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
 
 def keyword_calls(model: nn.Module, x: Any) -> list[str]:
     """The modules called with keyword arguments in one forward pass, in the order they ran."""
-    copy_ = copy.deepcopy(model)
+    copy_ = deep_copy(model)
     called: list[str] = []
 
     def pre_hook(module: nn.Module, args: Any, kwargs: dict[str, Any], name: str) -> None:
@@ -319,7 +319,7 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
     """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
     ops, functions FX keeps whole) not run, their first argument passing through, or the module
     ``drop_keywords`` called with its positional arguments only. Layers that do not run are absent."""
-    copy_ = copy.deepcopy(model)
+    copy_ = deep_copy(model)
     taps = _taps(layers)
     seen: dict[str, Any] = {}
     handles = []
@@ -361,7 +361,7 @@ def locate_nodes(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callab
             found.append(node.name)
 
     with torch.no_grad():
-        twin = copy.deepcopy(model)
+        twin = deep_copy(model)
         if train is not None:
             twin.train(train)
         record(twin, x, visit=visit, tracer_kwargs=tracer_kwargs)

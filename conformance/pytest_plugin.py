@@ -202,7 +202,8 @@ class _Units:
         self.pending: dict[str, Iterator[tuple[str, list[CheckResult]]]] = {}
 
     def rows(self, spec: Any, strategy: str) -> list[CheckResult]:
-        from .runner import Timings, model_units
+        from .runner import model_units
+        from .timing import Timings
 
         key = (spec.id, strategy)
         if spec.id not in self.pending and key not in self.rows_by_unit:

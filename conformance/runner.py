@@ -15,12 +15,9 @@ tensors (then requested alone), works in its place.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import signal
 import threading
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,9 +40,10 @@ from .nodes import Node, record
 from .oracle import OracleCapture, capture, counterfactual, keyword_calls, locate, locate_nodes, replay_children
 from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
+from .timing import Timings, deep_copy
 from .zoo import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model
 
-__all__ = ["RunConfig", "Timings", "evaluate", "make_deterministic", "model_units", "run"]
+__all__ = ["RunConfig", "evaluate", "make_deterministic", "model_units", "run"]
 
 
 @dataclass
@@ -60,58 +58,6 @@ class RunConfig:
     seed: int = 0
     cell_timeout: float = 300.0
     include_big: bool = False
-
-
-class Timings:
-    """Wall time of a run by phase; ``rest`` is the harness's own overhead.
-
-    Phases are exclusive: a phase entered inside another pauses the outer one, so no
-    second is counted twice. ``by_strategy`` is a second, independent tally: the wall time
-    of each strategy's units (model build and oracle capture, shared by all, are in none).
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.by_strategy: dict[str, float] = defaultdict(float)
-        self._stack: list[str] = []
-        self._started = self._since = time.perf_counter()
-
-    def _charge(self) -> None:
-        now = time.perf_counter()
-        if self._stack:
-            self.seconds[self._stack[-1]] += now - self._since
-        self._since = now
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        self._charge()
-        self._stack.append(name)
-        try:
-            yield
-        finally:
-            self._charge()
-            self._stack.pop()
-
-    @contextlib.contextmanager
-    def strategy(self, name: str) -> Iterator[None]:
-        """Charge the wall time inside to strategy ``name`` (phases go on counting as well)."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.by_strategy[name] += time.perf_counter() - started
-
-    def strategy_split(self) -> dict[str, float]:
-        """Seconds by strategy, most expensive first."""
-        return {name: round(seconds, 3) for name, seconds in sorted(self.by_strategy.items(), key=lambda item: -item[1])}
-
-    def split(self) -> dict[str, float]:
-        """Seconds by phase since this object was made, with ``rest`` and ``total``."""
-        total = time.perf_counter() - self._started
-        measured = {k: round(v, 3) for k, v in self.seconds.items()}
-        measured["rest"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
-        measured["total"] = round(total, 3)
-        return measured
 
 
 class CellTimeout(Exception):
@@ -196,6 +142,7 @@ class _ModelRun:
             self.replayed, self.replay_error = replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, None)
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
+        self.model_state = model.state_dict()  # the model's own tensors, not copies
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
@@ -221,7 +168,7 @@ class _ModelRun:
         in-place ops and functions FX keeps whole."""
         def compute() -> list[Node]:
             with torch.no_grad():
-                table = record(copy.deepcopy(self.model), self.input, tracer_kwargs=self.spec.tracer_kwargs)
+                table = record(deep_copy(self.model), self.input, tracer_kwargs=self.spec.tracer_kwargs)
             return [node for node in table.nodes if node.kind == "function" and (node.inplace or node.kept_whole)]
         return self._memo(("droppable",), compute)
 
@@ -243,8 +190,7 @@ class _ModelRun:
 
     def _request(self, strategy_name: str, layers: list[str]) -> _Attempt:
         strategy = get_strategy(strategy_name)
-        with self.timings.phase("copy"):
-            model = copy.deepcopy(self.model)
+        model = deep_copy(self.model)
         try:
             with self.timings.phase("tracing"):
                 extractor = strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs)
@@ -280,7 +226,7 @@ class _ModelRun:
                 return model_changes(pristine=self.model, model=model, x=self.input, output=self.truth.output)
 
         with self.timings.phase("hashing"):
-            strategy_digests = tensor_digests(extractor.module)
+            strategy_digests = tensor_digests(extractor.module, reference=self.model_state, reference_digests=self.model_digests)
         context = CheckContext(
             layers=layers, truth=self.truth, previous_truth=self.previous_truth,
             features=features, returned_output=second.output, attached_output=attached_output,
@@ -530,7 +476,8 @@ def model_units(
         yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
         return
     try:
-        layers = resolve_layers(model, spec, config.layers)
+        with timings.active():
+            layers = resolve_layers(model, spec, config.layers)
     except ConformanceError as exc:
         if strict_layers:
             raise
@@ -540,12 +487,13 @@ def model_units(
         yield from everywhere("error", "layers_failed", f"{type(exc).__name__}: {exc}")
         return
     try:
-        model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)
+        with timings.active():
+            model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)
     except Exception as exc:
         yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
         return
     for strategy_name in strategies:
-        with timings.strategy(strategy_name):
+        with timings.strategy(strategy_name), timings.active():
             rows = model_run.unit(strategy_name)
         yield strategy_name, rows
 
@@ -571,7 +519,7 @@ def evaluate(
         >>> rows = evaluate(torchvision.models.resnet18(), layers=["bn1", "layer1"], strategies=["hooks", "fx"])
         >>> rows.query("check == 'values'")[["strategy", "layer", "status", "diagnosis"]]
     """
-    pristine = copy.deepcopy(model)
+    pristine = deep_copy(model)
     spec = ModelSpec("user", name, tuple(input_shape), lambda: pristine)
     config = RunConfig(models=[spec], layers=list(layers), strategies=list(strategies), checks=list(checks), device=device, seed=seed)
     records = [

@@ -122,7 +122,8 @@ def test_a_crashing_strategy_is_a_row_with_a_reason(register):
 def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     import time
 
-    from conformance.runner import RunConfig, Timings, model_units
+    from conformance.runner import RunConfig, model_units
+    from conformance.timing import Timings
     from conformance.zoo import ModelSpec
 
     class Hanging(Strategy):
@@ -141,7 +142,7 @@ def test_a_hanging_strategy_hits_the_cell_time_limit(register):
 def test_nested_timing_phases_are_not_counted_twice():
     import time
 
-    from conformance.runner import Timings
+    from conformance.timing import Timings
 
     timings = Timings()
     with timings.phase("checks"):
@@ -155,7 +156,7 @@ def test_nested_timing_phases_are_not_counted_twice():
 def test_strategy_time_counts_its_units_whole_and_apart_from_the_phases():
     import time
 
-    from conformance.runner import Timings
+    from conformance.timing import Timings
 
     timings = Timings()
     with timings.strategy("slow"), timings.phase("forward"):
@@ -227,3 +228,56 @@ def test_layers_requested_alone_do_not_keep_their_copies_of_the_model(register):
     register("fails-whole", strategy(keeps_copies=True))
     evaluate(model, layers=layers, strategies=["fails-whole"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
     assert alive == list(range(1 + len(layers))), alive
+
+
+def test_model_copies_are_charged_to_the_copy_phase_wherever_they_are_made():
+    """Behaviour checks and the oracle copy the model too; those copies are the harness's work and
+    count as ``copy``, not as the phase they are made in. Outside a timed run nothing is charged."""
+    import re
+    import time
+    from pathlib import Path
+
+    from conformance.timing import Timings, deep_copy
+
+    class SlowToCopy:
+        def __deepcopy__(self, memo: dict) -> "SlowToCopy":
+            time.sleep(0.05)
+            return SlowToCopy()
+
+    timings, idle = Timings(), Timings()
+    with timings.active(), timings.phase("behaviour.set_independence"):
+        deep_copy(SlowToCopy())
+    with idle.phase("forward"):
+        deep_copy(SlowToCopy())
+    assert timings.seconds["copy"] >= 0.05 and timings.seconds["behaviour.set_independence"] < 0.04
+    assert "copy" not in idle.seconds
+    # Every deep copy in the run's code goes through deep_copy; the deepcopy check copies the
+    # extractor under test (the strategy's behaviour, not the harness's work).
+    direct = {
+        f"{path.name}: {line.strip()}"
+        for path in Path("conformance").glob("*.py") if path.name not in ("timing.py", "bench.py")
+        for line in path.read_text().splitlines() if re.search(r"copy\.deepcopy\((?!extractor\))", line) and not line.lstrip().startswith(("#", '"""', "``"))
+    }
+    assert not direct, f"model copies not charged to the copy phase: {sorted(direct)}"
+
+
+def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
+    """A strategy's tensor bitwise equal to the model's takes the model's digest unhashed; one that
+    differs in a bit (one ulp, the sign of a zero) is hashed and differs, as hashing it would."""
+    import copy
+
+    from conformance.checks import tensor_digests
+
+    model = pitfalls.Plain()
+    with torch.no_grad():
+        model.first.bias[0] = 0.0
+    digests = tensor_digests(model)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.first.bias[0] = -0.0  # equal by value, not by bytes
+        weight = changed.second.weight.view(-1)
+        weight[0] = torch.nextafter(weight[0], torch.tensor(float("inf")))
+    once = tensor_digests(changed, reference=model.state_dict(), reference_digests=digests)
+    assert once == tensor_digests(changed)
+    assert once["first.bias"] != digests["first.bias"] and once["second.weight"] != digests["second.weight"]
+    assert once["first.weight"] == digests["first.weight"]

@@ -16,7 +16,8 @@ from conformance.bench import BenchConfig, bench
 from conformance.publish import write_report
 from conformance.reports import findings
 from conformance.results import BenchWriter, ResultsWriter, load_results
-from conformance.runner import RunConfig, Timings, run
+from conformance.runner import RunConfig, run
+from conformance.timing import Timings
 from conformance.zoo import resolve_model
 
 

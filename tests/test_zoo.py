@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conformance.layers import resolve_layers
-from conformance.runner import RunConfig, Timings, model_units
+from conformance.runner import RunConfig, model_units
+from conformance.timing import Timings
 from conformance.zoo import QUICK_ZOO, TIMM_ZOO, build_model, list_models, resolve_model
 from strategies import list_strategies
 from strategies.base import Arguments

@@ -1,0 +1,111 @@
+"""Where a run's wall time goes: phases, each strategy's units, and the model copies.
+
+:class:`Timings` is the tally; code that does not hold it (the oracle, the behaviour checks,
+the layer sets) charges the run being timed through :func:`phase`, and every deep copy of a
+model goes through :func:`deep_copy`, so that the ``copy`` phase holds all of them, wherever
+they are made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections import defaultdict
+from contextvars import ContextVar
+from typing import Iterator, TypeVar
+
+__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "phase"]
+
+#: Phases that are the harness's own work rather than the models' and the strategies'.
+HARNESS_PHASES = ("copy", "hashing", "checks", "diagnoses", "rest")
+
+_ACTIVE: ContextVar[Timings | None] = ContextVar("conformance_timings", default=None)
+
+Copied = TypeVar("Copied")
+
+
+class Timings:
+    """Wall time of a run by phase; ``rest`` is the harness's own overhead.
+
+    Phases are exclusive: a phase entered inside another pauses the outer one, so no
+    second is counted twice. ``by_strategy`` is a second, independent tally: the wall time
+    of each strategy's units (model build and oracle capture, shared by all, are in none).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.by_strategy: dict[str, float] = defaultdict(float)
+        self._stack: list[str] = []
+        self._started = self._since = time.perf_counter()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._stack:
+            self.seconds[self._stack[-1]] += now - self._since
+        self._since = now
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._charge()
+        self._stack.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._stack.pop()
+
+    @contextlib.contextmanager
+    def strategy(self, name: str) -> Iterator[None]:
+        """Charge the wall time inside to strategy ``name`` (phases go on counting as well)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.by_strategy[name] += time.perf_counter() - started
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Timings]:
+        """Make this the run whose phases :func:`phase` and :func:`deep_copy` charge, inside."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def strategy_split(self) -> dict[str, float]:
+        """Seconds by strategy, most expensive first."""
+        return {name: round(seconds, 3) for name, seconds in sorted(self.by_strategy.items(), key=lambda item: -item[1])}
+
+    def split(self) -> dict[str, float]:
+        """Seconds by phase since this object was made, with ``rest`` and ``total``."""
+        total = time.perf_counter() - self._started
+        measured = {k: round(v, 3) for k, v in self.seconds.items()}
+        measured["rest"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
+        measured["total"] = round(total, 3)
+        return measured
+
+
+def harness_share(split: dict[str, float]) -> str:
+    """The harness's own work in a :meth:`Timings.split`, in seconds and as a share of the time
+    the phases account for (the wall time of a serial run; the workers' time summed otherwise)."""
+    accounted = max(split["total"], sum(seconds for name, seconds in split.items() if name != "total"))
+    harness = sum(split.get(name, 0.0) for name in HARNESS_PHASES)
+    return f"{harness:.1f}s of {accounted:.1f}s, {100 * harness / accounted if accounted else 0.0:.1f} % ({', '.join(HARNESS_PHASES)})"
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Charge the time inside to phase ``name`` of the active :class:`Timings` (none: not timed)."""
+    timings = _ACTIVE.get()
+    if timings is None:
+        yield
+        return
+    with timings.phase(name):
+        yield
+
+
+def deep_copy(model: Copied) -> Copied:
+    """``copy.deepcopy(model)``, charged to the ``copy`` phase of the run being timed."""
+    with phase("copy"):
+        return copy.deepcopy(model)
