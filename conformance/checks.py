@@ -12,6 +12,7 @@ most checks judge) and on the previous input again. Checks that act on the strat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from strategies.base import call_model, map_tensors
 
-from .compare import compare
+from .compare import bitwise_equal, compare
 from .diagnoses import diagnose
 from .nodes import Node
 from .oracle import OracleCapture
@@ -92,9 +93,12 @@ class CheckContext:
         return self.measure_model_changes()
 
 
-def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
+def snapshot(features: Mapping[str, Any], *, reuse: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The features as they are now, cloned, in their order; leaves that cannot be cloned
-    (tensors left over from tracing) are kept as they are, for the checks to report."""
+    (tensors left over from tracing) are kept as they are, for the checks to report.
+
+    A tensor feature bitwise equal to the same name's tensor in ``reuse`` (an earlier snapshot)
+    is that tensor, not another clone: a strategy's repeated calls hold equal features once."""
 
     def freeze(leaf: torch.Tensor) -> Any:
         try:
@@ -102,7 +106,14 @@ def snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
         except Exception:
             return leaf
 
-    return {name: map_tensors(freeze, value) for name, value in features.items()}
+    def kept(name: str, value: Any) -> Any:
+        earlier = (reuse or {}).get(name)
+        with contextlib.suppress(Exception):  # a fake tensor cannot be compared; it is kept as it is below
+            if isinstance(value, torch.Tensor) and bitwise_equal(value.detach(), earlier):
+                return earlier
+        return map_tensors(freeze, value)
+
+    return {name: kept(name, value) for name, value in features.items()}
 
 
 def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: str = "this input") -> CheckResult:
@@ -234,24 +245,6 @@ def _same_entry(value: Any, reference: Any) -> bool:
     return tensor_digest(value) == tensor_digest(reference)
 
 
-_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _bitwise_equal(value: Any, reference: Any) -> bool:
-    """Whether two plain tensors have the same dtype, shape and bytes (-0.0 is not 0.0, a NaN equals
-    its own bits): then :func:`tensor_digest` gives them the same digest."""
-    if not (isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor)):
-        return False
-    if value.is_quantized or reference.is_quantized or value.dtype.is_complex or value.dtype != reference.dtype:
-        return False
-    if value.shape != reference.shape or value.device != reference.device:
-        return False
-    if value.dtype.is_floating_point:
-        integer = _SAME_SIZE_INTEGER[value.element_size()]
-        value, reference = value.view(integer), reference.view(integer)
-    return torch.equal(value, reference)
-
-
 def tensor_digests(module: nn.Module, *, reference: Mapping[str, Any] | None = None, reference_digests: Mapping[str, str] | None = None) -> dict[str, str]:
     """A content hash of every state-dict tensor, by name, hashed on as many threads as torch
     computes on (hashlib lets go of the GIL while it hashes).
@@ -262,7 +255,7 @@ def tensor_digests(module: nn.Module, *, reference: Mapping[str, Any] | None = N
     state = module.state_dict()
     known = {
         name: reference_digests[name] for name, value in state.items()
-        if reference is not None and reference_digests is not None and name in reference_digests and _bitwise_equal(value, reference.get(name))
+        if reference is not None and reference_digests is not None and name in reference_digests and bitwise_equal(value, reference.get(name))
     }
     unknown = [name for name in state if name not in known]
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:

@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten
 
 from strategies.base import tensor_tree
 
-__all__ = ["Comparison", "compare", "tolerance"]
+__all__ = ["Comparison", "bitwise_equal", "compare", "tolerance"]
 
 # (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
 _TOLERANCE = {
@@ -93,3 +93,21 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
         within = ((diff <= atol + rtol * exact.abs()) & diff.isfinite()) | (got == want) | (got.isnan() & want.isnan())
         close = close and got.dtype == want.dtype and bool(within.all())
     return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)
+
+
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bitwise_equal(value: Any, reference: Any) -> bool:
+    """Whether two plain tensors have the same dtype, shape, device and bytes (-0.0 is not 0.0, a NaN
+    equals its own bits); quantized and complex tensors are never called equal here."""
+    if not (isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor)):
+        return False
+    if value.is_quantized or reference.is_quantized or value.dtype.is_complex or value.dtype != reference.dtype:
+        return False
+    if value.shape != reference.shape or value.device != reference.device:
+        return False
+    if value.dtype.is_floating_point:
+        integer = _SAME_SIZE_INTEGER[value.element_size()]
+        value, reference = value.view(integer), reference.view(integer)
+    return torch.equal(value, reference)

@@ -16,6 +16,7 @@ cannot have changed what the model computes.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -23,8 +24,9 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from strategies.base import Tap, call_model, clone_tree, input_device
+from strategies.base import Tap, call_model, clone_tree, input_device, map_tensors
 
+from .compare import bitwise_equal
 from .nodes import record, record_faithfully, unrecorded
 from .timing import deep_copy
 
@@ -133,6 +135,25 @@ def _replaced(returned: dict[str, weakref.ref], value: Any) -> list[str]:
     return gone + [path for path in now if path not in returned]
 
 
+def _clone_noting(clones: dict[int, tuple[weakref.ref, torch.Tensor]], tensor: torch.Tensor) -> torch.Tensor:
+    """A clone of ``tensor``, noted by the tensor's identity for :func:`_after_pass`."""
+    clone = tensor.clone()
+    clones[id(tensor)] = (weakref.ref(tensor), clone)
+    return clone
+
+
+def _after_pass(clones: dict[int, tuple[weakref.ref, torch.Tensor]], value: Any) -> Any:
+    """``value`` cloned as the pass left it; a tensor still bitwise what was cloned at capture is
+    that clone, not a second copy (the truth of a model without in-place ops takes half the memory)."""
+    def after(tensor: torch.Tensor) -> torch.Tensor:
+        noted = clones.get(id(tensor))
+        if noted is not None and noted[0]() is tensor and bitwise_equal(tensor, noted[1]):
+            return noted[1]
+        return tensor.clone()
+
+    return map_tensors(after, value)
+
+
 def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
             tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
     """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
@@ -154,11 +175,14 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
             by_module.setdefault(tap.module, []).append(tap)
     raw: dict[str, list[Any]] = {module: [] for module in by_module}
     returned_tensors: dict[str, list[dict[str, weakref.ref]]] = {module: [] for module in by_module}
+    captured_clones: dict[str, list[dict[int, tuple[weakref.ref, torch.Tensor]]]] = {module: [] for module in by_module}
     handles = []
     returned = [0]
     for module, module_taps in by_module.items():
         def hook(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
-            value = clone_tree(output)
+            clones: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+            value = map_tensors(functools.partial(_clone_noting, clones), output)
+            captured_clones[module].append(clones)
             returned[0] += 1
             for tap in module_taps:
                 if not truths[tap].calls:
@@ -190,7 +214,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         for handle in handles:
             handle.remove()
     for module, module_taps in by_module.items():
-        after = [clone_tree(value) for value in raw[module]]
+        after = [_after_pass(clones, value) for clones, value in zip(captured_clones[module], raw[module])]
         replaced = [_replaced(returned, value) for returned, value in zip(returned_tensors[module], raw[module])]
         for tap in module_taps:
             truths[tap].after_forward, truths[tap].replaced = after, replaced

@@ -208,8 +208,8 @@ class _ModelRun:
                 first_features = snapshot(first.features)
                 second = extractor(self.input)
                 features = snapshot(second.features)
-                first_after_next = snapshot(first.features)
-                repeat_features = snapshot(extractor(self.previous_input).features)
+                first_after_next = snapshot(first.features, reuse=first_features)
+                repeat_features = snapshot(extractor(self.previous_input).features, reuse=first_features)
         except CellTimeout:
             raise
         except Unsupported as exc:  # the strategy cannot pass this model's input, whichever layers are asked for

@@ -281,3 +281,13 @@ def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
     assert once == tensor_digests(changed)
     assert once["first.bias"] != digests["first.bias"] and once["second.weight"] != digests["second.weight"]
     assert once["first.weight"] == digests["first.weight"]
+
+
+def test_a_snapshot_holds_a_feature_equal_to_an_earlier_snapshots_once():
+    from conformance.checks import snapshot
+
+    earlier = snapshot({"same": torch.ones(3), "changed": torch.ones(3), "nested": (torch.ones(2),)})
+    again = snapshot({"same": torch.ones(3), "changed": torch.tensor([1.0, 1.0, -0.0 + 2.0]), "nested": (torch.ones(2),)}, reuse=earlier)
+    assert again["same"] is earlier["same"]
+    assert again["changed"] is not earlier["changed"] and again["changed"][2] == 2.0
+    assert again["nested"][0] is not earlier["nested"][0]  # only top-level tensors are shared

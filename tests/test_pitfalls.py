@@ -153,3 +153,22 @@ def test_timm_intermediates_on_a_non_timm_model_is_unsupported_not_a_crash():
     rows = evaluate(pitfalls.Plain(), layers=["first"], strategies=["timm-intermediates"], input_shape=pitfalls.INPUT_SHAPE)
     assert (rows["status"] == "unsupported").all()
     assert rows["detail"].str.contains("not a timm model with forward_intermediates").all()
+
+
+def test_the_truth_keeps_one_copy_of_what_the_pass_left_unchanged_and_two_of_what_it_changed():
+    """After the pass the oracle keeps a layer's output again only where a later op changed it
+    (the in-place ReLU after ``bn``, the scaled entry of ``head``'s dict); an unchanged output is
+    the capture's own clone, not a second copy of the same values."""
+    import torch
+
+    from conformance.oracle import capture
+
+    x = torch.randn(*pitfalls.INPUT_SHAPE)
+    inplace = capture(pitfalls.InplaceAfterTap().eval(), x, layers=["conv", "bn", "head"]).layers
+    assert inplace["conv"].after_forward[0] is inplace["conv"].calls[0]
+    assert inplace["head"].after_forward[0] is inplace["head"].calls[0]
+    assert inplace["bn"].after_forward[0] is not inplace["bn"].calls[0]
+    assert not torch.equal(inplace["bn"].after_forward[0], inplace["bn"].calls[0])
+    entry = capture(pitfalls.InplaceEntry().eval(), x, layers=["conv", "head"]).layers
+    assert entry["conv"].after_forward[0] is entry["conv"].calls[0]
+    assert torch.equal(entry["head"].after_forward[0]["mask"], 2 * entry["head"].calls[0]["mask"])
