@@ -252,15 +252,12 @@ def tensor_digests(module: nn.Module, *, reference: Mapping[str, Any] | None = N
     With ``reference`` (a state dict, the model a strategy was attached to) and its
     ``reference_digests``, an entry bitwise equal to the reference's entry of the same name takes
     that digest without being hashed again: each weight is hashed once per model."""
-    state = module.state_dict()
-    known = {
-        name: reference_digests[name] for name, value in state.items()
-        if reference is not None and reference_digests is not None and name in reference_digests and bitwise_equal(value, reference.get(name))
-    }
+    state, reference, reference_digests = module.state_dict(), reference or {}, reference_digests or {}
+    known = {name: reference_digests[name] for name, value in state.items() if name in reference_digests and bitwise_equal(value, reference.get(name))}
     unknown = [name for name in state if name not in known]
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        hashed = dict(zip(unknown, pool.map(tensor_digest, (state[name] for name in unknown))))
-    return {name: known[name] if name in known else hashed[name] for name in state}
+        known.update(zip(unknown, pool.map(tensor_digest, (state[name] for name in unknown))))
+    return {name: known[name] for name in state}
 
 
 def check_weights(ctx: CheckContext) -> list[CheckResult]:

@@ -19,8 +19,8 @@ from torch import nn
 from strategies import StrategyUnavailable, Tap, Unsupported, get_strategy, list_strategies
 
 from .layers import example_input, node_table, node_tap
-from .zoo import ModelSpec
 from .timing import deep_copy
+from .zoo import ModelSpec
 
 __all__ = ["node_listing"]
 

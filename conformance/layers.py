@@ -25,8 +25,8 @@ from strategies.base import Tap
 
 from .errors import ConformanceError
 from .nodes import Node, NodeTable, record_faithfully
-from .zoo import ModelSpec, name_stem
 from .timing import deep_copy
+from .zoo import ModelSpec, name_stem
 
 __all__ = ["LAYER_SETS", "NODE_SET", "SET_NAMES", "example_input", "node_table", "node_tap", "resolve_layers", "runs_in", "stage_layers"]
 

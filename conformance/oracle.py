@@ -135,21 +135,20 @@ def _replaced(returned: dict[str, weakref.ref], value: Any) -> list[str]:
     return gone + [path for path in now if path not in returned]
 
 
-def _clone_noting(clones: dict[int, tuple[weakref.ref, torch.Tensor]], tensor: torch.Tensor) -> torch.Tensor:
-    """A clone of ``tensor``, noted by the tensor's identity for :func:`_after_pass`."""
-    clone = tensor.clone()
-    clones[id(tensor)] = (weakref.ref(tensor), clone)
-    return clone
+def _clone_noting(clones: dict[int, torch.Tensor], tensor: torch.Tensor) -> torch.Tensor:
+    """A clone of ``tensor``, noted by the tensor's ``id`` for :func:`_after_pass`."""
+    clones[id(tensor)] = tensor.clone()
+    return clones[id(tensor)]
 
 
-def _after_pass(clones: dict[int, tuple[weakref.ref, torch.Tensor]], value: Any) -> Any:
+def _after_pass(clones: dict[int, torch.Tensor], value: Any) -> Any:
     """``value`` cloned as the pass left it; a tensor still bitwise what was cloned at capture is
-    that clone, not a second copy (the truth of a model without in-place ops takes half the memory)."""
+    that clone, not a second copy (the truth of a model without in-place ops takes half the memory).
+    The bitwise comparison alone decides: an ``id`` taken over by another tensor shares a clone
+    only where the values are the same bytes."""
     def after(tensor: torch.Tensor) -> torch.Tensor:
         noted = clones.get(id(tensor))
-        if noted is not None and noted[0]() is tensor and bitwise_equal(tensor, noted[1]):
-            return noted[1]
-        return tensor.clone()
+        return noted if bitwise_equal(tensor, noted) else tensor.clone()
 
     return map_tensors(after, value)
 
@@ -175,12 +174,12 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
             by_module.setdefault(tap.module, []).append(tap)
     raw: dict[str, list[Any]] = {module: [] for module in by_module}
     returned_tensors: dict[str, list[dict[str, weakref.ref]]] = {module: [] for module in by_module}
-    captured_clones: dict[str, list[dict[int, tuple[weakref.ref, torch.Tensor]]]] = {module: [] for module in by_module}
+    captured_clones: dict[str, list[dict[int, torch.Tensor]]] = {module: [] for module in by_module}
     handles = []
     returned = [0]
     for module, module_taps in by_module.items():
         def hook(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
-            clones: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+            clones: dict[int, torch.Tensor] = {}
             value = map_tensors(functools.partial(_clone_noting, clones), output)
             captured_clones[module].append(clones)
             returned[0] += 1
