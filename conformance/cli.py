@@ -101,7 +101,9 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     run_.add_argument("--cell-timeout", type=float, default=300.0, metavar="SECONDS", help="time limit of one model-strategy unit")
     run_.add_argument("--out", type=Path, default=None, help="results directory (default runs/<timestamp>)")
     run_.add_argument("--shard", default=None, metavar="K/N", help="run the K-th of N deterministic slices of the models (merge them with 'conformance merge')")
-    run_.add_argument("--jobs", type=int, default=1, metavar="N", help="run the models in N processes on this machine (the cores shared out as torch threads)")
+    run_.add_argument("--jobs", default="auto", metavar="N",
+                      help="run the models in N processes on this machine, the cores shared out as torch threads "
+                           "(default: auto, one per core on the CPU, at most one per model; one on CUDA; 1: in this process)")
     run_.add_argument("--executor", choices=EXECUTORS, default=None,
                       help="where the models run: serial (default), processes (--jobs N), or ray (one Ray task per model)")
     run_.add_argument("--ray-address", default=None, metavar="ADDRESS", help="with --executor ray: the cluster to use (default: a local Ray instance)")
@@ -239,13 +241,21 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
     return config, references
 
 
+def _jobs(text: str, *, cores: int, device: str) -> int:
+    """``--jobs``: a positive number, or ``auto`` (one per core on the CPU, one on CUDA: the
+    models would share one GPU)."""
+    if text == "auto":
+        return 1 if device.startswith("cuda") else cores
+    if not text.isdigit() or int(text) < 1:
+        raise ConformanceError(f"--jobs {text} is not a positive number", hint="--jobs 1 runs in this process; --jobs N uses N processes; --jobs auto one per core")
+    return int(text)
+
+
 def _command_run(args: argparse.Namespace) -> int:
     config, _ = run_config(args)
-    if args.jobs < 1:
-        raise ConformanceError(f"--jobs {args.jobs} is not positive", hint="--jobs 1 runs in this process; --jobs N uses N processes")
-    executor_name = args.executor or ("processes" if args.jobs > 1 else "serial")
-    jobs = min(args.jobs, len(config.models))
     total_threads = args.threads or torch.get_num_threads()
+    jobs = min(_jobs(args.jobs, cores=total_threads, device=args.device), len(config.models))
+    executor_name = args.executor or ("processes" if jobs > 1 else "serial")
     task_threads = max(1, total_threads // jobs) if executor_name == "processes" else total_threads
     out, metadata = _start(args)
     metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address})

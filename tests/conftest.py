@@ -33,11 +33,11 @@ def register():
 
 @pytest.fixture(scope="session")
 def quick_fast_run(tmp_path_factory):
-    """``conformance run --checks fast`` on the quick zoo, serially: about a minute on 2 idle cores."""
+    """``conformance run --checks fast --jobs 1`` on the quick zoo, serially: about a minute on 2 idle cores."""
     from test_cli import conformance
 
     out = tmp_path_factory.mktemp("quick") / "serial"
     # the limit only stops a hang, on a loaded machine too
-    run = conformance("run", "--checks", "fast", "--out", str(out), timeout=1800, subprocess_=True)
+    run = conformance("run", "--checks", "fast", "--jobs", "1", "--out", str(out), timeout=1800, subprocess_=True)
     assert run.returncode == 0, run.stderr[-2000:]
     return out

@@ -108,7 +108,7 @@ def test_run_writes_tidy_rows_metadata_and_summary(tmp_path):
 
 def test_existing_results_are_kept_and_a_run_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--layers", "@children", "--strategies", "hooks", "fx", "--out", str(out)]
+    args = ["run", "--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--layers", "@children", "--strategies", "hooks", "fx", "--jobs", "1", "--out", str(out)]
     assert conformance(*args).returncode == 0
     complete = (out / "results.csv").read_text()
 

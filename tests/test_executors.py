@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from conformance.cli import _jobs
 from conformance.errors import ConformanceError
 from conformance.executors import make_executor
 
@@ -59,3 +60,24 @@ def test_ray_missing_is_an_install_hint(monkeypatch):
     with pytest.raises(ConformanceError) as caught:
         make_executor(name="ray", jobs=1, threads=1, device="cpu", ray_address=None)
     assert "pip install 'feature-conformance[ray]'" in str(caught.value)
+
+
+@pytest.mark.parametrize("text, device, jobs", [("auto", "cpu", 6), ("auto", "cuda", 1), ("3", "cpu", 3)])
+def test_jobs_auto_is_one_process_per_core_on_the_cpu_and_one_on_cuda(text, device, jobs):
+    assert _jobs(text, cores=6, device=device) == jobs
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", ""])
+def test_jobs_that_are_no_positive_number_are_a_clear_error(text):
+    with pytest.raises(ConformanceError, match=f"--jobs {text} is not a positive number"):
+        _jobs(text, cores=2, device="cpu")
+
+
+def test_a_run_of_several_models_uses_a_process_per_core_by_default(tmp_path):
+    common = ["--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--strategies", "hooks", "--checks", "values"]
+    result = conformance("run", *common, "--out", str(tmp_path / "run"), subprocess_=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((tmp_path / "run" / "run.json").read_text())
+    jobs = min(metadata["machine_info"]["torch_threads"], 2)
+    assert metadata["executor"]["jobs"] == jobs
+    assert metadata["executor"]["name"] == ("processes" if jobs > 1 else "serial")
