@@ -264,7 +264,8 @@ def _command_run(args: argparse.Namespace) -> int:
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite, redo=args.redo)
     executor = make_executor(name=executor_name, jobs=jobs, threads=task_threads, device=args.device, ray_address=args.ray_address)
     if executor_name != "serial":
-        print(f"executor {executor_name}: {task_threads} torch threads per model task", file=sys.stderr)
+        workers = f"{jobs} worker processes" if executor_name == "processes" else "one Ray task per model"
+        print(f"executor {executor_name}: {workers}, {task_threads} torch threads each (--jobs 1: all in this process)", file=sys.stderr)
     from tqdm import tqdm
 
     total = len(config.models) * len(config.strategies) - len(writer.done)

@@ -28,7 +28,7 @@ from strategies.base import Tap, call_model, clone_tree, input_device, map_tenso
 
 from .compare import bitwise_equal
 from .nodes import record, record_faithfully, unrecorded
-from .timing import deep_copy
+from .timing import deep_copy, phase
 
 __all__ = [
     "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "keyword_calls", "locate", "locate_nodes",
@@ -153,6 +153,7 @@ def _after_pass(clones: dict[int, torch.Tensor], value: Any) -> Any:
     return map_tensors(after, value)
 
 
+@phase("oracle")
 def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
             tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
     """Run ``x`` through a deep copy of ``model`` and record the requested layers' outputs.
@@ -233,6 +234,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     )
 
 
+@phase("oracle")
 def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple[dict[str, Any], str | None]:
     """The layers' values when the top-level children run one after another in registration
     order, as replaying strategies run them (layers not reached before a crash, and layers
@@ -275,6 +277,7 @@ def locate(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[An
     return found
 
 
+@phase("oracle")
 def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor],
               tracer_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The true gradients of ``sum((output of layer * weights[layer]).sum())`` over the

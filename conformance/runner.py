@@ -135,11 +135,10 @@ class _ModelRun:
     def __init__(self, *, spec: ModelSpec, model: nn.Module, layers: list[str], config: RunConfig, timings: Timings) -> None:
         self.spec, self.model, self.layers, self.config, self.timings = spec, model, layers, config, timings
         self.previous_input, self.input = spec.inputs(seed=config.seed, device=config.device)
-        with timings.phase("forward"):
-            self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
-            self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
-            # a plain chain of children replays without error; only a broken one is replayed
-            self.replayed, self.replay_error = replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, None)
+        self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
+        self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
+        # a plain chain of children replays without error; only a broken one is replayed
+        self.replayed, self.replay_error = replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, None)
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
         self.model_state = model.state_dict()  # the model's own tensors, not copies
@@ -222,7 +221,7 @@ class _ModelRun:
         finally:
             extractor.close()
         def changes() -> list[str]:
-            with self.timings.phase("forward"):
+            with self.timings.phase("checks"):
                 return model_changes(pristine=self.model, model=model, x=self.input, output=self.truth.output)
 
         with self.timings.phase("hashing"):

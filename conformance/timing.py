@@ -3,22 +3,25 @@
 :class:`Timings` is the tally; code that does not hold it (the oracle, the behaviour checks,
 the layer sets) charges the run being timed through :func:`phase`, and every deep copy of a
 model goes through :func:`deep_copy`, so that the ``copy`` phase holds all of them, wherever
-they are made.
+they are made; the oracle's truths are charged to ``oracle`` the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections import defaultdict
 from contextvars import ContextVar
 from typing import Iterator, TypeVar
 
+from .copies import copy_model
+
 __all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "phase"]
 
-#: Phases that are the harness's own work rather than the models' and the strategies'.
-HARNESS_PHASES = ("copy", "hashing", "checks", "diagnoses", "rest")
+#: Phases that are the harness's own work rather than the models' and the strategies': the
+#: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
+#: copies, the hashing, the checks and the diagnoses.
+HARNESS_PHASES = ("oracle", "copy", "hashing", "checks", "diagnoses", "rest")
 
 _ACTIVE: ContextVar[Timings | None] = ContextVar("conformance_timings", default=None)
 
@@ -106,6 +109,7 @@ def phase(name: str) -> Iterator[None]:
 
 
 def deep_copy(model: Copied) -> Copied:
-    """``copy.deepcopy(model)``, charged to the ``copy`` phase of the run being timed."""
+    """``copy.deepcopy(model)`` (by :func:`conformance.copies.copy_model`), charged to the
+    ``copy`` phase of the run being timed."""
     with phase("copy"):
-        return copy.deepcopy(model)
+        return copy_model(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -134,7 +135,6 @@ def test_shards_cover_the_models_once_and_merge_into_one_run(tmp_path):
     assert pd.read_csv(tmp_path / "all" / "results.csv")["model"].nunique() == 3
     twice = conformance("merge", str(tmp_path / "shard1"), str(tmp_path / "shard1"), "--out", str(tmp_path / "twice"))
     assert twice.returncode == 2 and "two runs hold the cell" in twice.stderr
-    import json
 
     document = json.loads((tmp_path / "shard2" / "run.json").read_text())
     document["versions"]["torch"] = "2.9.1"
@@ -157,4 +157,5 @@ def test_jobs_run_the_models_in_processes_and_give_the_rows_of_a_serial_run(tmp_
     assert sorted(map(tuple, serial_rows.values)) == sorted(map(tuple, parallel_rows.values))
     assert serial_rows.values.tolist() == parallel_rows.values.tolist()  # written in the serial run's order
     assert (tmp_path / "parallel" / "summary.md").exists()
-    assert "executor processes: 1 torch threads per model task" in parallel.stderr
+    threads = json.loads((tmp_path / "parallel" / "run.json").read_text())["executor"]["task_threads"]
+    assert f"executor processes: 2 worker processes, {threads} torch threads each" in parallel.stderr

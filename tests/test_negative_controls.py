@@ -251,14 +251,41 @@ def test_model_copies_are_charged_to_the_copy_phase_wherever_they_are_made():
         deep_copy(SlowToCopy())
     assert timings.seconds["copy"] >= 0.05 and timings.seconds["behaviour.set_independence"] < 0.04
     assert "copy" not in idle.seconds
-    # Every deep copy in the run's code goes through deep_copy; the deepcopy check copies the
-    # extractor under test (the strategy's behaviour, not the harness's work).
+    # Every deep copy in the run's code goes through deep_copy (and copies.py, the copier it
+    # calls); the deepcopy check copies the extractor under test (the strategy's behaviour, not
+    # the harness's work).
     direct = {
         f"{path.name}: {line.strip()}"
-        for path in Path("conformance").glob("*.py") if path.name not in ("timing.py", "bench.py")
-        for line in path.read_text().splitlines() if re.search(r"copy\.deepcopy\((?!extractor\))", line) and not line.lstrip().startswith(("#", '"""', "``"))
+        for path in Path("conformance").glob("*.py") if path.name not in ("timing.py", "copies.py", "bench.py")
+        for line in path.read_text().splitlines()
+        if re.search(r"copy\.deepcopy\((?!extractor\))|copy_model\(", line) and not line.lstrip().startswith(("#", '"""', "``"))
     }
     assert not direct, f"model copies not charged to the copy phase: {sorted(direct)}"
+
+
+def test_the_truth_is_charged_to_the_oracle_phase_wherever_it_is_asked_for():
+    """The oracle's captures and gradients are the harness's work, also when a behaviour check asks
+    for them: ``oracle``, not the check's phase."""
+    import time
+
+    from conformance.oracle import capture, gradients
+    from conformance.timing import HARNESS_PHASES, Timings
+
+    class Slow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.05)
+            return self.conv(x)
+
+    timings, x = Timings(), torch.randn(1, 3, 4, 4)
+    with timings.active(), timings.phase("behaviour.train_mode"):
+        capture(Slow(), x, layers=["conv"])
+        gradients(Slow(), x, weights={"conv": torch.ones(1, 3, 4, 4)})
+    assert timings.seconds["oracle"] >= 0.1 and timings.seconds["behaviour.train_mode"] < 0.05
+    assert "oracle" in HARNESS_PHASES
 
 
 def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():

@@ -1,0 +1,63 @@
+"""Deep copies of models: ``copy.deepcopy``, with its steps for plain modules done directly.
+
+Every attempt and behaviour check acts on a fresh deep copy of the model, so copying is the
+harness's largest cost. For a small model most of a ``copy.deepcopy`` is Python's generic
+machinery visiting each module (``__reduce_ex__``, ``_reconstruct``) and each of its dozen
+empty hook dictionaries. :func:`copy_model` takes the steps that machinery takes for a module
+whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its subclasses
+do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
+and tied tensors stay shared), then ``__setstate__``; empty dictionaries are made fresh rather
+than reconstructed. A class with its own ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or
+new-arguments (GraphModule, quantized and scripted modules), a state that is not a dict, and
+every value that is not a module go to ``copy.deepcopy`` with the same memo.
+"""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+from collections import OrderedDict
+from typing import Any, TypeVar
+
+from torch import nn
+
+__all__ = ["copy_model"]
+
+Copied = TypeVar("Copied")
+
+_reduces_like_object: dict[type, bool] = {}
+
+
+def _copied_generically(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` of a ``cls`` instance takes the generic path: a module class
+    that reduces as ``object`` does (new instance, state, ``__setstate__``)."""
+    if cls not in _reduces_like_object:
+        _reduces_like_object[cls] = (
+            issubclass(cls, nn.Module)
+            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and not any(hasattr(cls, name) for name in ("__deepcopy__", "__getnewargs__", "__getnewargs_ex__"))
+            and cls not in copyreg.dispatch_table
+        )
+    return _reduces_like_object[cls]
+
+
+def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
+    """What ``copy.deepcopy(model, memo)`` returns, sooner for modules."""
+    memo = {} if memo is None else memo
+    if id(model) in memo:
+        return memo[id(model)]
+    cls = type(model)
+    state = model.__getstate__() if _copied_generically(cls) and "__deepcopy__" not in vars(model) else None
+    if type(state) is not dict:
+        return copy.deepcopy(model, memo)
+    twin = cls.__new__(cls)
+    memo[id(model)] = twin
+    for key, value in state.items():
+        if key == "_modules" and type(value) is dict:
+            state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
+        elif type(value) in (dict, OrderedDict) and not value:
+            state[key] = type(value)()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    twin.__setstate__(state)
+    return twin

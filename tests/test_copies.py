@@ -1,0 +1,116 @@
+"""``copy_model`` gives what ``copy.deepcopy`` gives: the same modules, attributes, tensors, sharing
+and hooks, nothing shared with the original; classes with their own copying go to deepcopy."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import nn
+
+import pitfalls
+from conformance.copies import _copied_generically, copy_model
+from conformance.zoo import build_model, resolve_model
+
+
+def _hook(module: nn.Module, args: Any, output: Any) -> None:
+    pass
+
+
+class Tied(nn.Module):
+    """Tied weights, one module under two names, a list holding a module, a buffer viewing another, hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        self.head.weight = self.embed.weight
+        self.alias = self.embed
+        self.kept = [self.head, "label", 3]
+        self.register_buffer("base", torch.arange(8.0))
+        self.register_buffer("view", self.base[2:6])
+        self.head.register_forward_hook(_hook)
+        self.embed.register_forward_pre_hook(lambda module, args: None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x)) + self.view
+
+
+def _differences(original: nn.Module, expected: nn.Module, got: nn.Module) -> list[str]:
+    """How ``got`` differs from ``expected`` (``copy.deepcopy(original)``), and what it shares with ``original``."""
+    found = []
+    # by class name: a GraphModule's deepcopy makes a class of its own
+    layout = lambda model: [(name, type(m).__qualname__, sorted(vars(m))) for name, m in model.named_modules(remove_duplicate=False)]  # noqa: E731
+    if layout(got) != layout(expected):
+        found.append("modules or their attributes differ")
+    states = [model.state_dict(keep_vars=True) for model in (expected, got)]
+    for key, tensor in states[0].items():
+        other = states[1].get(key)
+        if other is None or type(other) is not type(tensor) or other.requires_grad != tensor.requires_grad or not torch.equal(other, tensor):
+            found.append(f"tensor {key} differs")
+
+    def sharing(state: dict[str, torch.Tensor], of: Callable[[torch.Tensor], int]) -> list[list[str]]:
+        groups: dict[int, list[str]] = {}
+        for key, tensor in state.items():
+            groups.setdefault(of(tensor), []).append(key)
+        return sorted(groups.values())
+
+    for what, of in (("tensors", id), ("storages", lambda t: t.untyped_storage().data_ptr())):
+        if sharing(states[0], of) != sharing(states[1], of):
+            found.append(f"shared {what} differ")
+    originals = {t.untyped_storage().data_ptr() for t in original.state_dict().values()}
+    if originals & {t.untyped_storage().data_ptr() for t in states[1].values()}:
+        found.append("shares storage with the original")
+    hooks = lambda model: [(name, list(m._forward_hooks.values()), len(m._forward_pre_hooks)) for name, m in model.named_modules()]  # noqa: E731
+    if hooks(got) != hooks(expected):
+        found.append("hooks differ")
+    return found
+
+
+def _models() -> list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:
+    zoo = [(name, lambda name=name: build_model(spec=resolve_model(name), seed=0), (1, 3, 224, 224)) for name in
+           ("torchvision:resnet18", "torchvision:mobilenet_v3_small", "timm:efficientnet_b0", "timm:vit_tiny_patch16_224")]
+    traps = [(name, getattr(pitfalls, name), pitfalls.INPUT_SHAPE) for name in ("inplace_after_tap", "reused_module", "wrapped_mutation", "channels_last")]
+    return [*zoo, *traps, ("tied", Tied, (1, 4)), ("graph_module", lambda: torch.fx.symbolic_trace(pitfalls.plain()), pitfalls.INPUT_SHAPE)]
+
+
+@pytest.mark.parametrize("name, build, shape", _models(), ids=[name for name, *_ in _models()])
+def test_a_model_copy_is_what_deepcopy_gives(name, build, shape):
+    model = build().eval()
+    got = copy_model(model)
+    assert _differences(model, copy.deepcopy(model), got) == []
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(got(x), model(x))
+
+
+def _without_shared_memo(model: nn.Module, memo: dict | None = None) -> nn.Module:
+    """A planted fault: each child copied with a memo of its own, so tied weights come apart."""
+    twin = copy.copy(model)
+    twin._modules = {name: copy.deepcopy(child) for name, child in model._modules.items()}
+    twin._parameters = copy.deepcopy(model._parameters)
+    twin._buffers = copy.deepcopy(model._buffers)
+    return twin
+
+
+def _sharing_tensors(model: nn.Module) -> nn.Module:
+    """A planted fault: new modules holding the original's tensors."""
+    twin = copy.copy(model)
+    twin._modules = {name: _sharing_tensors(child) for name, child in model._modules.items()}
+    return twin
+
+
+@pytest.mark.parametrize("copier, difference", [(_without_shared_memo, "shared tensors differ"), (_sharing_tensors, "shares storage with the original")])
+def test_the_comparison_catches_a_copy_that_unties_or_shares_tensors(copier, difference):
+    model = Tied()
+    assert difference in _differences(model, copy.deepcopy(model), copier(model))
+
+
+def test_classes_with_their_own_copying_go_to_deepcopy():
+    quantized = torch.ao.nn.quantized.Conv2d(3, 3, 1)
+    assert not _copied_generically(torch.fx.GraphModule) and not _copied_generically(type(quantized))
+    assert not _copied_generically(torch.Tensor) and _copied_generically(nn.Conv2d) and _copied_generically(nn.MultiheadAttention)
+    twin = copy_model(quantized)
+    assert torch.equal(twin.weight().int_repr(), quantized.weight().int_repr()) and twin is not quantized
