@@ -105,7 +105,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
                       help="run the models in N processes on this machine, the cores shared out as torch threads "
                            "(default: auto, one per core on the CPU, at most one per model; one on CUDA; 1: in this process)")
     run_.add_argument("--executor", choices=EXECUTORS, default=None,
-                      help="where the models run: serial (default), processes (--jobs N), or ray (one Ray task per model)")
+                      help="where the models run: serial, processes (the default for --jobs above 1, as auto is on several cores), or ray (one Ray task per model)")
     run_.add_argument("--ray-address", default=None, metavar="ADDRESS", help="with --executor ray: the cluster to use (default: a local Ray instance)")
     run_.add_argument("--resume", action="store_true", help="carry on with the run in --out")
     run_.add_argument("--overwrite", action="store_true", help="replace the results in --out")

@@ -25,20 +25,20 @@ __all__ = ["copy_model"]
 
 Copied = TypeVar("Copied")
 
-_reduces_like_object: dict[type, bool] = {}
+_generic_classes: dict[type, bool] = {}
 
 
 def _copied_generically(cls: type) -> bool:
     """Whether ``copy.deepcopy`` of a ``cls`` instance takes the generic path: a module class
     that reduces as ``object`` does (new instance, state, ``__setstate__``)."""
-    if cls not in _reduces_like_object:
-        _reduces_like_object[cls] = (
+    if cls not in _generic_classes:
+        _generic_classes[cls] = (
             issubclass(cls, nn.Module)
             and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
             and not any(hasattr(cls, name) for name in ("__deepcopy__", "__getnewargs__", "__getnewargs_ex__"))
             and cls not in copyreg.dispatch_table
         )
-    return _reduces_like_object[cls]
+    return _generic_classes[cls]
 
 
 def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:

@@ -7,7 +7,7 @@ strategy's unit) is one task; remote tasks name the model by its reference and b
 where they run, with the run's seed and torch threads.
 
 ``--jobs N`` uses :class:`ProcessExecutor` (N processes on this machine, the cores shared out
-as torch threads), ``--executor ray`` :class:`RayExecutor` (one Ray task per model, on a local
+as torch threads; ``--jobs auto``, the default, is one per core, at most one per model), ``--executor ray`` :class:`RayExecutor` (one Ray task per model, on a local
 Ray instance or the cluster at ``--ray-address``; ``num_gpus=1`` per task for CUDA runs).
 """
 
