@@ -38,7 +38,7 @@ from .layers import node_table, runs_in
 from .oracle import OracleCapture, capture, gradients, locate_nodes
 from .timing import deep_copy
 
-__all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "REDUCED_INPUT_CHECKS", "ModelRejects", "Probe"]
+__all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "REDUCED_INPUT_CHECKS", "ModelRejects", "Probe", "reductions"]
 
 #: Gradients are compared relative to their largest element, times this multiple of the
 #: dtype's rtol: they are sums over many terms, accumulated in a strategy-dependent order.
@@ -89,17 +89,16 @@ class Probe:
         For checks whose question does not involve the batch or the size (is a value the same
         requested alone, under autocast, from a copy), this costs an eighth of the input's
         passes on a convolutional network; a model with a fixed input size (a ViT) keeps it."""
-        first, previous = self.input[:1], self.previous_input[:1]
-
         def truths(x: torch.Tensor, earlier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
             return (x, earlier, capture(self.model, x, layers=self.layers, tracer_kwargs=self.tracer_kwargs),
                     capture(self.model, earlier, layers=self.layers, tracer_kwargs=self.tracer_kwargs))
 
         def compute() -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
-            if first.dim() >= 4 and min(first.shape[-2:]) >= 64:
+            *smaller, first = zip(reductions(self.input), reductions(self.previous_input))
+            for x, earlier in smaller:
                 with contextlib.suppress(Exception):
-                    return truths(first[..., ::2, ::2].contiguous(), previous[..., ::2, ::2].contiguous())
-            return truths(first, previous)
+                    return truths(x, earlier)
+            return truths(*first)
 
         x, earlier, truth, previous_truth = self.oracle("reduced", compute)
         return dataclasses.replace(self, input=x, previous_input=earlier, truth=truth, previous_truth=previous_truth)
@@ -116,6 +115,16 @@ class Probe:
         if isinstance(self.memo[key_], ModelRejects):
             raise self.memo[key_]
         return self.memo[key_]
+
+
+def reductions(x: torch.Tensor) -> list[torch.Tensor]:
+    """The reduced inputs to try in turn, for a question that the batch and the input size do not
+    enter into: the first example at half its height and width (every other pixel) where both
+    are 64 or more, then the first example as it is."""
+    first = x[:1]
+    if first.dim() >= 4 and min(first.shape[-2:]) >= 64:
+        return [first[..., ::2, ::2].contiguous(), first]
+    return [first]
 
 
 def _at_size(x: torch.Tensor) -> str:

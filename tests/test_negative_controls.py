@@ -66,6 +66,11 @@ def _hook_left_behind(model):
     model.first.register_forward_hook(lambda module, args, output: None)
 
 
+def _padding_changed(model):
+    """A change that only the model's output shows: an attribute's value, not a new attribute, hook or tensor."""
+    model.second.padding = (0, 0)
+
+
 FAULTS = {
     # name: (corrupt, on_attach, check that must fail, layer, expected diagnosis)
     "noise": (_noise, None, "values", "first", "unexplained"),
@@ -80,6 +85,7 @@ FAULTS = {
     "tampered_weights": (unchanged, _tamper_weights, "weights", "*", "weights_differ"),
     "drifting": (_drifting, None, "repeatable", "first", "not_repeatable"),
     "hook_left_behind": (unchanged, _hook_left_behind, "model_untouched", "*", "model_changed"),
+    "padding_changed": (unchanged, _padding_changed, "model_untouched", "*", "model_changed"),
 }
 
 
@@ -91,6 +97,19 @@ def test_planted_fault_is_caught(fault, register):
     row = rows[(rows.check == check) & (rows.layer == layer)].iloc[0]
     assert row.status == "fail", row.to_dict()
     assert row.diagnosis == diagnosis, row.to_dict()
+
+
+@pytest.mark.parametrize("input_shape", [pitfalls.INPUT_SHAPE, (2, 3, 64, 64)])
+def test_the_model_changes_pass_sees_the_output_on_the_reduced_input(input_shape, register):
+    """After close, the model runs on the first example at half size where the input is 64 or
+    more, against the truth for that input: a changed output is caught there, and an unchanged
+    model passes (the reduced truth is the model's own)."""
+    register("corrupted-padding", corrupted(unchanged, on_attach=_padding_changed))
+    register("corrupted-none", corrupted(unchanged))
+    rows = evaluate(pitfalls.Plain(), layers=LAYERS, strategies=["corrupted-padding", "corrupted-none"], checks=["model_untouched"], input_shape=input_shape)
+    changed, untouched = (rows[rows.strategy == name].iloc[0] for name in ("corrupted-padding", "corrupted-none"))
+    assert (changed.status, changed.diagnosis) == ("fail", "model_changed") and "the output differs" in changed.detail, changed.to_dict()
+    assert untouched.status == "pass", untouched.to_dict()
 
 
 def test_noise_is_measured_not_just_flagged(register):
