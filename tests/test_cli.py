@@ -53,6 +53,7 @@ def conformance(*args: str, cwd: Path | None = None, timeout: float = 300, subpr
         (["run", "--model", f"{PITFALLS}:plain", "--checks", "valeus"], "unknown check 'valeus'"),
         (["run", "--model", f"{PITFALLS}:plain", "--input-shape", "2,3,x"], "malformed input shape"),
         (["run", "--model", f"{PITFALLS}:plain", "--device", "tpu"], "unknown device"),
+        (["run", "--model", f"{PITFALLS}:plain", "--jobs", "0"], "--jobs 0 is not a positive number"),
         (["list", "layers"], "needs a model"),
         (["bench", "--model", f"{PITFALLS}:plain", "--max-time", "0"], "--max-time 0 is not positive"),
         (["bench", "--model", f"{PITFALLS}:plain", "--layers", "first", "--layers", "frist"], "has no module or node 'frist'"),
