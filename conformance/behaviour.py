@@ -89,32 +89,44 @@ class Probe:
         For checks whose question does not involve the batch or the size (is a value the same
         requested alone, under autocast, from a copy), this costs an eighth of the input's
         passes on a convolutional network; a model with a fixed input size (a ViT) keeps it."""
-        def truths(x: torch.Tensor, earlier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
-            return (x, earlier, capture(self.model, x, layers=self.layers, tracer_kwargs=self.tracer_kwargs),
-                    capture(self.model, earlier, layers=self.layers, tracer_kwargs=self.tracer_kwargs))
+        def compute(layers: list[str]) -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
+            def truths(x: torch.Tensor, earlier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
+                return (x, earlier, capture(self.model, x, layers=layers, tracer_kwargs=self.tracer_kwargs),
+                        capture(self.model, earlier, layers=layers, tracer_kwargs=self.tracer_kwargs))
 
-        def compute() -> tuple[torch.Tensor, torch.Tensor, OracleCapture, OracleCapture]:
             *smaller, first = zip(reductions(self.input), reductions(self.previous_input))
             for x, earlier in smaller:
                 with contextlib.suppress(Exception):
                     return truths(x, earlier)
             return truths(*first)
 
-        x, earlier, truth, previous_truth = self.oracle("reduced", compute)
+        x, earlier, truth, previous_truth = self.oracle_for_layers("reduced", compute)
         return dataclasses.replace(self, input=x, previous_input=earlier, truth=truth, previous_truth=previous_truth)
 
     def oracle(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per model and request, shared by every strategy; raises
-        :class:`ModelRejects` when the plain model fails."""
-        key_ = (key, tuple(self.layers))
-        if key_ not in self.memo:
+        """``compute()`` once per model and ``key``, shared by every strategy (the key names
+        what the result depends on); raises :class:`ModelRejects` when the plain model fails."""
+        if key not in self.memo:
             try:
-                self.memo[key_] = compute()
+                self.memo[key] = compute()
             except Exception as exc:
-                self.memo[key_] = ModelRejects(f"{type(exc).__name__}: {_first_line(exc)}")
-        if isinstance(self.memo[key_], ModelRejects):
-            raise self.memo[key_]
-        return self.memo[key_]
+                self.memo[key] = ModelRejects(f"{type(exc).__name__}: {_first_line(exc)}")
+        if isinstance(self.memo[key], ModelRejects):
+            raise self.memo[key]
+        return self.memo[key]
+
+    def oracle_for_layers(self, key: str, compute: Callable[[list[str]], Any]) -> Any:
+        """``compute(layers)``, a truth under a check's condition, taken once per model for the
+        whole request and shared by every strategy, whose layers are part of it (a capture of more
+        layers records the same values for these); where the whole request fails, for this
+        strategy's layers alone. Raises :class:`ModelRejects` when the plain model fails."""
+        whole = list(self.requested)
+        try:
+            return self.oracle(f"{key}@{whole}", lambda: compute(whole))
+        except ModelRejects:
+            if set(self.layers) >= set(whole):
+                raise
+        return self.oracle(f"{key}@{list(self.layers)}", lambda: compute(list(self.layers)))
 
 
 def reductions(x: torch.Tensor) -> list[torch.Tensor]:
@@ -286,15 +298,15 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
     and switching back to eval after that is honoured."""
     check = "train_mode"
 
-    def oracle() -> tuple[OracleCapture, OracleCapture]:
+    def oracle(layers: list[str]) -> tuple[OracleCapture, OracleCapture]:
         model = deep_copy(probe.model).train()
         torch.manual_seed(probe.seed)
-        in_train = capture(model, probe.input, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
+        in_train = capture(model, probe.input, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
         model.eval()
-        return in_train, capture(model, probe.input, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
+        return in_train, capture(model, probe.input, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
 
     try:
-        train_truth, eval_truth = probe.oracle(check, oracle)
+        train_truth, eval_truth = probe.oracle_for_layers(check, oracle)
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails in train mode: {exc}")
     try:
@@ -558,7 +570,7 @@ def _other_input_verdict(check: str, probe: Probe, x: torch.Tensor, *, condition
     names how ``x`` differs from the input); with ``use_input_first`` the extractor is
     first called on the input."""
     try:
-        truth = probe.oracle(check, lambda: capture(probe.model, x, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
+        truth = probe.oracle_for_layers(check, lambda layers: capture(probe.model, x, layers=layers, tracer_kwargs=probe.tracer_kwargs))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails {condition}: {exc}")
     try:
@@ -788,7 +800,7 @@ def check_device_move(probe: Probe) -> list[CheckResult]:
     if probe.input.is_cuda:
         truth = probe.truth
     else:
-        truth = probe.oracle(check, lambda: capture(deep_copy(probe.model).cuda(), on_gpu, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs))
+        truth = probe.oracle_for_layers(check, lambda layers: capture(deep_copy(probe.model).cuda(), on_gpu, layers=layers, tracer_kwargs=probe.tracer_kwargs))
     with _attached(probe, model=deep_copy(probe.model).cpu()) as extractor:
         extractor.module.to("cuda")
         try:
@@ -860,12 +872,12 @@ def check_autocast(probe: Probe) -> list[CheckResult]:
     def autocast() -> Any:
         return torch.autocast(device_type=device.type, dtype=dtype)
 
-    def oracle() -> OracleCapture:
+    def oracle(layers: list[str]) -> OracleCapture:
         with autocast():
-            return capture(probe.model, x, layers=probe.layers, tracer_kwargs=probe.tracer_kwargs)
+            return capture(probe.model, x, layers=layers, tracer_kwargs=probe.tracer_kwargs)
 
     try:
-        truth = probe.oracle(check, oracle)
+        truth = probe.oracle_for_layers(check, oracle)
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails {context}: {exc}")
     try:
@@ -909,7 +921,7 @@ def check_channels_last(probe: Probe) -> list[CheckResult]:
         return deep_copy(probe.model).to(memory_format=torch.channels_last)
 
     try:
-        truth = probe.oracle(check, lambda: capture(in_channels_last(), x, layers=probe.layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))
+        truth = probe.oracle_for_layers(check, lambda layers: capture(in_channels_last(), x, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails in channels_last: {exc}")
     try:

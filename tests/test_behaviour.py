@@ -325,3 +325,38 @@ def test_autocast_judges_in_the_reduced_dtype():
         assert got[(strategy, "autocast", "conv")][:2] == ("pass", ""), got[(strategy, "autocast", "conv")]
     assert "under autocast(cpu, bfloat16)" in got[("hooks+clone", "autocast", "head")][2]
     assert got[("hooks", "autocast", "bn")][1] == "values_wrong"  # wrong already in float32: not judged again
+
+
+def _probe(*, layers, requested, memo):
+    from conformance.behaviour import Probe
+
+    x = torch.zeros(1, 3, 8, 8)
+    return Probe(strategy=None, model=torch.nn.Identity(), layers=layers, requested=requested, untrusted={}, tracer_kwargs={},
+                 input=x, previous_input=-x, truth=None, previous_truth=None, memo=memo)
+
+
+def test_a_truth_under_a_condition_is_taken_once_per_model_for_the_whole_request():
+    calls, memo = [], {}
+    def compute(layers):
+        calls.append(layers)
+        return {layer: len(calls) for layer in layers}
+
+    wide = _probe(layers=["a", "b"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute)
+    narrow = _probe(layers=["a"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute)
+    assert calls == [["a", "b"]] and narrow is wide
+    _probe(layers=["a"], requested=["a", "b"], memo=memo).oracle_for_layers("autocast", compute)
+    assert calls == [["a", "b"], ["a", "b"]]  # another condition: another truth
+
+
+def test_where_the_whole_request_fails_under_a_condition_a_strategy_gets_the_truth_for_its_own_layers():
+    from conformance.behaviour import ModelRejects
+
+    memo = {}
+    def compute(layers):
+        if "b" in layers:
+            raise RuntimeError("b fails in train mode")
+        return {layer: 1 for layer in layers}
+
+    assert _probe(layers=["a"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute) == {"a": 1}
+    with pytest.raises(ModelRejects, match="b fails in train mode"):
+        _probe(layers=["a", "b"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute)
