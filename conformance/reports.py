@@ -43,22 +43,23 @@ _LISTING = ("fail", "error", "unsupported", "pass", "skipped")
 
 def model_verdicts(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (check, strategy, model): its status in the matrix and the layers behind it."""
-    def verdict(group: pd.DataFrame) -> pd.Series:
-        statuses = set(group["status"])
+    groups: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}
+    columns = [frame[name].tolist() for name in ("check", "strategy", "model", "status", "layer", "diagnosis", "detail")]
+    for check, strategy, model, *row in zip(*columns):
+        groups.setdefault((check, strategy, model), []).append(row)
+    records = []
+    for (check, strategy, model), rows in groups.items():
+        statuses = {status for status, *_ in rows}
         status = next(s for s in _PRECEDENCE if s in statuses)
-        worst = group[group["status"] == status]
-        return pd.Series({
-            "status": status,
+        worst = [row for row in rows if row[0] == status]
+        records.append({
+            "check": check, "strategy": strategy, "model": model, "status": status,
             "partial": status == "pass" and "unsupported" in statuses,
-            "layers": ", ".join(layer for layer in worst["layer"] if layer != "*") or "*",
-            "diagnosis": ", ".join(dict.fromkeys(d for d in worst["diagnosis"] if d)),
-            "detail": worst["detail"].iloc[0],
+            "layers": ", ".join(layer for _, layer, _, _ in worst if layer != "*") or "*",
+            "diagnosis": ", ".join(dict.fromkeys(d for _, _, d, _ in worst if isinstance(d, str) and d)),
+            "detail": worst[0][3],
         })
-
-    grouped = frame.groupby(["check", "strategy", "model"], sort=False)[["status", "layer", "diagnosis", "detail"]]
-    if frame.empty:
-        return pd.DataFrame(columns=["check", "strategy", "model", "status", "partial", "layers", "diagnosis", "detail"])
-    return grouped.apply(verdict).reset_index()
+    return pd.DataFrame(records, columns=["check", "strategy", "model", "status", "partial", "layers", "diagnosis", "detail"])
 
 
 def capability_matrix(frame: pd.DataFrame) -> pd.DataFrame:
