@@ -45,7 +45,7 @@ from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, make_deterministic, run
 from .timing import Timings, harness_share
-from .executors import EXECUTORS, make_executor
+from .executors import EXECUTORS, make_executor, start_worker_server
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
 __all__ = ["main", "run_arguments", "run_config"]
@@ -251,7 +251,21 @@ def _jobs(text: str, *, cores: int, device: str) -> int:
     return int(text)
 
 
+def _may_use_processes(args: argparse.Namespace) -> bool:
+    """Whether ``conformance run`` may run its models in worker processes, known before the
+    models are resolved (a bad ``--jobs`` is reported later)."""
+    if args.executor is not None:
+        return args.executor == "processes"
+    try:
+        jobs = _jobs(args.jobs, cores=args.threads or torch.get_num_threads(), device=args.device)
+    except ConformanceError:
+        return False
+    return jobs > 1 and not (args.model and len(args.model) == 1)
+
+
 def _command_run(args: argparse.Namespace) -> int:
+    if _may_use_processes(args):
+        start_worker_server()
     config, _ = run_config(args)
     total_threads = args.threads or torch.get_num_threads()
     jobs = min(_jobs(args.jobs, cores=total_threads, device=args.device), len(config.models))

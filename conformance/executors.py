@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from .runner import RunConfig
     from .timing import Timings
 
-__all__ = ["EXECUTORS", "Executor", "ModelTask", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor"]
+__all__ = [
+    "EXECUTORS", "WORKER_MODULES", "Executor", "ModelTask", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor",
+    "start_worker_server", "worker_context",
+]
 
 EXECUTORS = ("serial", "processes", "ray")
 
@@ -146,8 +149,32 @@ class _PoolExecutor:
             return None
 
 
+#: What every worker imports: loaded once by the fork server the workers are forked from.
+WORKER_MODULES = ("conformance.runner",)
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where worker processes come from: forked from a fork server, a process that imported
+    :data:`WORKER_MODULES` and ran nothing else (no tensor op, no thread, no CUDA), so each
+    worker starts clean without importing torch again; spawned where there is no fork server."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))
+    return context
+
+
+def start_worker_server() -> None:
+    """Start the fork server now, so that it imports the runner while this process still
+    resolves the models (seconds off every run in processes)."""
+    if worker_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class ProcessExecutor(_PoolExecutor):
-    """``--jobs N``: N worker processes on this machine (spawned, so each starts clean).
+    """``--jobs N``: N worker processes on this machine (:func:`worker_context`: each starts clean).
 
     A worker that dies breaks the whole pool, failing every model still in it; each of
     those runs again alone in a fresh process, so only the model that kills its worker is
@@ -161,7 +188,7 @@ class ProcessExecutor(_PoolExecutor):
 
     @staticmethod
     def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context())
 
     def _run_alone(self, payload: _Payload) -> dict[str, Any]:
         with self._pool(1) as pool:

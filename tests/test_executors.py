@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from conformance.cli import _jobs
+from conformance.cli import _jobs, _may_use_processes, _parser
 from conformance.errors import ConformanceError
 from conformance.executors import make_executor
 
@@ -71,6 +71,22 @@ def test_jobs_auto_is_one_process_per_core_on_the_cpu_and_one_on_cuda(text, devi
 def test_jobs_that_are_no_positive_number_are_a_clear_error(text):
     with pytest.raises(ConformanceError, match=f"--jobs {text} is not a positive number"):
         _jobs(text, cores=2, device="cpu")
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], True),  # the quick zoo, a process per core
+    (["--model", "timm:resnet18", "--model", "timm:vit_tiny_patch16_224"], True),
+    (["--model", "timm:resnet18"], False),  # one model runs in this process
+    (["--jobs", "1"], False),
+    (["--jobs", "0"], False),  # bad input, reported when the run is configured
+    (["--executor", "serial", "--jobs", "2"], False),
+    (["--executor", "ray"], False),
+    (["--executor", "processes", "--model", "timm:resnet18"], True),
+    (["--device", "cuda"], False),  # auto: one process on CUDA
+])
+def test_the_worker_server_is_started_early_only_for_runs_that_may_use_processes(options, expected):
+    args = _parser().parse_args(["run", "--threads", "2", *options])
+    assert _may_use_processes(args) is expected
 
 
 def test_a_run_of_several_models_uses_a_process_per_core_by_default(tmp_path):
