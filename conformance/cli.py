@@ -40,6 +40,7 @@ from .errors import ConformanceError
 from .layers import LAYER_SETS, SET_NAMES, resolve_layers
 from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
 from .environment import run_metadata
+from .allocator import reuse_freed_memory
 from .bench import BenchConfig, bench
 from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
@@ -264,6 +265,7 @@ def _may_use_processes(args: argparse.Namespace) -> bool:
 
 
 def _command_run(args: argparse.Namespace) -> int:
+    reuse_freed_memory()  # models copied in this process (a serial run) reuse the pages of the copy before
     if _may_use_processes(args):
         start_worker_server()
     config, _ = run_config(args)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
+from .allocator import release_freed_memory, reuse_freed_memory
 from .errors import ConformanceError
 from .zoo import ModelSpec
 
@@ -61,6 +62,7 @@ class SerialExecutor:
             for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
                 yield task, strategy_name, results
             gc.collect()
+            release_freed_memory()
 
     def close(self) -> None:
         pass
@@ -101,6 +103,9 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
         units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
     except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
         return {"error": str(exc)}
+    finally:
+        gc.collect()
+        release_freed_memory()
     return {"units": units, "seconds": dict(timings.seconds), "strategy_seconds": dict(timings.by_strategy)}
 
 
@@ -174,7 +179,8 @@ def start_worker_server() -> None:
 
 
 class ProcessExecutor(_PoolExecutor):
-    """``--jobs N``: N worker processes on this machine (:func:`worker_context`: each starts clean).
+    """``--jobs N``: N worker processes on this machine (:func:`worker_context`: each starts
+    clean), whose allocator keeps freed memory for the next model copy (``allocator.py``).
 
     A worker that dies breaks the whole pool, failing every model still in it; each of
     those runs again alone in a fresh process, so only the model that kills its worker is
@@ -188,7 +194,7 @@ class ProcessExecutor(_PoolExecutor):
 
     @staticmethod
     def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context())
+        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=reuse_freed_memory)
 
     def _run_alone(self, payload: _Payload) -> dict[str, Any]:
         with self._pool(1) as pool:
