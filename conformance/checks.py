@@ -238,22 +238,30 @@ def tensor_digest(tensor: Any) -> str:
     return digest.hexdigest()
 
 
-def _same_entry(value: Any, reference: Any) -> bool:
-    """Two state-dict entries are equal (plain tensors by ``torch.equal``, the rest by content hash)."""
-    if isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor) and not reference.is_quantized:
-        return not value.is_quantized and torch.equal(value, reference)
-    return tensor_digest(value) == tensor_digest(reference)
+def _memory(value: Any) -> tuple | None:
+    """Where a plain tensor's bytes lie: two tensors with the same hold the same bytes."""
+    if not isinstance(value, torch.Tensor) or value.is_quantized:
+        return None
+    return (value.device, value.dtype, value.data_ptr(), tuple(value.shape), value.stride())
 
 
 def tensor_digests(module: nn.Module, *, reference: Mapping[str, Any] | None = None, reference_digests: Mapping[str, str] | None = None) -> dict[str, str]:
     """A content hash of every state-dict tensor, by name, hashed on as many threads as torch
     computes on (hashlib lets go of the GIL while it hashes).
 
-    With ``reference`` (a state dict, the model a strategy was attached to) and its
-    ``reference_digests``, an entry bitwise equal to the reference's entry of the same name takes
-    that digest without being hashed again: each weight is hashed once per model."""
+    With ``reference`` (a state dict) and its ``reference_digests``, an entry that is one of the
+    reference's tensors (the same memory, under any name) or bitwise equal to the reference's
+    entry of the same name takes that digest without being hashed again: each weight is hashed
+    once per model, and a strategy's module that holds the attached copy's tensors is not read."""
     state, reference, reference_digests = module.state_dict(), reference or {}, reference_digests or {}
-    known = {name: reference_digests[name] for name, value in state.items() if name in reference_digests and bitwise_equal(value, reference.get(name))}
+    held = {_memory(tensor): name for name, tensor in reference.items() if name in reference_digests and _memory(tensor) is not None}
+    known = {}
+    for name, value in state.items():
+        same = held.get(_memory(value))
+        if same is not None:
+            known[name] = reference_digests[same]
+        elif name in reference_digests and bitwise_equal(value, reference.get(name)):
+            known[name] = reference_digests[name]
     unknown = [name for name in state if name not in known]
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         known.update(zip(unknown, pool.map(tensor_digest, (state[name] for name in unknown))))
@@ -331,9 +339,10 @@ def _hook_counts(module: nn.Module) -> dict[str, int]:
     return {name: len(value) for name, value in vars(module).items() if name.endswith("hooks") and isinstance(value, dict)}
 
 
-def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any) -> list[str]:
+def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any, digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
-    and closed) differs from it: state dict, hooks, instance attributes, mode and output."""
+    and closed) differs from it: state dict (its :func:`tensor_digests` when closed, ``digests``,
+    against the pristine model's: bit for bit), hooks, instance attributes, mode and output."""
     changes = []
     before = dict(pristine.named_modules())
     after = dict(model.named_modules())
@@ -352,9 +361,8 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any)
             changes.append(f"{where}: attributes added ({', '.join(added)})")
         if module.training != original.training:
             changes.append(f"{where}: training={module.training}, was {original.training}")
-    state, pristine_state = model.state_dict(), pristine.state_dict()
-    differing = [key for key, tensor in pristine_state.items() if key not in state or not _same_entry(state[key], tensor)]
-    if differing or set(state) != set(pristine_state):
+    differing = [key for key, digest in pristine_digests.items() if digests.get(key) != digest]
+    if differing or set(digests) != set(pristine_digests):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
     with torch.no_grad():
         comparison = compare(call_model(model, x), output)

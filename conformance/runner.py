@@ -236,13 +236,15 @@ class _ModelRun:
             return failed
         finally:
             extractor.close()
+        with self.timings.phase("hashing"):  # the copy as the strategy left it, then the tensors of the strategy's module
+            copy_digests = tensor_digests(model, reference=self.model_state, reference_digests=self.model_digests)
+            strategy_digests = tensor_digests(extractor.module, reference=model.state_dict(), reference_digests=copy_digests)
+
         def changes() -> list[str]:
             with self.timings.phase("checks"):
                 x, output = self.small_truth()
-                return model_changes(pristine=self.model, model=model, x=x, output=output)
+                return model_changes(pristine=self.model, model=model, x=x, output=output, digests=copy_digests, pristine_digests=self.model_digests)
 
-        with self.timings.phase("hashing"):
-            strategy_digests = tensor_digests(extractor.module, reference=self.model_state, reference_digests=self.model_digests)
         context = CheckContext(
             layers=layers, truth=self.truth, previous_truth=self.previous_truth,
             features=features, returned_output=second.output, attached_output=attached_output,
@@ -268,7 +270,8 @@ class _ModelRun:
         value_checks = self._value_checks
         behaviour_checks = [c for c in self.config.checks if c in BEHAVIOUR_CHECKS]
         try:
-            get_strategy(strategy_name)
+            with self.timings.phase("imports"):  # the strategy's package, on its first use in this process
+                get_strategy(strategy_name)
         except StrategyUnavailable as exc:
             return _rows_for(self.layers, self.config.checks, "skipped", "unavailable", str(exc))
         rows: list[CheckResult] = []

@@ -20,7 +20,9 @@ __all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "phase"]
 
 #: Phases that are the harness's own work rather than the models' and the strategies': the
 #: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
-#: copies, the hashing, the checks and the diagnoses.
+#: copies, the hashing, the checks and the diagnoses. Not among them: ``model_build``,
+#: ``imports`` (a strategy's package, on its first use in a process), ``tracing`` and
+#: ``forward`` (the strategies' attach and calls) and the behaviour checks' phases.
 HARNESS_PHASES = ("oracle", "copy", "hashing", "checks", "diagnoses", "rest")
 
 _ACTIVE: ContextVar[Timings | None] = ContextVar("conformance_timings", default=None)

@@ -16,9 +16,9 @@ def _deterministic():
 
 @pytest.fixture
 def register():
-    """Register strategy classes for one test; they are removed afterwards."""
+    """Register strategy classes (or dotted paths) for one test; they are removed afterwards."""
     from strategies import register_strategy
-    from strategies._registry import _registry
+    from strategies._registry import _known, _registry
 
     added = []
 
@@ -29,6 +29,7 @@ def register():
     yield _register
     for name in added:
         _registry.pop(name, None)
+        _known.pop(name, None)
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,7 @@ FAULTS = {
     "drifting": (_drifting, None, "repeatable", "first", "not_repeatable"),
     "hook_left_behind": (unchanged, _hook_left_behind, "model_untouched", "*", "model_changed"),
     "padding_changed": (unchanged, _padding_changed, "model_untouched", "*", "model_changed"),
+    "weights_changed": (unchanged, _tamper_weights, "model_untouched", "*", "model_changed"),
 }
 
 
@@ -329,6 +330,29 @@ def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
     assert once["first.weight"] == digests["first.weight"]
 
 
+def test_a_module_holding_the_references_tensors_takes_their_digests_unread(monkeypatch):
+    """The strategy's module that holds the attached copy's own tensors, under any names, is not read again."""
+    from conformance import checks
+
+    model = pitfalls.Plain()
+    digests = checks.tensor_digests(model)
+    wrapper = torch.nn.ModuleDict({"wrapped": model})
+
+    def read(*args):
+        raise AssertionError("a tensor was read")
+
+    monkeypatch.setattr(checks, "bitwise_equal", read)
+    monkeypatch.setattr(checks, "tensor_digest", read)
+    got = checks.tensor_digests(wrapper, reference=model.state_dict(), reference_digests=digests)
+    assert got == {f"wrapped.{name}": digest for name, digest in digests.items()}
+
+
+def test_model_untouched_names_the_weights_a_strategy_changed_in_place(register):
+    register("corrupted-weights", corrupted(unchanged, on_attach=_tamper_weights))
+    rows = evaluate(pitfalls.Plain(), layers=LAYERS, strategies=["corrupted-weights"], checks=["model_untouched"], input_shape=pitfalls.INPUT_SHAPE)
+    assert rows.iloc[0].detail.startswith("state dict differs (first.weight)"), rows.iloc[0].detail
+
+
 def test_a_snapshot_holds_a_feature_equal_to_an_earlier_snapshots_once():
     from conformance.checks import snapshot
 
@@ -337,3 +361,26 @@ def test_a_snapshot_holds_a_feature_equal_to_an_earlier_snapshots_once():
     assert again["same"] is earlier["same"]
     assert again["changed"] is not earlier["changed"] and again["changed"][2] == 2.0
     assert again["nested"][0] is not earlier["nested"][0]  # only top-level tensors are shared
+
+
+def test_a_strategys_package_imported_on_first_use_is_charged_to_imports_not_the_harness(tmp_path, monkeypatch, register):
+    """Importing a strategy's package is the strategy's cost: ``imports``, outside the harness's share."""
+    import sys
+
+    from conformance.runner import RunConfig, model_units
+    from conformance.timing import HARNESS_PHASES, Timings
+    from conformance.zoo import ModelSpec
+
+    (tmp_path / "slow_to_import.py").write_text(
+        "import time\nfrom strategies.hooks import Hooks\ntime.sleep(0.3)\n\nclass SlowToImport(Hooks):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_to_import", raising=False)
+    register("slow-to-import", "slow_to_import:SlowToImport")
+    spec = ModelSpec("user", "plain", pitfalls.INPUT_SHAPE, pitfalls.Plain)
+    config = RunConfig(models=[spec], layers=LAYERS, strategies=["slow-to-import"], checks=["values"])
+    timings = Timings()
+    rows = dict(model_units(spec, config.strategies, config, timings))
+    assert rows["slow-to-import"][0].status == "pass"
+    split = timings.split()
+    assert split.get("imports", 0.0) >= 0.3 and split["rest"] < 0.3, split
+    assert "imports" not in HARNESS_PHASES
