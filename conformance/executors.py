@@ -99,14 +99,15 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
     make_deterministic(seed=payload.config.seed, threads=payload.threads)
     timings = Timings()
     try:
-        spec = resolve_model(payload.reference, input_shape=payload.input_shape)
+        with timings.phase("model_build"):
+            spec = resolve_model(payload.reference, input_shape=payload.input_shape)
         units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
     except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
         return {"error": str(exc)}
     finally:
         gc.collect()
         release_freed_memory()
-    return {"units": units, "seconds": dict(timings.seconds), "strategy_seconds": dict(timings.by_strategy)}
+    return {"units": units, "seconds": timings.worker_seconds(), "strategy_seconds": dict(timings.by_strategy)}
 
 
 class _PoolExecutor:
@@ -137,10 +138,7 @@ class _PoolExecutor:
                     outcome = {"units": crashed_units(list(task.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
             if "error" in outcome:
                 raise ConformanceError(outcome["error"])
-            for phase, seconds in outcome["seconds"].items():
-                timings.seconds[phase] += seconds
-            for strategy_name, seconds in outcome.get("strategy_seconds", {}).items():
-                timings.by_strategy[strategy_name] += seconds
+            timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
             for strategy_name, results in outcome["units"]:
                 yield task, strategy_name, results
 

@@ -83,12 +83,24 @@ class Timings:
         return {name: round(seconds, 3) for name, seconds in sorted(self.by_strategy.items(), key=lambda item: -item[1])}
 
     def split(self) -> dict[str, float]:
-        """Seconds by phase since this object was made, with ``rest`` and ``total``."""
+        """Seconds by phase since this object was made, with ``rest`` (the time in no phase, and
+        the workers' ``rest`` added in by :meth:`add_worker`) and ``total``."""
         total = time.perf_counter() - self._started
         measured = {k: round(v, 3) for k, v in self.seconds.items()}
-        measured["rest"] = round(max(total - sum(self.seconds.values()), 0.0), 3)
+        measured["rest"] = round(self.seconds.get("rest", 0.0) + max(total - sum(self.seconds.values()), 0.0), 3)
         measured["total"] = round(total, 3)
         return measured
+
+    def worker_seconds(self) -> dict[str, float]:
+        """What a worker gives back for :meth:`add_worker`: seconds by phase, its ``rest`` included."""
+        return {name: seconds for name, seconds in self.split().items() if name != "total"}
+
+    def add_worker(self, seconds: dict[str, float], by_strategy: dict[str, float]) -> None:
+        """Add the phases and strategies of work done in another process."""
+        for name, value in seconds.items():
+            self.seconds[name] += value
+        for name, value in by_strategy.items():
+            self.by_strategy[name] += value
 
 
 def harness_share(split: dict[str, float]) -> str:

@@ -384,3 +384,19 @@ def test_a_strategys_package_imported_on_first_use_is_charged_to_imports_not_the
     split = timings.split()
     assert split.get("imports", 0.0) >= 0.3 and split["rest"] < 0.3, split
     assert "imports" not in HARNESS_PHASES
+
+
+def test_a_workers_time_in_no_phase_counts_as_rest_in_the_runs_split():
+    """In a run in worker processes the parent's wall time is mostly waiting; the workers' own
+    time outside every phase is the harness's (``rest``), and is not lost when their phases are added."""
+    from conformance.timing import Timings
+
+    worker = Timings()
+    with worker.phase("forward"):
+        pass
+    seconds = worker.worker_seconds()
+    assert "rest" in seconds and "total" not in seconds
+    run = Timings()
+    run.add_worker({"forward": 10.0, "rest": 2.0}, {"hooks": 12.0})
+    split = run.split()
+    assert split["forward"] == 10.0 and split["rest"] >= 2.0 and run.strategy_split() == {"hooks": 12.0}
