@@ -6,7 +6,8 @@ which faults them in and zeroes them on every copy: a VGG-11 copy takes about 22
 it page faults. :func:`reuse_freed_memory` has the allocator take every block from its heap
 and keep what is freed there (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 2 GiB), so
 that a copy reuses the pages of the copy before it (VGG-11: about 50 ms);
-:func:`release_freed_memory` gives the free pages back between models (``malloc_trim``).
+:func:`release_freed_memory` gives the free pages back between models (``malloc_trim``,
+after a garbage collection).
 
 Only ``conformance run`` and its worker processes set it: ``conformance bench`` reads the
 resident set size for its memory metrics, and a user's process (``assert_conforms``, the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 
 __all__ = ["release_freed_memory", "reuse_freed_memory"]
 
@@ -49,7 +51,8 @@ def reuse_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Give the heap's free pages back to the system (between models)."""
+    """Collect the garbage and give the heap's free pages back to the system (between models)."""
+    gc.collect()
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

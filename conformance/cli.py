@@ -252,16 +252,21 @@ def _jobs(text: str, *, cores: int, device: str) -> int:
     return int(text)
 
 
+def _executor_plan(args: argparse.Namespace, *, models: int | None) -> tuple[str, int]:
+    """The executor and the number of jobs for a run of ``models`` models (None: not known yet)."""
+    jobs = _jobs(args.jobs, cores=args.threads or torch.get_num_threads(), device=args.device)
+    jobs = jobs if models is None else min(jobs, models)
+    return args.executor or ("processes" if jobs > 1 else "serial"), jobs
+
+
 def _may_use_processes(args: argparse.Namespace) -> bool:
     """Whether ``conformance run`` may run its models in worker processes, known before the
     models are resolved (a bad ``--jobs`` is reported later)."""
-    if args.executor is not None:
-        return args.executor == "processes"
     try:
-        jobs = _jobs(args.jobs, cores=args.threads or torch.get_num_threads(), device=args.device)
+        executor_name, _ = _executor_plan(args, models=len(args.model) if args.model else None)
     except ConformanceError:
         return False
-    return jobs > 1 and not (args.model and len(args.model) == 1)
+    return executor_name == "processes"
 
 
 def _command_run(args: argparse.Namespace) -> int:
@@ -270,8 +275,7 @@ def _command_run(args: argparse.Namespace) -> int:
         start_worker_server()
     config, _ = run_config(args)
     total_threads = args.threads or torch.get_num_threads()
-    jobs = min(_jobs(args.jobs, cores=total_threads, device=args.device), len(config.models))
-    executor_name = args.executor or ("processes" if jobs > 1 else "serial")
+    executor_name, jobs = _executor_plan(args, models=len(config.models))
     task_threads = max(1, total_threads // jobs) if executor_name == "processes" else total_threads
     out, metadata = _start(args)
     metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address})

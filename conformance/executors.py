@@ -14,7 +14,6 @@ Ray instance or the cluster at ``--ray-address``; ``num_gpus=1`` per task for CU
 from __future__ import annotations
 
 import concurrent.futures
-import gc
 import multiprocessing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,7 +60,6 @@ class SerialExecutor:
         for task in tasks:
             for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
                 yield task, strategy_name, results
-            gc.collect()
             release_freed_memory()
 
     def close(self) -> None:
@@ -105,7 +103,6 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
     except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
         return {"error": str(exc)}
     finally:
-        gc.collect()
         release_freed_memory()
     return {"units": units, "seconds": timings.worker_seconds(), "strategy_seconds": dict(timings.by_strategy)}
 
