@@ -73,7 +73,7 @@ class CheckContext:
     model_digests: dict[str, str]  # the model's state-dict tensors, by name
     strategy_digests: dict[str, str]  # the strategy's module state-dict tensors, by name
     replayed: Mapping[str, Any] = field(default_factory=dict)  # values when the children are replayed in order
-    locate: Callable[[Any], list[str]] = lambda value: []  # modules that produce a value, for the input
+    locate: Callable[..., list[str]] = lambda value, exact=False: []  # modules that produce a value, for the input
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     first_features: Mapping[str, Any] = field(default_factory=dict)  # the call on the previous input, as it returned
     first_after_next: Mapping[str, Any] = field(default_factory=dict)  # that call's returned container, after the next call
@@ -85,7 +85,7 @@ class CheckContext:
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
     counterfactual: Callable[..., dict[str, Any]] = lambda **change: {}  # the layers' values with one change to the model
-    locate_nodes: Callable[[Any], list[str]] = lambda value: []  # nodes of the pass whose value is this
+    locate_nodes: Callable[..., list[str]] = lambda value, exact=False: []  # nodes of the pass whose value is this
 
     @functools.cached_property
     def model_changes(self) -> list[str]:

@@ -14,7 +14,9 @@ reformatted             the true tokens, prefix tokens dropped, laid out as an N
                         (or one element of a list of token sequences the module returns);  ``cross_tokens``,
                         the true tokens in another order, one permutation for every image, ``tokens``,
                         laid out as a map; the true values with their dimensions permuted   ``channels_last``
-                        (a channels-last map laid out channels-first)
+                        (a channels-last map laid out channels-first), unless a module or
+                        node inside the layer computed that value (``permuted_stages``: FX's
+                        binding of the node before a stage's last permute is wrong_layer)
 container_changed       the true values in a tuple where the module returns a list, or the   ``cross_tokens``
                         other way round
 reshaped                the true values in another shape (flattened, viewed)                ``flattened``
@@ -110,8 +112,8 @@ def _permutations(value: Any, truth: Any) -> list[tuple[int, ...]]:
 def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     """A different shape holding the true values in another layout: the tokens the module
     returns (or one element of the list of token sequences it returns, CrossViT's branches),
-    as they are or in another order (Hiera's unrolled tokens), laid out as an NCHW map; or the
-    true tensor with its dimensions permuted (a channels-last map returned channels-first)."""
+    as they are or in another order (Hiera's unrolled tokens), laid out as an NCHW map (the true
+    tensor with its dimensions permuted: :func:`permuted`)."""
     truth = ctx.truth.layers[layer].value
     token_map = _as_token_map(value, truth)
     if token_map is not None and _close(value, token_map):
@@ -126,8 +128,22 @@ def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     if order is not None and _close(value, truth[:, order].transpose(1, 2).reshape(value.shape)):
         return "reformatted", (f"the true tokens in another order (one permutation of the {len(order)} tokens, the same for every "
                                "image), laid out as an NCHW map")
+    return None
+
+
+def permuted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """``reformatted``: the true tensor with its dimensions permuted (a channels-last map returned
+    channels-first), unless the value is, bit for bit, the output of a module or node inside the
+    layer: where the layer ends by permuting (Swin's and NesT's stages), the value before that
+    permute is a strategy's binding of the wrong node (``wrong_layer``, ``wrong_node``), not a
+    layout. A node after the layer that permutes its output as the strategy did (the next
+    stage's first permute) does not count: that is the layout."""
+    truth = ctx.truth.layers[layer].value
     for dims in _permutations(value, truth):
         if _close(value, truth.permute(dims)):
+            inside = [name for name in (*ctx.locate(value, exact=True), *ctx.locate_nodes(value, exact=True)) if name.startswith(f"{layer}.")]
+            if inside:
+                return None
             layout = " (a channels-last map laid out channels-first)" if dims == (0, truth.dim() - 1, *range(1, truth.dim() - 1)) else ""
             return "reformatted", f"the true values with their dimensions permuted as {dims}{layout}"
     return None
@@ -266,7 +282,7 @@ def another_node(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 
 #: The mechanisms, most specific first.
 MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
-    reformatted, container_changed, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
+    reformatted, permuted, container_changed, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
     children_not_chained, another_module, another_node, partial_output,
 )
 

@@ -31,7 +31,7 @@ from strategies.base import call_model
 from .behaviour import BEHAVIOUR_CHECKS, Probe, reductions
 from .causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digest, tensor_digests
-from .compare import compare
+from .compare import bitwise_equal, compare
 from .errors import ConformanceError
 from .executors import Executor, ModelTask, SerialExecutor
 from .layers import resolve_layers
@@ -129,6 +129,10 @@ class _Attempt:
             self.diagnosis, self.detail = cause
 
 
+def _matcher(exact: bool) -> Callable[[Any, Any], bool]:
+    return bitwise_equal if exact else lambda a, b: compare(a, b).close
+
+
 class _ModelRun:
     """One built model, its truth, and the units of its strategies."""
 
@@ -145,15 +149,16 @@ class _ModelRun:
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
-    def locate(self, value: torch.Tensor) -> list[str]:
-        """Modules of the model whose output, for the input, is ``value`` (once per value and
-        model: strategies often return the same wrong value)."""
-        return self._memo(("locate", tensor_digest(value)), lambda: locate(self.model, self.input, value, close=lambda a, b: compare(a, b).close))
+    def locate(self, value: torch.Tensor, *, exact: bool = False) -> list[str]:
+        """Modules of the model whose output, for the input, is ``value`` (within the values
+        tolerance; bit for bit where ``exact``), once per value and model: strategies often
+        return the same wrong value."""
+        return self._memo(("locate", exact, tensor_digest(value)), lambda: locate(self.model, self.input, value, close=_matcher(exact)))
 
-    def locate_nodes(self, value: torch.Tensor) -> list[str]:
-        """Nodes of the forward pass whose value, for the input, is ``value`` (once per value and model)."""
-        return self._memo(("locate_nodes", tensor_digest(value)), lambda: locate_nodes(
-            self.model, self.input, value, close=lambda a, b: compare(a, b).close, tracer_kwargs=self.spec.tracer_kwargs))
+    def locate_nodes(self, value: torch.Tensor, *, exact: bool = False) -> list[str]:
+        """Nodes of the forward pass whose value, for the input, is ``value`` (as :meth:`locate`)."""
+        return self._memo(("locate_nodes", exact, tensor_digest(value)), lambda: locate_nodes(
+            self.model, self.input, value, close=_matcher(exact), tracer_kwargs=self.spec.tracer_kwargs))
 
     def _memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """What a diagnosis measures, once per model, shared by its strategies."""

@@ -403,6 +403,31 @@ class ChannelsLast(nn.Module):
         return self.head(self.block(x).permute(0, 2, 3, 1))
 
 
+class PermutingStage(nn.Module):
+    """A stage of channels-last blocks that permutes its output back to channels-first, as Swin's
+    (``swinv2_cr``), NesT's and TinyViT's stages do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PermutedStages(nn.Module):
+    """``stages`` and ``stages.0`` end in the same permute: FX binds one of the two names to the
+    node before it, the blocks' channels-last output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(PermutingStage())
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(x))
+
+
 class PatchTokens(nn.Module):
     """A 2x2-patch embedding returning tokens (N, H * W, C) with no class token."""
 
@@ -511,6 +536,7 @@ never_called = _factory(NeverCalled)
 flatten_between = _factory(FlattenBetween)
 cross_tokens = _factory(CrossTokens)
 channels_last = _factory(ChannelsLast)
+permuted_stages = _factory(PermutedStages)
 tokens = _factory(Tokens)
 sized_patches = _factory(SizedPatches)
 len_of_input = _factory(LenOfInput)

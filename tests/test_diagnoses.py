@@ -25,6 +25,9 @@ REAL = [
     ("kwargs_and_tuples", ["block"], "ilg", "block", "kwargs_dropped"),
     ("functional_between", ["first", "second"], "ilg", "second", "children_not_chained"),
     ("kwargs_and_tuples", ["block"], "fx", "block", "wrong_node"),  # the module path bound to its last node, block.mean
+    # the node before the stage's last permute, a module inside the stage, bit for bit: no layout of the truth (controls in LAYOUTS)
+    ("permuted_stages", ["stages", "stages.0"], "fx", "stages.0", "wrong_layer"),
+    ("permuted_stages", ["stages", "stages.0"], "timm-fx", "stages.0", "wrong_layer"),
 ]
 
 
@@ -120,6 +123,8 @@ _SHUFFLE = [torch.randperm(16, generator=torch.Generator().manual_seed(seed)) fo
 LAYOUTS = [
     ("channels_last", "block", lambda v: v.permute(0, 3, 1, 2), "reformatted", "(a channels-last map laid out channels-first)"),
     ("channels_last", "block", lambda v: v.permute(0, 3, 1, 2) + 0.5, "unexplained", ""),
+    # the layout the model itself makes next (its permute after block): still the layout, not that later node
+    ("channels_last", "block", lambda v: v.permute(0, 2, 3, 1), "reformatted", "permuted as (0, 2, 3, 1)"),
     ("tokens", "block", _tokens_as_map(lambda i: _SHUFFLE[0]), "reformatted", "another order (one permutation of the 16 tokens"),
     ("tokens", "block", _tokens_as_map(lambda i: _SHUFFLE[i]), "unexplained", ""),  # no one permutation for every image
     ("cross_tokens", "block", tuple, "container_changed", "in a tuple where the module returns a list"),
