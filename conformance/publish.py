@@ -26,7 +26,7 @@ import pandas as pd
 from .bench import FLOOR, FORWARD, REFERENCES
 from .errors import ConformanceError
 from .reports import capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, headline, markdown_table, model_verdicts
-from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results, read_metadata
+from .results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results, read_metadata, strategy_order
 
 __all__ = ["Sources", "load_sources", "write_report"]
 
@@ -164,7 +164,7 @@ def _plots(sources: Sources, out: Path) -> dict[str, Image]:
         judged = verdicts[verdicts["status"].isin(["pass", "fail", "error"])]
         if not judged.empty:
             rates = judged.assign(passed=judged["status"] == "pass").pivot_table(index="strategy", columns="family", values="passed", aggfunc="mean")
-            rates = rates.reindex([s for s in dict.fromkeys(sources.results["strategy"]) if s in rates.index])
+            rates = rates.reindex([s for s in strategy_order(sources.results["strategy"]) if s in rates.index])
             figure, axes = plt.subplots(figsize=(1.2 + 0.9 * len(rates.columns), 0.9 + 0.4 * len(rates)))
             image = axes.imshow(rates.values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
             axes.set_xticks(range(len(rates.columns)), rates.columns, rotation=45, ha="right")
@@ -176,7 +176,7 @@ def _plots(sources: Sources, out: Path) -> dict[str, Image]:
     ok = sources.bench[sources.bench["status"] == "ok"] if not sources.bench.empty else pd.DataFrame()
     if ok.empty:
         return made
-    strategies = [s for s in dict.fromkeys(ok["strategy"]) if s not in REFERENCES]
+    strategies = [s for s in strategy_order(ok["strategy"]) if s not in REFERENCES]
     for metric, name, label in (("overhead", "overhead", "latency / plain forward"), ("peak_memory", "peak_memory", "peak memory of a call (MiB)")):
         data = ok[ok["metric"] == metric]
         order = ([FORWARD, FLOOR] if metric == "peak_memory" else []) + strategies

@@ -29,6 +29,7 @@ from .bench import REFERENCES
 from .causes import GENERIC_ERRORS
 from .diagnoses import UNEXPLAINED
 from .errors import ConformanceError
+from .results import strategy_order
 
 __all__ = [
     "Finding", "capability_matrix", "cell_models", "cell_text", "cost_tables", "failing_models", "family_table", "findings", "headline",
@@ -67,7 +68,7 @@ def capability_matrix(frame: pd.DataFrame) -> pd.DataFrame:
     other statuses counted and partial passes noted; ``-`` where every model was skipped."""
     verdicts = model_verdicts(frame)
     checks = list(dict.fromkeys(frame["check"]))
-    strategies = list(dict.fromkeys(frame["strategy"]))
+    strategies = strategy_order(frame["strategy"])
     matrix = pd.DataFrame("-", index=pd.Index(checks, name="check"), columns=pd.Index(strategies, name="strategy"))
     for (check, strategy), cell in verdicts.groupby(["check", "strategy"], sort=False):
         counts = cell["status"].value_counts()
@@ -154,13 +155,15 @@ def failing_models(frame: pd.DataFrame) -> pd.DataFrame:
     bad = verdicts[verdicts["status"].isin(["fail", "error"])]
     table = bad.groupby(["check", "strategy"], sort=False).agg(
         models=("model", lambda m: ", ".join(sorted(m))), count=("model", "size")).reset_index()
+    rank = {strategy: index for index, strategy in enumerate(strategy_order(frame["strategy"]))}
+    table = table.sort_values("strategy", key=lambda column: column.map(rank), kind="stable").reset_index(drop=True)
     return table[["check", "strategy", "count", "models"]]
 
 
 def family_table(frame: pd.DataFrame, *, check: str = "values") -> pd.DataFrame:
     """Model families (rows) by strategies (columns): layers passing ``check`` over layers judged."""
     rows = frame[(frame["check"] == check) & frame["status"].isin(["pass", "fail", "error"])]
-    strategies = list(dict.fromkeys(frame["strategy"]))
+    strategies = strategy_order(frame["strategy"])
     table = pd.DataFrame("-", index=pd.Index(sorted(set(frame["family"])), name="family"), columns=pd.Index(strategies, name="strategy"))
     for (family, strategy), cell in rows.groupby(["family", "strategy"]):
         passed = int((cell["status"] == "pass").sum())

@@ -25,12 +25,14 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from strategies import list_strategies
+
 from .checks import CheckResult
 from .errors import ConformanceError
 
 __all__ = [
     "BENCH_COLUMNS", "COLUMNS", "SAMPLE_COLUMNS", "BenchWriter", "ResultsWriter", "load_bench", "load_results", "merge_runs",
-    "read_document", "read_metadata", "summary_table", "write_document",
+    "read_document", "read_metadata", "strategy_order", "summary_table", "write_document",
 ]
 
 COLUMNS = (
@@ -299,9 +301,18 @@ def merge_runs(sources: Sequence[Path], *, out: Path, force: bool = False) -> pd
     return frame
 
 
+def strategy_order(names: Iterable[str]) -> list[str]:
+    """The strategies among ``names`` in the registry's order (``conformance list strategies``),
+    then any others as they first come: a table's columns do not depend on the order in which
+    workers or a resumed run wrote the units."""
+    present = list(dict.fromkeys(names))
+    registered = [name for name in list_strategies() if name in set(present)]
+    return registered + [name for name in present if name not in set(registered)]
+
+
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Status counts per strategy, in strategy order of appearance, with a pass rate."""
-    order = list(dict.fromkeys(frame["strategy"]))
+    """Status counts per strategy, in the registry's order (:func:`strategy_order`), with a pass rate."""
+    order = strategy_order(frame["strategy"])
     table = frame.pivot_table(index="strategy", columns="status", values="check", aggfunc="count", fill_value=0)
     table = table.reindex(index=order, columns=[s for s in ("pass", "fail", "error", "unsupported", "skipped") if s in table.columns])
     table = table.fillna(0).astype(int)
