@@ -45,7 +45,7 @@ from .bench import BenchConfig, bench
 from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, make_deterministic, run
-from .timing import Timings, harness_share
+from .timing import Timings, harness_share, heaviest_models
 from .executors import EXECUTORS, make_executor, start_worker_server
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
@@ -294,18 +294,20 @@ def _command_run(args: argparse.Namespace) -> int:
         try:
             run(config, writer=writer, timings=timings, progress=progress, executor=executor)
         except KeyboardInterrupt:
-            writer.finish(extra={"interrupted": True, "timings": timings.split(), "strategy_seconds": timings.strategy_split()})
+            writer.finish(extra={"interrupted": True, "timings": timings.split(), "strategy_seconds": timings.strategy_split(),
+                                 "model_seconds": timings.model_split()})
             print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
             return 130
         finally:
             executor.close()
-    split, by_strategy = timings.split(), timings.strategy_split()
-    frame = writer.finish(extra={"timings": split, "strategy_seconds": by_strategy})
-    _summarise_run(out, frame, metadata, split, by_strategy)
+    split, by_strategy, by_model = timings.split(), timings.strategy_split(), timings.model_split()
+    frame = writer.finish(extra={"timings": split, "strategy_seconds": by_strategy, "model_seconds": by_model})
+    _summarise_run(out, frame, metadata, split, by_strategy, by_model)
     return 0
 
 
-def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[str, float], by_strategy: dict[str, float]) -> None:
+def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[str, float], by_strategy: dict[str, float],
+                   by_model: dict[str, dict[str, float]]) -> None:
     """Write ``summary.md`` and print the capability matrix and the status counts."""
     text = summary_table(frame).to_string()
     matrix = capability_matrix(frame).to_string()
@@ -313,6 +315,7 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in split.items())
     strategy_timing = ", ".join(f"{k} {v:.1f}s" for k, v in by_strategy.items())
     harness = harness_share(split)
+    heaviest = heaviest_models(by_model)
     fence = "```"
     (out / "summary.md").write_text(
         f"# Conformance summary\n\nRegenerate with: `{' '.join(metadata['command'])}`\n\n"
@@ -321,13 +324,14 @@ def _summarise_run(out: Path, frame: pd.DataFrame, metadata: dict, split: dict[s
         f"## Headline\n\n{fence}\n{top}\n{fence}\n\n"
         f"## Capability matrix: models passing each check\n\n{fence}\n{matrix}\n{fence}\n\n"
         f"The models behind a cell: `conformance matrix {out} --strategy NAME --check NAME`\n\n"
-        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n\nThe harness's own work: {harness}\n\nWall time of each strategy's units: {strategy_timing}\n"
+        f"## Rows by status\n\n{fence}\n{text}\n{fence}\n\nWall time: {timing}\n\nThe harness's own work: {harness}; most in {heaviest} (every model's phases: `model_seconds` in run.json)\n\nWall time of each strategy's units: {strategy_timing}\n"
     )
     print(matrix)
     print(f"\n{top}")
     print(f"\n{text}")
     print(f"\nwall time: {timing}")
     print(f"the harness's own work: {harness}")
+    print(f"the models with the most of it: {heaviest}")
     print(f"wall time of each strategy's units: {strategy_timing}")
     print(f"results: {out / 'results.csv'} ({len(frame)} rows), {out / 'results.json'}, summary: {out / 'summary.md'}")
 

@@ -58,9 +58,12 @@ class SerialExecutor:
         from .runner import model_units
 
         for task in tasks:
+            before = timings.snapshot()
             for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
                 yield task, strategy_name, results
             release_freed_memory()
+            after = timings.snapshot()
+            timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
     def close(self) -> None:
         pass
@@ -136,6 +139,7 @@ class _PoolExecutor:
             if "error" in outcome:
                 raise ConformanceError(outcome["error"])
             timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
+            timings.add_model(task.spec.id, outcome["seconds"])
             for strategy_name, results in outcome["units"]:
                 yield task, strategy_name, results
 

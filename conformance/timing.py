@@ -16,7 +16,7 @@ from typing import Iterator, TypeVar
 
 from .copies import copy_model
 
-__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "phase"]
+__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "phase"]
 
 #: Phases that are the harness's own work rather than the models' and the strategies': the
 #: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
@@ -35,12 +35,14 @@ class Timings:
 
     Phases are exclusive: a phase entered inside another pauses the outer one, so no
     second is counted twice. ``by_strategy`` is a second, independent tally: the wall time
-    of each strategy's units (model build and oracle capture, shared by all, are in none).
+    of each strategy's units (model build and oracle capture, shared by all, are in none);
+    ``by_model`` a third: each model's phases (:meth:`add_model`).
     """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.by_strategy: dict[str, float] = defaultdict(float)
+        self.by_model: dict[str, dict[str, float]] = {}
         self._stack: list[str] = []
         self._started = self._since = time.perf_counter()
 
@@ -91,6 +93,28 @@ class Timings:
         measured["total"] = round(total, 3)
         return measured
 
+    def snapshot(self) -> dict[str, float]:
+        """Seconds by phase so far (the phase running now charged up to this moment)."""
+        self._charge()
+        return dict(self.seconds)
+
+    def add_model(self, name: str, seconds: dict[str, float]) -> None:
+        """Charge ``seconds`` by phase (a worker's, or the difference of two :meth:`snapshot`
+        taken around the model) to model ``name``; its ``rest`` aside, as a serial run's time
+        between phases is also the writing of other units."""
+        tally = self.by_model.setdefault(name, defaultdict(float))
+        for phase_name, value in seconds.items():
+            if phase_name not in ("rest", "total") and value > 0:
+                tally[phase_name] += value
+
+    def model_split(self) -> dict[str, dict[str, float]]:
+        """Seconds by phase of each model, the model with the most harness work first."""
+        def harness(phases: dict[str, float]) -> float:
+            return sum(phases.get(name, 0.0) for name in HARNESS_PHASES)
+
+        ordered = sorted(self.by_model.items(), key=lambda item: -harness(item[1]))
+        return {name: {phase_name: round(value, 3) for phase_name, value in phases.items()} for name, phases in ordered}
+
     def worker_seconds(self) -> dict[str, float]:
         """What a worker gives back for :meth:`add_worker`: seconds by phase, its ``rest`` included."""
         return {name: seconds for name, seconds in self.split().items() if name != "total"}
@@ -109,6 +133,18 @@ def harness_share(split: dict[str, float]) -> str:
     accounted = max(split["total"], sum(seconds for name, seconds in split.items() if name != "total"))
     harness = sum(split.get(name, 0.0) for name in HARNESS_PHASES)
     return f"{harness:.1f}s of {accounted:.1f}s, {100 * harness / accounted if accounted else 0.0:.1f} % ({', '.join(HARNESS_PHASES)})"
+
+
+def heaviest_models(model_seconds: dict[str, dict[str, float]], *, count: int = 3) -> str:
+    """The ``count`` models with the most harness work in a :meth:`Timings.model_split`, each
+    with its harness seconds and the harness phase that took most of them."""
+    parts = []
+    for name, phases in list(model_seconds.items())[:count]:
+        harness = {phase_name: phases.get(phase_name, 0.0) for phase_name in HARNESS_PHASES if phases.get(phase_name)}
+        if harness:
+            largest = max(harness, key=harness.get)
+            parts.append(f"{name} {sum(harness.values()):.1f}s ({largest} {harness[largest]:.1f}s)")
+    return ", ".join(parts)
 
 
 @contextlib.contextmanager

@@ -97,3 +97,21 @@ def test_a_run_of_several_models_uses_a_process_per_core_by_default(tmp_path):
     jobs = min(metadata["machine_info"]["torch_threads"], 2)
     assert metadata["executor"]["jobs"] == jobs
     assert metadata["executor"]["name"] == ("processes" if jobs > 1 else "serial")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_each_models_phases_are_in_the_run_metadata_in_a_serial_run_and_from_workers(tmp_path, jobs):
+    """``model_seconds``: each model's phases, which add up to no more than the run's (a model
+    with no entry, as before the executors charged them, fails it)."""
+    models = [f"{PITFALLS}:plain", f"{PITFALLS}:reused_module"]
+    result = conformance("run", "--model", models[0], "--model", models[1], "--strategies", "hooks", "hooks+clone",
+                         "--checks", "fast", "--jobs", jobs, "--out", str(tmp_path / "run"), subprocess_=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = json.loads((tmp_path / "run" / "run.json").read_text())
+    by_model, timings = metadata["model_seconds"], metadata["timings"]
+    assert {name.rsplit(":", 1)[1] for name in by_model} == {"plain", "reused_module"}
+    for phases in by_model.values():
+        assert phases.get("oracle", 0) > 0 and phases.get("forward", 0) > 0 and "rest" not in phases
+    for phase_name in {name for phases in by_model.values() for name in phases}:
+        assert sum(phases.get(phase_name, 0) for phases in by_model.values()) <= timings[phase_name] + 0.01
+    assert "the models with the most of it: " in result.stdout
