@@ -339,7 +339,7 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
 
 def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
     """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
-    return [node for node in locate_nodes(probe.model, probe.input, value, close=close, tracer_kwargs=probe.tracer_kwargs, train=train)
+    return [node for node in locate_nodes(probe.model, probe.input, [value], close=close, tracer_kwargs=probe.tracer_kwargs, train=train)[0]
             if node != layer]
 
 

@@ -86,6 +86,7 @@ class CheckContext:
     keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
     counterfactual: Callable[..., dict[str, Any]] = lambda **change: {}  # the layers' values with one change to the model
     locate_nodes: Callable[..., list[str]] = lambda value, exact=False: []  # nodes of the pass whose value is this
+    diagnosed: dict[str, tuple[str, str]] = field(default_factory=dict)  # each layer's feature, diagnosed once for every check
 
     @functools.cached_property
     def model_changes(self) -> list[str]:
@@ -141,7 +142,7 @@ def check_values(ctx: CheckContext) -> list[CheckResult]:
             max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise,
         )
         if not comparison.close:
-            row.diagnosis, why = diagnose(ctx, layer, value)
+            row.diagnosis, why = diagnose(ctx, layer)
             row.detail = "; ".join(filter(None, [comparison.detail, why]))
         elif not comparison.bitwise:
             row.detail = "within tolerance, not bitwise equal"
@@ -164,7 +165,7 @@ def _leaf_property(ctx: CheckContext, check: str, describe: Callable[[torch.Tens
         if got == want:
             results.append(CheckResult(check, layer, "pass"))
             continue
-        diagnosis, why = diagnose(ctx, layer, ctx.features[layer])
+        diagnosis, why = diagnose(ctx, layer)
         results.append(CheckResult(check, layer, "fail", diagnosis, f"got {', '.join(map(str, got))}; expected {', '.join(map(str, want))}; {why}"))
     return results
 
@@ -397,7 +398,7 @@ def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
         if comparison.close:
             results.append(CheckResult("kwargs_and_tuples", layer, "pass", "", f"{'; '.join(kinds)}: captured exactly"))
         else:
-            diagnosis, why = diagnose(ctx, layer, ctx.features[layer])
+            diagnosis, why = diagnose(ctx, layer)
             detail = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
             results.append(CheckResult("kwargs_and_tuples", layer, "fail", diagnosis, f"{'; '.join(kinds)}: silently wrong, {detail}; {why}"))
     return results

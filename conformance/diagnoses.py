@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from .compare import compare
+from .compare import is_close
 
 if TYPE_CHECKING:
     from .checks import CheckContext
@@ -72,7 +72,7 @@ def graph_ops(module: Any) -> list[str] | None:
 
 
 def _close(a: Any, b: Any) -> bool:
-    return b is not None and compare(a, b).close
+    return b is not None and is_close(a, b)
 
 
 def _as_token_map(value: Any, truth: Any) -> Any:
@@ -287,10 +287,12 @@ MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
 )
 
 
-def diagnose(ctx: CheckContext, layer: str, value: Any) -> tuple[str, str]:
-    """The first mechanism that reproduces ``value``, as ``(diagnosis, detail)``; else ``unexplained``."""
-    for mechanism in MECHANISMS:
-        found = mechanism(ctx, layer, value)
-        if found:
-            return found
-    return UNEXPLAINED, "no mechanism the suite knows reproduces this value"
+def diagnose(ctx: CheckContext, layer: str) -> tuple[str, str]:
+    """Why the strategy's feature for ``layer`` is wrong: the first mechanism that reproduces
+    it, as ``(diagnosis, detail)``; else ``unexplained``. Measured once, whichever checks find
+    the feature wrong (values, shape, dtype)."""
+    if layer not in ctx.diagnosed:
+        value = ctx.features[layer]
+        ctx.diagnosed[layer] = next(filter(None, (mechanism(ctx, layer, value) for mechanism in MECHANISMS)),
+                                    (UNEXPLAINED, "no mechanism the suite knows reproduces this value"))
+    return ctx.diagnosed[layer]

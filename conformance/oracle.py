@@ -258,14 +258,17 @@ def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple
     return seen, error
 
 
-def locate(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[Any, Any], bool]) -> list[str]:
-    """The modules any of whose calls output ``value`` (compared on the fly, nothing stored)."""
+def locate(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: Callable[[Any, Any], bool]) -> list[list[str]]:
+    """For each of ``values``, the modules any of whose calls output it, in one pass (compared on
+    the fly, nothing stored)."""
     copy_ = deep_copy(model)
-    found: list[str] = []
+    found: list[list[str]] = [[] for _ in values]
 
     def hook(module: nn.Module, args: Any, output: Any, name: str) -> None:
-        if isinstance(output, torch.Tensor) and output.shape == value.shape and name not in found and close(output, value):
-            found.append(name)
+        if isinstance(output, torch.Tensor):
+            for value, names in zip(values, found):
+                if output.shape == value.shape and name not in names and close(output, value):
+                    names.append(name)
 
     handles = [module.register_forward_hook(lambda m, a, out, name=name: hook(m, a, out, name)) for name, module in copy_.named_modules() if name]
     try:
@@ -376,15 +379,18 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
     return {str(name): value for name, value in seen.items()}
 
 
-def locate_nodes(model: nn.Module, x: Any, value: torch.Tensor, *, close: Callable[[Any, Any], bool],
-                 tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None) -> list[str]:
-    """The nodes of the forward pass (:mod:`.nodes`) whose value is ``value`` (compared on the fly,
-    nothing stored), on a copy of ``model`` in its own mode, or in train mode when ``train``."""
-    found: list[str] = []
+def locate_nodes(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: Callable[[Any, Any], bool],
+                 tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None) -> list[list[str]]:
+    """For each of ``values``, the nodes of the forward pass (:mod:`.nodes`) whose value it is, in
+    one pass (compared on the fly, nothing stored), on a copy of ``model`` in its own mode, or in
+    train mode when ``train``."""
+    found: list[list[str]] = [[] for _ in values]
 
     def visit(node: Any, produced: Any) -> None:
-        if isinstance(produced, torch.Tensor) and produced.shape == value.shape and close(produced, value):
-            found.append(node.name)
+        if isinstance(produced, torch.Tensor):
+            for value, names in zip(values, found):
+                if produced.shape == value.shape and close(produced, value):
+                    names.append(node.name)
 
     with torch.no_grad():
         twin = deep_copy(model)

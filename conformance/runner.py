@@ -15,6 +15,7 @@ tensors (then requested alone), works in its place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -31,7 +32,7 @@ from strategies.base import call_model
 from .behaviour import BEHAVIOUR_CHECKS, Probe, reductions
 from .causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
 from .checks import ALL_LAYERS, CHECKS, CheckContext, CheckResult, model_changes, snapshot, tensor_digest, tensor_digests
-from .compare import bitwise_equal, compare
+from .compare import bitwise_equal, compare, is_close
 from .errors import ConformanceError
 from .executors import Executor, ModelTask, SerialExecutor
 from .layers import resolve_layers
@@ -130,7 +131,7 @@ class _Attempt:
 
 
 def _matcher(exact: bool) -> Callable[[Any, Any], bool]:
-    return bitwise_equal if exact else lambda a, b: compare(a, b).close
+    return bitwise_equal if exact else is_close
 
 
 class _ModelRun:
@@ -149,16 +150,30 @@ class _ModelRun:
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
-    def locate(self, value: torch.Tensor, *, exact: bool = False) -> list[str]:
+    def locate(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list) -> list[str]:
         """Modules of the model whose output, for the input, is ``value`` (within the values
         tolerance; bit for bit where ``exact``), once per value and model: strategies often
-        return the same wrong value."""
-        return self._memo(("locate", exact, tensor_digest(value)), lambda: locate(self.model, self.input, value, close=_matcher(exact)))
+        return the same wrong value. The values ``along`` gives (the unit's other wrong
+        features, which its diagnoses will likely look for next) are searched in the same pass."""
+        return self._search("locate", value, exact=exact, along=along, search=lambda values: locate(
+            self.model, self.input, values, close=_matcher(exact)))
 
-    def locate_nodes(self, value: torch.Tensor, *, exact: bool = False) -> list[str]:
+    def locate_nodes(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list) -> list[str]:
         """Nodes of the forward pass whose value, for the input, is ``value`` (as :meth:`locate`)."""
-        return self._memo(("locate_nodes", exact, tensor_digest(value)), lambda: locate_nodes(
-            self.model, self.input, value, close=_matcher(exact), tracer_kwargs=self.spec.tracer_kwargs))
+        return self._search("locate_nodes", value, exact=exact, along=along, search=lambda values: locate_nodes(
+            self.model, self.input, values, close=_matcher(exact), tracer_kwargs=self.spec.tracer_kwargs))
+
+    def _search(self, kind: str, value: torch.Tensor, *, exact: bool, along: Callable[[], list[torch.Tensor]],
+                search: Callable[[list[torch.Tensor]], list[list[str]]]) -> list[str]:
+        with self.timings.phase("diagnoses"):
+            key = (kind, exact, tensor_digest(value))
+            if key not in self.diagnosis_memo:
+                pending = {key: value}
+                for other in along():
+                    pending.setdefault((kind, exact, tensor_digest(other)), other)
+                pending = {k: v for k, v in pending.items() if k not in self.diagnosis_memo}
+                self.diagnosis_memo.update(zip(pending, search(list(pending.values()))))
+            return self.diagnosis_memo[key]
 
     def _memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """What a diagnosis measures, once per model, shared by its strategies."""
@@ -250,15 +265,21 @@ class _ModelRun:
                 x, output = self.small_truth()
                 return model_changes(pristine=self.model, model=model, x=x, output=output, digests=copy_digests, pristine_digests=self.model_digests)
 
+        @functools.cache
+        def wrong() -> list[torch.Tensor]:
+            """The features that are tensors and not the truth: what the diagnoses look for."""
+            return [value for layer, value in features.items() if isinstance(value, torch.Tensor) and layer in self.truth.layers
+                    and not is_close(value, self.truth.layers[layer].value)]
+
         context = CheckContext(
             layers=layers, truth=self.truth, previous_truth=self.previous_truth,
             features=features, returned_output=second.output, attached_output=attached_output,
             model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed,
-            locate=self.locate, device=torch.device(self.config.device),
+            locate=functools.partial(self.locate, along=wrong), device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
             graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes, keyword_calls=self.keyword_calls,
-            counterfactual=self.counterfactual, locate_nodes=self.locate_nodes,
+            counterfactual=self.counterfactual, locate_nodes=functools.partial(self.locate_nodes, along=wrong),
         )
         return _Attempt(layers, context=context)
 

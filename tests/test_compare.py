@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conformance.compare import compare, tolerance
+from conformance.compare import compare, is_close, tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -36,3 +36,30 @@ def test_quantized_and_integer_values_must_be_equal():
     other = torch.quantize_per_tensor(torch.linspace(-1, 1, 20), scale=0.1, zero_point=4, dtype=torch.quint8)
     assert not compare(other, values).close
     assert not compare(torch.arange(5) + 1, torch.arange(5)).close
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_quick_verdict_is_the_comparisons_wherever_the_values_differ(dtype):
+    """``is_close`` rejects on a first row of elements before comparing the whole: its verdict is
+    compare's for errors inside and outside that row, within and beyond tolerance, NaNs, another
+    dtype and strided views (a first-row check stricter or looser than allclose fails it)."""
+    generator = torch.Generator().manual_seed(1)
+    want = torch.randn(2, 3, 5, 7, generator=generator).to(dtype)
+    rtol, atol = tolerance(dtype, torch.device("cpu"))
+    step = (atol + rtol * want.double().abs()).to(torch.float64)
+
+    def nudged(where, relative):
+        got = want.double().clone()
+        got[where] += relative * step[where]
+        return got.to(dtype)
+
+    pairs = [(want.clone(), want), (nudged((0, 0, 0), 0.5), want), (nudged((0, 0, 0), 4.0), want), (nudged((1, 2, 4), 4.0), want),
+             (nudged((1, 2, 4), 0.5), want), (want.double(), want.double() if dtype == torch.float64 else want), (want + 1, want),
+             (want.permute(0, 2, 3, 1), want.permute(0, 2, 3, 1).contiguous()), (want.permute(0, 2, 3, 1) * 2, want.permute(0, 2, 3, 1)),
+             (want[0, 0, 0], want[0, 0, 0].clone()), (want.sum(), want.sum().clone()), ((want, want), (want.clone(), want + 1))]
+    nan = want.clone()
+    nan[0, 0, 0, 0] = nan[1, 1, 1, 1] = math.nan
+    pairs += [(nan.clone(), nan), (want, nan)]
+    verdicts = [is_close(got, expected) for got, expected in pairs]
+    assert verdicts == [compare(got, expected).close for got, expected in pairs]
+    assert True in verdicts and False in verdicts

@@ -146,3 +146,48 @@ def test_the_true_values_in_another_layout_or_container_are_named_and_a_changed_
 @pytest.mark.parametrize("name, layer", sorted({(r[0], r[1]) for r in LAYOUTS}))
 def test_the_control_a_cloning_hook_is_right_on_the_layout_models(name, layer):
     assert (_rows(name, [layer], ["hooks+clone"])["status"] == "pass").all()
+
+
+def test_a_feature_wrong_in_several_checks_is_diagnosed_once(register, monkeypatch):
+    """A permuted map fails values, shape and (flattened) nothing else: both rows carry the one
+    diagnosis, measured once (diagnosing it for each check, as before the memo, counts two)."""
+    from conformance import diagnoses
+
+    calls = []
+    monkeypatch.setattr(diagnoses, "MECHANISMS", tuple(
+        (lambda ctx, layer, value, mechanism=mechanism: calls.append(mechanism.__name__) or mechanism(ctx, layer, value))
+        for mechanism in diagnoses.MECHANISMS))
+    register("planted", corrupted(_feature("block", lambda v: v.permute(0, 3, 1, 2))))
+    rows = _rows("channels_last", ["block"], ["planted"], checks=("values", "shape"))
+    assert rows.set_index("check").diagnosis.to_dict() == {"values": "reformatted", "shape": "reformatted"}, rows.to_dict("records")
+    assert calls == ["reformatted", "permuted"], calls
+
+
+def test_a_units_wrong_features_are_searched_for_in_one_pass_each_way(register, monkeypatch):
+    """Two layers' values no mechanism explains: both are looked for among the modules' outputs
+    in one pass and among the nodes' values in one more, with each layer's own answer (a pass
+    per value, as before the search took the unit's wrong features along, counts two each)."""
+    from conformance import runner
+
+    passes = []
+    for name in ("locate", "locate_nodes"):
+        search = getattr(runner, name)
+        monkeypatch.setattr(runner, name, lambda *args, search=search, name=name, **kwargs: passes.append(name) or search(*args, **kwargs))
+    register("planted", corrupted(lambda ex, module, x, extraction: Extraction(
+        {layer: value + 0.5 for layer, value in extraction.features.items()}, extraction.output)))
+    rows = _rows("plain", ["first", "second"], ["planted"])
+    assert (rows.diagnosis == "unexplained").all() and len(rows) == 2, rows.to_dict("records")
+    assert sorted(passes) == ["locate", "locate_nodes"], passes
+
+
+def test_one_search_gives_each_value_its_own_modules_and_nodes():
+    from conformance.compare import is_close
+    from conformance.oracle import locate, locate_nodes
+
+    model = pitfalls.plain().eval()
+    x = torch.randn(pitfalls.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model.first(x)
+        values = [model.second(first), first, first + 0.5]
+    assert locate(model, x, values, close=is_close) == [["second"], ["first"], []]
+    assert locate_nodes(model, x, values, close=is_close) == [["second"], ["first"], []]
