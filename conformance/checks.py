@@ -84,7 +84,7 @@ class CheckContext:
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
-    counterfactual: Callable[..., dict[str, Any]] = lambda **change: {}  # the layers' values with one change to the model
+    counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)
     locate_nodes: Callable[..., list[str]] = lambda value, exact=False: []  # nodes of the pass whose value is this
     diagnosed: dict[str, tuple[str, str]] = field(default_factory=dict)  # each layer's feature, diagnosed once for every check
 

@@ -29,6 +29,7 @@ stale                   this layer's value for the previous input               
 dead_code_eliminated    the model without the in-place ops or functions kept whole that     ``dead_inplace``,
                         the strategy's traced graph lacks                                   ``wrapped_mutation``
 kwargs_dropped          the model with one module called without its keyword arguments      ``kwargs_and_tuples``
+                        (a change whose meta-device run gives another shape is not run)
 children_not_chained    the top-level children replayed in registration order              ``functional_between``
 wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
 wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
@@ -47,6 +48,9 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
+from torch.utils._pytree import tree_flatten
+
+from strategies.base import tensor_tree
 
 from .compare import is_close
 
@@ -252,10 +256,28 @@ def dead_code_eliminated(ctx: CheckContext, layer: str, value: Any) -> Diagnosis
 
 
 def kwargs_dropped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """Each module called with keyword arguments, called without them; a change whose run on the
+    meta device gives the layer another structure or shape cannot give the value, and its real
+    run (a whole forward pass) is left out."""
     for module in ctx.keyword_calls():
+        if not _same_shapes(value, ctx.counterfactual(drop_keywords=module, shapes_only=True), layer):
+            continue
         if _close(value, ctx.counterfactual(drop_keywords=module).get(layer)):
             return "kwargs_dropped", f"the model run with {module!r} called without its keyword arguments gives this value"
     return None
+
+
+def _same_shapes(value: Any, shapes: dict[str, Any] | None, layer: str) -> bool:
+    """Whether ``value`` may be the layer's value in a run whose meta-device twin gave ``shapes``
+    (None: the twin did not run, so it may)."""
+    if shapes is None:
+        return True
+    if layer not in shapes:
+        return False
+    leaves, spec = tree_flatten(tensor_tree(value))
+    shaped, shaped_spec = tree_flatten(tensor_tree(shapes[layer]))
+    return spec == shaped_spec and all(
+        not isinstance(leaf, torch.Tensor) or (isinstance(other, torch.Tensor) and leaf.shape == other.shape) for leaf, other in zip(leaves, shaped))
 
 
 def children_not_chained(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:

@@ -344,11 +344,20 @@ def keyword_calls(model: nn.Module, x: Any) -> list[str]:
 
 
 def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),
-                   drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None,
+                   shapes_only: bool = False) -> dict[str, Any] | None:
     """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
     ops, functions FX keeps whole) not run, their first argument passing through, or the module
-    ``drop_keywords`` called with its positional arguments only. Layers that do not run are absent."""
+    ``drop_keywords`` called with its positional arguments only. Layers that do not run are absent.
+
+    ``shapes_only``: run on the meta device, which gives the layers' structure and shapes and no
+    values, at a fraction of the cost; None where the model does not run there (an op without a
+    meta kernel, a branch on a value, a tensor kept outside the parameters and buffers), which
+    says nothing of the real run."""
     copy_ = deep_copy(model)
+    if shapes_only:
+        copy_.to("meta")
+        x = map_tensors(lambda t: t.to("meta"), x)
     taps = _taps(layers)
     seen: dict[str, Any] = {}
     handles = []
@@ -372,7 +381,7 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
             else:
                 call_model(copy_, x)
     except Exception:  # the changed model may not run at all: then the change reproduces nothing
-        return {}
+        return None if shapes_only else {}
     finally:
         for handle in handles:
             handle.remove()

@@ -210,7 +210,7 @@ class _ModelRun:
     def keyword_calls(self) -> list[str]:
         return self._memo(("keywords",), lambda: keyword_calls(self.model, self.input))
 
-    def counterfactual(self, **change: Any) -> dict[str, Any]:
+    def counterfactual(self, **change: Any) -> dict[str, Any] | None:
         return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import pitfalls
 from conformance.runner import evaluate
@@ -191,3 +192,56 @@ def test_one_search_gives_each_value_its_own_modules_and_nodes():
         values = [model.second(first), first, first + 0.5]
     assert locate(model, x, values, close=is_close) == [["second"], ["first"], []]
     assert locate_nodes(model, x, values, close=is_close) == [["second"], ["first"], []]
+
+
+class _BranchingScaled(nn.Module):
+    """Scales by a keyword argument, after a branch on a value: no meta-device run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        y = self.conv(x)
+        return y * scale if bool(y.abs().mean() < 1e6) else y
+
+
+class _BranchingKeywordChild(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _BranchingScaled()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x, scale=2.0))
+
+
+def _counterfactual_runs(monkeypatch):
+    from conformance import runner
+
+    runs = []
+    counterfactual = runner.counterfactual
+    monkeypatch.setattr(runner, "counterfactual", lambda *args, **kwargs: runs.append(kwargs.get("shapes_only", False)) or counterfactual(*args, **kwargs))
+    return runs
+
+
+def test_a_change_of_another_shape_on_the_meta_device_is_not_run_for_real(register, monkeypatch):
+    """A value whose shape no keyword-dropping change gives is left unexplained after the meta
+    runs alone (the real pass of every change, as before the meta run, fails it); where the
+    shapes agree, the real pass names the change."""
+    runs = _counterfactual_runs(monkeypatch)
+    register("planted", corrupted(_feature("block", lambda v: v.flatten(1) + 1)))
+    row = _rows("keyword_child", ["block", "head"], ["planted"]).query("layer == 'block'").iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", "unexplained"), row.to_dict()
+    assert runs == [True], runs
+    runs.clear()
+    row = _rows("keyword_child", ["block", "head"], ["ilg"]).query("layer == 'block'").iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", "kwargs_dropped") and runs == [True, False], (row.to_dict(), runs)
+
+
+def test_a_model_the_meta_device_cannot_run_gets_the_real_pass(monkeypatch):
+    runs = _counterfactual_runs(monkeypatch)
+    rows = evaluate(_BranchingKeywordChild(), layers=["block", "head"], strategies=["ilg"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    row = rows.query("layer == 'block'").iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", "kwargs_dropped"), row.to_dict()
+    assert runs == [True, False], runs
