@@ -51,6 +51,15 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def _all_within(got: torch.Tensor, want: torch.Tensor, *, exact: torch.Tensor, diff: torch.Tensor, scale: float = 1.0) -> bool:
+    """allclose at the dtype tolerance times ``scale``: |got - want| <= atol + rtol * |want| where
+    both are finite; otherwise equal, or NaN against NaN (``exact``: ``want`` in the arithmetic's
+    dtype, ``diff``: |got - exact|)."""
+    rtol, atol = tolerance(want.dtype, want.device)
+    within = ((diff <= atol * scale + rtol * scale * exact.abs()) & diff.isfinite()) | (got == want) | (got.isnan() & want.isnan())
+    return bool(within.all())
+
+
 def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
     """Compare two values (tensors or nested structures of tensors) with dtype/device
     tolerances, multiplied by ``scale`` where another runtime computed ``actual``."""
@@ -84,14 +93,10 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
             count += want.numel()
         if same:
             continue
-        rtol, atol = tolerance(want.dtype, want.device)
-        rtol, atol = rtol * scale, atol * scale
         diff = (got.to(exact.dtype) - exact).abs()
         if diff.numel():
             max_abs = max(max_abs, diff.max().item())
-        # allclose: |got - want| <= atol + rtol * |want| where both are finite; otherwise equal, or NaN against NaN
-        within = ((diff <= atol + rtol * exact.abs()) & diff.isfinite()) | (got == want) | (got.isnan() & want.isnan())
-        close = close and got.dtype == want.dtype and bool(within.all())
+        close = close and got.dtype == want.dtype and _all_within(got, want, exact=exact, diff=diff, scale=scale)
     return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)
 
 
@@ -106,10 +111,7 @@ def is_close(actual: Any, expected: Any) -> bool:
         row = (0,) * (actual.dim() - 1)
         got, want = actual.detach()[row].to(expected.device), expected[row]
         exact = want if want.dtype == torch.float64 else want.float()
-        rtol, atol = tolerance(want.dtype, want.device)
-        diff = (got.to(exact.dtype) - exact).abs()
-        within = ((diff <= atol + rtol * exact.abs()) & diff.isfinite()) | (got == want) | (got.isnan() & want.isnan())
-        if not bool(within.all()):
+        if not _all_within(got, want, exact=exact, diff=(got.to(exact.dtype) - exact).abs()):
             return False
     return compare(actual, expected).close
 

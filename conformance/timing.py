@@ -109,10 +109,7 @@ class Timings:
 
     def model_split(self) -> dict[str, dict[str, float]]:
         """Seconds by phase of each model, the model with the most harness work first."""
-        def harness(phases: dict[str, float]) -> float:
-            return sum(phases.get(name, 0.0) for name in HARNESS_PHASES)
-
-        ordered = sorted(self.by_model.items(), key=lambda item: -harness(item[1]))
+        ordered = sorted(self.by_model.items(), key=lambda item: -sum(_harness_phases(item[1]).values()))
         return {name: {phase_name: round(value, 3) for phase_name, value in phases.items()} for name, phases in ordered}
 
     def worker_seconds(self) -> dict[str, float]:
@@ -135,12 +132,17 @@ def harness_share(split: dict[str, float]) -> str:
     return f"{harness:.1f}s of {accounted:.1f}s, {100 * harness / accounted if accounted else 0.0:.1f} % ({', '.join(HARNESS_PHASES)})"
 
 
+def _harness_phases(phases: dict[str, float]) -> dict[str, float]:
+    """The harness's phases among ``phases``, those with time in them."""
+    return {name: phases[name] for name in HARNESS_PHASES if phases.get(name)}
+
+
 def heaviest_models(model_seconds: dict[str, dict[str, float]], *, count: int = 3) -> str:
     """The ``count`` models with the most harness work in a :meth:`Timings.model_split`, each
     with its harness seconds and the harness phase that took most of them."""
     parts = []
     for name, phases in list(model_seconds.items())[:count]:
-        harness = {phase_name: phases.get(phase_name, 0.0) for phase_name in HARNESS_PHASES if phases.get(phase_name)}
+        harness = _harness_phases(phases)
         if harness:
             largest = max(harness, key=harness.get)
             parts.append(f"{name} {sum(harness.values()):.1f}s ({largest} {harness[largest]:.1f}s)")
