@@ -14,6 +14,7 @@ Ray instance or the cluster at ``--ray-address``; ``num_gpus=1`` per task for CU
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .timing import Timings
 
 __all__ = [
-    "EXECUTORS", "WORKER_MODULES", "Executor", "ModelTask", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor",
+    "EXECUTORS", "WORKER_MODULES", "Executor", "ModelTask", "main_process_only", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor",
     "start_worker_server", "worker_context",
 ]
 
@@ -55,18 +56,34 @@ class SerialExecutor:
     """Every model in this process, one after the other; each unit is yielded as it finishes."""
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
-        from .runner import model_units
-
         for task in tasks:
-            before = timings.snapshot()
-            for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
+            for strategy_name, results in _units_here(task.spec, task.strategies, config, timings):
                 yield task, strategy_name, results
-            release_freed_memory()
-            after = timings.snapshot()
-            timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
     def close(self) -> None:
         pass
+
+
+def _units_here(spec: ModelSpec, strategies: Sequence[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
+    """One model's units run in this process, its phases charged to the model."""
+    from .runner import model_units
+
+    before = timings.snapshot()
+    yield from model_units(spec, list(strategies), config, timings)
+    release_freed_memory()
+    after = timings.snapshot()
+    timings.add_model(spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
+
+
+def main_process_only(strategy_name: str) -> str:
+    """Why ``strategy_name`` must run in the run's own process (:attr:`Strategy.main_process_only`),
+    or ``""``; a strategy whose package is missing runs anywhere (its rows say it is unavailable)."""
+    from strategies import StrategyUnavailable, get_strategy
+
+    try:
+        return get_strategy(strategy_name).main_process_only
+    except (KeyError, StrategyUnavailable):
+        return ""
 
 
 def _portable_reference(spec: ModelSpec) -> str:
@@ -111,37 +128,54 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
 
 
 class _PoolExecutor:
-    """Submits one payload per model up front and yields the outcomes in task order."""
+    """Submits one payload per model up front and yields the outcomes in task order.
+
+    Units of the strategies ``here`` picks run in this process instead, while the workers run
+    the rest, with the workers' torch threads; each model's units come out in the task's order.
+    """
 
     def __init__(
         self, *, threads: int, submit: Callable[[_Payload], Any], outcome: Callable[[Any], dict[str, Any]],
-        alone: Callable[[_Payload], dict[str, Any]] | None = None,
+        alone: Callable[[_Payload], dict[str, Any]] | None = None, here: Callable[[str], bool] = lambda strategy_name: False,
     ) -> None:
         self.threads = threads
         self._submit = submit
         self._outcome = outcome
         self._alone = alone  # runs a payload again by itself, where one dead worker fails the others' results too
+        self._here = here
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
-        from .runner import crashed_units
-
         portable = replace(config, models=[])
         strict = len(config.models) == 1
-        payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, task.strategies, portable, self.threads, strict) for task in tasks]
-        handles = [self._submit(payload) for payload in payloads]
+        local = {name for name in dict.fromkeys(s for task in tasks for s in task.strategies) if self._here(name)}
+        remote = [tuple(name for name in task.strategies if name not in local) for task in tasks]
+        payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, names, portable, self.threads, strict) if names else None
+                    for task, names in zip(tasks, remote)]
+        handles = [self._submit(payload) if payload else None for payload in payloads]
         for task, payload, handle in zip(tasks, payloads, handles):
-            try:
-                outcome = self._outcome(handle)
-            except Exception as exc:  # the worker died (out of memory, a crash in native code)
-                outcome = self._again_alone(payload)
-                if outcome is None:
-                    outcome = {"units": crashed_units(list(task.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
-            if "error" in outcome:
-                raise ConformanceError(outcome["error"])
-            timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
-            timings.add_model(task.spec.id, outcome["seconds"])
-            for strategy_name, results in outcome["units"]:
-                yield task, strategy_name, results
+            here = [name for name in task.strategies if name in local]
+            with _torch_threads(self.threads):
+                units = dict(_units_here(task.spec, here, config, timings)) if here else {}
+            if payload is not None:
+                units.update(self._worker_units(task, payload, handle, config, timings))
+            for strategy_name in task.strategies:
+                yield task, strategy_name, units[strategy_name]
+
+    def _worker_units(self, task: ModelTask, payload: _Payload, handle: Any, config: RunConfig, timings: Timings) -> list[tuple[str, list[CheckResult]]]:
+        """The units a worker ran for ``task``; a model whose worker died is run again alone first."""
+        from .runner import crashed_units
+
+        try:
+            outcome = self._outcome(handle)
+        except Exception as exc:  # the worker died (out of memory, a crash in native code)
+            outcome = self._again_alone(payload)
+            if outcome is None:
+                outcome = {"units": crashed_units(list(payload.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
+        if "error" in outcome:
+            raise ConformanceError(outcome["error"])
+        timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
+        timings.add_model(task.spec.id, outcome["seconds"])
+        return outcome["units"]
 
     def _again_alone(self, payload: _Payload) -> dict[str, Any] | None:
         """The outcome of the payload run by itself, or None where it kills its worker again."""
@@ -151,6 +185,19 @@ class _PoolExecutor:
             return self._alone(payload)
         except Exception:
             return None
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside, as they were after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 #: What every worker imports: loaded once by the fork server the workers are forked from.
@@ -181,6 +228,9 @@ class ProcessExecutor(_PoolExecutor):
     """``--jobs N``: N worker processes on this machine (:func:`worker_context`: each starts
     clean), whose allocator keeps freed memory for the next model copy (``allocator.py``).
 
+    A strategy whose package refuses to run in a child process (:func:`main_process_only`:
+    TorchLens) has its units run in this process while the workers run the others.
+
     A worker that dies breaks the whole pool, failing every model still in it; each of
     those runs again alone in a fresh process, so only the model that kills its worker is
     rows of ``worker_crashed``.
@@ -189,7 +239,7 @@ class ProcessExecutor(_PoolExecutor):
     def __init__(self, *, jobs: int, threads: int) -> None:
         self.pool = self._pool(jobs)
         super().__init__(threads=threads, submit=lambda payload: self.pool.submit(run_payload, payload),
-                         outcome=lambda future: future.result(), alone=self._run_alone)
+                         outcome=lambda future: future.result(), alone=self._run_alone, here=lambda name: bool(main_process_only(name)))
 
     @staticmethod
     def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:

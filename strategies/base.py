@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -153,6 +153,10 @@ class Strategy(ABC):
     """A way of getting intermediate features out of a model."""
 
     name: str = ""
+    #: Why the strategy's package refuses to run in a child process, where it does (TorchLens):
+    #: the process executor then runs its units in the run's own process. Where it runs, not
+    #: what it can do: the checks judge it the same either way.
+    main_process_only: ClassVar[str] = ""
 
     @abstractmethod
     def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:

@@ -43,6 +43,9 @@ class _TorchLensExtractor(Extractor):
 class TorchLens(Strategy):
     """``torchlens.trace(model, x, save=torchlens.module(path) | ...)``."""
 
+    main_process_only = ("TorchLens refuses a capture in a child process that is not a distributed rank "
+                         "(CaptureContextError child_process_capture_unsupported)")
+
     def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
         taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in layers]
         ops = [tap for tap in taps if tap.is_op]

@@ -115,3 +115,40 @@ def test_each_models_phases_are_in_the_run_metadata_in_a_serial_run_and_from_wor
     for phase_name in {name for phases in by_model.values() for name in phases}:
         assert sum(phases.get(phase_name, 0) for phases in by_model.values()) <= timings[phase_name] + 0.01
     assert "the models with the most of it: " in result.stdout
+
+
+def test_torchlens_runs_in_the_runs_own_process_and_gives_the_serial_rows(tmp_path):
+    """TorchLens refuses a capture in a child process; with ``--jobs 2`` its units run in the
+    run's own process while the workers run the others, and the rows are a serial run's."""
+    pytest.importorskip("torchlens")
+    common = ["--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--strategies", "hooks", "torchlens",
+              "--checks", "fast"]
+    runs = {}
+    for jobs in ("1", "2"):
+        result = conformance("run", *common, "--jobs", jobs, "--out", str(tmp_path / jobs), subprocess_=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[jobs] = _rows(tmp_path / jobs)
+    assert json.loads((tmp_path / "2" / "run.json").read_text())["executor"]["name"] == "processes"
+    torchlens = runs["2"][runs["2"]["strategy"] == "torchlens"]
+    assert len(torchlens) > 10 and "error" not in set(torchlens["status"]) and "pass" in set(torchlens["status"])
+    pd.testing.assert_frame_equal(runs["1"], runs["2"])
+
+
+def test_torchlens_in_a_worker_process_is_refused_which_is_why_it_runs_in_the_runs_own():
+    """The control: the same unit in a worker (what the executor did before) is all errors,
+    TorchLens's ``child_process_capture_unsupported``; were it not, the placement would be moot."""
+    pytest.importorskip("torchlens")
+    from dataclasses import replace
+
+    from conformance.cli import _parser, run_config
+    from conformance.executors import _Payload, main_process_only, run_payload, worker_context
+    from concurrent.futures import ProcessPoolExecutor
+
+    assert main_process_only("torchlens") and not main_process_only("hooks")
+    config, _ = run_config(_parser().parse_args(["run", "--model", f"{PITFALLS}:plain", "--strategies", "torchlens", "--checks", "values"]))
+    payload = _Payload(f"{PITFALLS}:plain", config.models[0].input_shape, ("torchlens",), replace(config, models=[]), 1, True)
+    with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
+        outcome = pool.submit(run_payload, payload).result()
+    [(strategy_name, rows)] = outcome["units"]
+    assert strategy_name == "torchlens" and rows and {row.status for row in rows} == {"error"}
+    assert all("child process" in row.detail for row in rows)
