@@ -13,6 +13,7 @@ most checks judge) and on the previous input again. Checks that act on the strat
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
@@ -340,10 +341,76 @@ def _hook_counts(module: nn.Module) -> dict[str, int]:
     return {name: len(value) for name, value in vars(module).items() if name.endswith("hooks") and isinstance(value, dict)}
 
 
+#: Attribute values compared with ``==``.
+_PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes, enum.Enum, torch.dtype, torch.device, torch.Size,
+                 torch.memory_format, torch.layout)
+
+
+def _same_value(original: Any, value: Any, places: Mapping[int, int], depth: int = 0) -> bool:
+    """Whether an attribute ``value`` of the closed copy is provably ``original``'s as far as a
+    forward pass can tell: the same type, and a module at the same place in the tree, a tensor
+    bit for bit, a plain value equal, a container's items the same, anything else the very
+    object (what a deep copy shares: functions, classes). No proof is a ``False``."""
+    if type(original) is not type(value) or depth > 8:
+        return False
+    if isinstance(original, nn.Module):
+        return places.get(id(original)) == id(value)
+    if isinstance(original, torch.Tensor):
+        return bitwise_equal(original.detach(), value.detach())
+    if isinstance(original, _PLAIN_VALUES):
+        return original == value or (original != original and value != value)  # NaN is its own value here
+    if isinstance(original, (tuple, list)):
+        return len(original) == len(value) and all(_same_value(a, b, places, depth + 1) for a, b in zip(original, value))
+    if isinstance(original, dict):
+        return list(original) == list(value) and all(_same_value(original[k], value[k], places, depth + 1) for k in original)
+    if isinstance(original, (set, frozenset)):
+        return all(isinstance(item, _PLAIN_VALUES) for item in original) and original == value
+    if isinstance(original, functools.partial):
+        return original.func is value.func and _same_value((original.args, original.keywords), (value.args, value.keywords), places, depth + 1)
+    return original is value
+
+
+def _same_state(pristine: nn.Module, model: nn.Module) -> bool:
+    """Whether every module of ``model`` (a closed copy of ``pristine`` whose state dict is
+    pristine's, bit for bit) is of its original's class and holds what it holds (:func:`_same_value`),
+    attribute by attribute, the tree shaped the same and shared modules shared alike. Then the
+    copy's forward pass is the pristine model's, computed from the same state by the same code."""
+    before, after = list(pristine.named_modules(remove_duplicate=False)), list(model.named_modules(remove_duplicate=False))
+    if [name for name, _ in before] != [name for name, _ in after]:
+        return False
+    places: dict[int, int] = {}
+    pairs = {}
+    for (_, original), (_, module) in zip(before, after):
+        if places.setdefault(id(original), id(module)) != id(module):
+            return False
+        pairs[id(original)] = (original, module)
+    if len(set(places.values())) != len(places):
+        return False
+    for original, module in pairs.values():
+        attributes, copied = vars(original), vars(module)
+        if type(original) is not type(module) or attributes.keys() != copied.keys():
+            return False
+        persistent = set(original._buffers) - original._non_persistent_buffers_set
+        for key, value in attributes.items():
+            if key == "_parameters" or key == "_buffers":  # the state dict's tensors are the digests' to compare
+                held = {k: v for k, v in value.items() if key == "_buffers" and k not in persistent}
+                if list(value) != list(copied[key]) or any(type(v) is not type(copied[key][k]) for k, v in value.items()) \
+                        or not _same_value(held, {k: copied[key][k] for k in held}, places):
+                    return False
+            elif not _same_value(value, copied[key], places):
+                return False
+    return True
+
+
 def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any, digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
     and closed) differs from it: state dict (its :func:`tensor_digests` when closed, ``digests``,
-    against the pristine model's: bit for bit), hooks, instance attributes, mode and output."""
+    against the pristine model's: bit for bit), hooks, instance attributes, mode and output.
+
+    The output is computed where anything else differs, or where no attribute-by-attribute
+    comparison shows the copy to hold what the model holds (:func:`_same_state`), which
+    leaves it the same output; a change made outside the model (to a torch function or a
+    class, shared by the model and its copies) is not the model's and is not looked for."""
     changes = []
     before = dict(pristine.named_modules())
     after = dict(model.named_modules())
@@ -365,10 +432,11 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any,
     differing = [key for key, digest in pristine_digests.items() if digests.get(key) != digest]
     if differing or set(digests) != set(pristine_digests):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
-    with torch.no_grad():
-        comparison = compare(call_model(model, x), output)
-    if not comparison.close:
-        changes.append(f"the output differs ({comparison.detail or f'max abs err {comparison.max_abs_err:.3g}'})")
+    if changes or not _same_state(pristine, model):
+        with torch.no_grad():
+            comparison = compare(call_model(model, x), output)
+        if not comparison.close:
+            changes.append(f"the output differs ({comparison.detail or f'max abs err {comparison.max_abs_err:.3g}'})")
     return changes[:6]
 
 

@@ -400,3 +400,76 @@ def test_a_workers_time_in_no_phase_counts_as_rest_in_the_runs_split():
     run.add_worker({"forward": 10.0, "rest": 2.0}, {"hooks": 12.0})
     split = run.split()
     assert split["forward"] == 10.0 and split["rest"] >= 2.0 and run.strategy_split() == {"hooks": 12.0}
+
+
+class _ScaledByBuffer(nn.Module):
+    """A model whose output reads a non-persistent buffer: no state dict, so no digest, holds it."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.second = nn.Conv2d(4, 4, 3, padding=1)
+        self.again = self.act  # one module under two names
+        self.register_buffer("scale", torch.ones(1), persistent=False)
+
+    def forward(self, x):
+        type(self).calls += 1
+        return self.again(self.second(self.act(self.first(x)))) * self.scale
+
+
+def _scale_changed(model):
+    model.scale.fill_(2.0)
+
+
+def test_a_change_only_the_output_shows_is_caught_where_no_digest_sees_it(register):
+    """The model-changes pass leaves out the forward pass only where every attribute is the
+    model's; a non-persistent buffer changed in place is not in the state dict and must still
+    be found, by the output (control: without the attribute comparison it passes)."""
+    register("corrupted-scale", corrupted(unchanged, on_attach=_scale_changed))
+    register("corrupted-none", corrupted(unchanged))
+    rows = evaluate(_ScaledByBuffer(), layers=LAYERS, strategies=["corrupted-scale", "corrupted-none"], checks=["model_untouched"],
+                    input_shape=pitfalls.INPUT_SHAPE)
+    changed, untouched = (rows[rows.strategy == name].iloc[0] for name in ("corrupted-scale", "corrupted-none"))
+    assert (changed.status, changed.diagnosis) == ("fail", "model_changed") and changed.detail.startswith("the output differs"), changed.to_dict()
+    assert untouched.status == "pass", untouched.to_dict()
+
+
+def _unshared(model):
+    model.again = nn.ReLU()
+
+
+def _swapped_class(model):
+    model.act.__class__ = nn.Identity
+
+
+def _attribute_changed(model):
+    model.second.padding = (0, 0)
+
+
+def _buffer_changed(model):
+    model.scale += 1
+
+
+@pytest.mark.parametrize("change", [None, _unshared, _swapped_class, _attribute_changed, _buffer_changed])
+def test_the_model_changes_pass_runs_the_model_only_where_the_copy_may_differ(change):
+    """An untouched copy is shown to hold the model's state attribute by attribute and is not
+    run; any change in the tree, a class, an attribute or a tensor outside the state dict runs it."""
+    from conformance.checks import model_changes, tensor_digests
+    from conformance.timing import deep_copy
+
+    torch.manual_seed(0)
+    model = _ScaledByBuffer().eval()
+    x = torch.randn(pitfalls.INPUT_SHAPE)
+    with torch.no_grad():
+        output = model(x)
+    copy_ = deep_copy(model)
+    if change is not None:
+        change(copy_)
+    _ScaledByBuffer.calls = 0
+    changes = model_changes(pristine=model, model=copy_, x=x, output=output, digests=tensor_digests(copy_),
+                            pristine_digests=tensor_digests(model))
+    assert _ScaledByBuffer.calls == (0 if change is None else 1)
+    assert (changes == []) == (change is None)
