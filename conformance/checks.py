@@ -402,10 +402,11 @@ def _same_state(pristine: nn.Module, model: nn.Module) -> bool:
     return True
 
 
-def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any, digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
+def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], tuple[Any, Any]], digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
     and closed) differs from it: state dict (its :func:`tensor_digests` when closed, ``digests``,
-    against the pristine model's: bit for bit), hooks, instance attributes, mode and output.
+    against the pristine model's: bit for bit), hooks, instance attributes, mode and output
+    (for the input and the model's output ``truth`` gives, asked for only where it is needed).
 
     The output is computed where anything else differs, or where no attribute-by-attribute
     comparison shows the copy to hold what the model holds (:func:`_same_state`), which
@@ -433,6 +434,7 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, x: Any, output: Any,
     if differing or set(digests) != set(pristine_digests):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
     if changes or not _same_state(pristine, model):
+        x, output = truth()
         with torch.no_grad():
             comparison = compare(call_model(model, x), output)
         if not comparison.close:

@@ -262,8 +262,7 @@ class _ModelRun:
 
         def changes() -> list[str]:
             with self.timings.phase("checks"):
-                x, output = self.small_truth()
-                return model_changes(pristine=self.model, model=model, x=x, output=output, digests=copy_digests, pristine_digests=self.model_digests)
+                return model_changes(pristine=self.model, model=model, truth=self.small_truth, digests=copy_digests, pristine_digests=self.model_digests)
 
         @functools.cache
         def wrong() -> list[torch.Tensor]:

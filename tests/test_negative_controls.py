@@ -469,7 +469,7 @@ def test_the_model_changes_pass_runs_the_model_only_where_the_copy_may_differ(ch
     if change is not None:
         change(copy_)
     _ScaledByBuffer.calls = 0
-    changes = model_changes(pristine=model, model=copy_, x=x, output=output, digests=tensor_digests(copy_),
+    changes = model_changes(pristine=model, model=copy_, truth=lambda: (x, output), digests=tensor_digests(copy_),
                             pristine_digests=tensor_digests(model))
     assert _ScaledByBuffer.calls == (0 if change is None else 1)
     assert (changes == []) == (change is None)
