@@ -31,7 +31,7 @@ from .nodes import record, record_faithfully, unrecorded
 from .timing import deep_copy, phase
 
 __all__ = [
-    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "keyword_calls", "locate", "locate_nodes",
+    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "locate", "locate_nodes",
     "replay_children",
 ]
 
@@ -71,6 +71,7 @@ class OracleCapture:
     output: Any
     children: list[str]  # top-level children in registration order
     chain_break: ChainBreak | None  # None when the top-level children form a plain chain
+    keyword_calls: list[str] = field(default_factory=list)  # the modules called with keyword arguments, in the order they ran
 
     def after_chain_break(self, layer: str) -> bool:
         """Whether ``layer`` sits at or after the point where the children stop being a chain."""
@@ -193,6 +194,14 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
             returned_tensors[module].append({path: weakref.ref(tensor) for path, tensor in _tensors_by_path(output).items()})
         handles.append(copy_.get_submodule(module).register_forward_hook(hook, with_kwargs=True))
 
+    keyword_calls: dict[str, None] = {}  # in the order they ran
+
+    def note_keywords(module: nn.Module, args: Any, kwargs: dict[str, Any], name: str) -> None:
+        if kwargs:
+            keyword_calls.setdefault(name)
+
+    handles += [module.register_forward_pre_hook(functools.partial(note_keywords, name=name), with_kwargs=True)
+                for name, module in copy_.named_modules() if name]
     children = [name for name, _ in copy_.named_children()]
     order: list[str] = []
     child_inputs: dict[str, Any] = {}
@@ -231,6 +240,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         output=output,
         children=children,
         chain_break=_chain_break(children, order, child_inputs, child_outputs),
+        keyword_calls=list(keyword_calls),
     )
 
 
@@ -321,26 +331,6 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
         for handle in handles:
             handle.remove()
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
-
-
-def keyword_calls(model: nn.Module, x: Any) -> list[str]:
-    """The modules called with keyword arguments in one forward pass, in the order they ran."""
-    copy_ = deep_copy(model)
-    called: list[str] = []
-
-    def pre_hook(module: nn.Module, args: Any, kwargs: dict[str, Any], name: str) -> None:
-        if kwargs and name not in called:
-            called.append(name)
-
-    handles = [module.register_forward_pre_hook(lambda m, a, k, name=name: pre_hook(m, a, k, name), with_kwargs=True)
-               for name, module in copy_.named_modules() if name]
-    try:
-        with torch.no_grad():
-            call_model(copy_, x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return called
 
 
 def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),

@@ -38,7 +38,7 @@ from .executors import Executor, ModelTask, SerialExecutor
 from .layers import resolve_layers
 from .diagnoses import graph_ops
 from .nodes import Node, record
-from .oracle import OracleCapture, capture, counterfactual, keyword_calls, locate, locate_nodes, replay_children
+from .oracle import OracleCapture, capture, counterfactual, locate, locate_nodes, replay_children
 from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
 from .timing import Timings, deep_copy
@@ -207,9 +207,6 @@ class _ModelRun:
             return [node for node in table.nodes if node.kind == "function" and (node.inplace or node.kept_whole)]
         return self._memo(("droppable",), compute)
 
-    def keyword_calls(self) -> list[str]:
-        return self._memo(("keywords",), lambda: keyword_calls(self.model, self.input))
-
     def counterfactual(self, **change: Any) -> dict[str, Any] | None:
         return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
@@ -277,7 +274,7 @@ class _ModelRun:
             locate=functools.partial(self.locate, along=wrong), device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
-            graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes, keyword_calls=self.keyword_calls,
+            graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes, keyword_calls=lambda: self.truth.keyword_calls,
             counterfactual=self.counterfactual, locate_nodes=functools.partial(self.locate_nodes, along=wrong),
         )
         return _Attempt(layers, context=context)

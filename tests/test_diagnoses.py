@@ -245,3 +245,25 @@ def test_a_model_the_meta_device_cannot_run_gets_the_real_pass(monkeypatch):
     row = rows.query("layer == 'block'").iloc[0]
     assert (row.status, row.diagnosis) == ("fail", "kwargs_dropped"), row.to_dict()
     assert runs == [True, False], runs
+
+
+def test_the_modules_called_with_keywords_are_noted_by_the_truths_own_pass(monkeypatch):
+    """``kwargs_dropped`` tries the modules the truth's pass saw called with keyword arguments, in
+    the order they ran; no pass of the model runs for that list (a pass of its own, as before,
+    fails it: the model's forward counts six calls)."""
+    from conformance.oracle import capture
+
+    calls = []
+    monkeypatch.setattr(_BranchingKeywordChild, "forward", lambda self, x: calls.append(1) or self.head(self.block(x, scale=2.0)))
+    model = _BranchingKeywordChild().eval()
+    x = torch.randn(pitfalls.INPUT_SHAPE)
+    assert capture(model, x, layers=["head"]).keyword_calls == ["block"]
+    assert capture(pitfalls.KeywordChild().eval(), x, layers=[]).keyword_calls == ["block"]
+    assert capture(pitfalls.plain().eval(), x, layers=[]).keyword_calls == []
+    calls.clear()
+    rows = evaluate(model, layers=["block", "head"], strategies=["ilg"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
+    assert rows.query("layer == 'block'").iloc[0].diagnosis == "kwargs_dropped"
+    # the truth for the previous input and the input, the model called with ILG attached (ILG's
+    # own calls run the children), the counterfactual on the meta device (which stops at the
+    # branch) and for real; ILG leaves the model as it was, so no model-changes pass
+    assert len(calls) == 2 + 1 + 2, len(calls)
