@@ -402,16 +402,24 @@ def _same_state(pristine: nn.Module, model: nn.Module) -> bool:
     return True
 
 
+def _global_forward_hooks() -> bool:
+    """Whether a forward hook for every module is registered (``register_module_forward_hook``)."""
+    from torch.nn.modules import module as module_
+
+    return bool(getattr(module_, "_global_forward_pre_hooks", None) or getattr(module_, "_global_forward_hooks", None))
+
+
 def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], tuple[Any, Any]], digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
     and closed) differs from it: state dict (its :func:`tensor_digests` when closed, ``digests``,
     against the pristine model's: bit for bit), hooks, instance attributes, mode and output
     (for the input and the model's output ``truth`` gives, asked for only where it is needed).
 
-    The output is computed where anything else differs, or where no attribute-by-attribute
-    comparison shows the copy to hold what the model holds (:func:`_same_state`), which
-    leaves it the same output; a change made outside the model (to a torch function or a
-    class, shared by the model and its copies) is not the model's and is not looked for."""
+    The output is computed where anything else differs, where a forward hook for every module
+    is registered, or where no attribute-by-attribute comparison shows the copy to hold what
+    the model holds (:func:`_same_state`), which leaves it the same output; another change made
+    outside the model (to a torch function or a class, shared by the model and its copies) is
+    not the model's and is not looked for."""
     changes = []
     before = dict(pristine.named_modules())
     after = dict(model.named_modules())
@@ -433,7 +441,7 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], 
     differing = [key for key, digest in pristine_digests.items() if digests.get(key) != digest]
     if differing or set(digests) != set(pristine_digests):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
-    if changes or not _same_state(pristine, model):
+    if changes or _global_forward_hooks() or not _same_state(pristine, model):
         x, output = truth()
         with torch.no_grad():
             comparison = compare(call_model(model, x), output)

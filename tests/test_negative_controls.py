@@ -473,3 +473,25 @@ def test_the_model_changes_pass_runs_the_model_only_where_the_copy_may_differ(ch
                             pristine_digests=tensor_digests(model))
     assert _ScaledByBuffer.calls == (0 if change is None else 1)
     assert (changes == []) == (change is None)
+
+
+def test_a_forward_hook_left_for_every_module_is_caught_by_the_output(register):
+    """A strategy that leaves a global module forward hook behind changes no attribute of the
+    model, and every model's output: the model-changes pass runs the copy while one is registered
+    (control: without that, the untouched-looking copy is not run and the row passes)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    left = []
+
+    def _global_hook_left_behind(model):
+        left.append(register_module_forward_hook(lambda module, args, output: output * 2.0 if module is model else None))
+
+    register("corrupted-global-hook", corrupted(unchanged, on_attach=_global_hook_left_behind))
+    try:
+        rows = evaluate(pitfalls.Plain(), layers=LAYERS, strategies=["corrupted-global-hook"], checks=["model_untouched"],
+                        input_shape=pitfalls.INPUT_SHAPE)
+    finally:
+        for handle in left:
+            handle.remove()
+    row = rows.iloc[0]
+    assert (row.status, row.diagnosis) == ("fail", "model_changed") and row.detail.startswith("the output differs"), row.to_dict()
