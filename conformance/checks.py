@@ -84,7 +84,6 @@ class CheckContext:
     # What the diagnoses measure, each run only when a failure needs it:
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
-    keyword_calls: Callable[[], list[str]] = lambda: []  # the modules called with keyword arguments
     counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)
     locate_nodes: Callable[..., list[str]] = lambda value, exact=False: []  # nodes of the pass whose value is this
     diagnosed: dict[str, tuple[str, str]] = field(default_factory=dict)  # each layer's feature, diagnosed once for every check
@@ -390,12 +389,11 @@ def _same_state(pristine: nn.Module, model: nn.Module) -> bool:
         attributes, copied = vars(original), vars(module)
         if type(original) is not type(module) or attributes.keys() != copied.keys():
             return False
-        persistent = set(original._buffers) - original._non_persistent_buffers_set
         for key, value in attributes.items():
-            if key == "_parameters" or key == "_buffers":  # the state dict's tensors are the digests' to compare
-                held = {k: v for k, v in value.items() if key == "_buffers" and k not in persistent}
-                if list(value) != list(copied[key]) or any(type(v) is not type(copied[key][k]) for k, v in value.items()) \
-                        or not _same_value(held, {k: copied[key][k] for k in held}, places):
+            if key in ("_parameters", "_buffers"):  # the state dict's tensors are the digests' to compare
+                outside = original._non_persistent_buffers_set if key == "_buffers" else set()
+                if list(value) != list(copied[key]) or any(
+                        type(v) is not type(copied[key][k]) or (k in outside and not _same_value(v, copied[key][k], places)) for k, v in value.items()):
                     return False
             elif not _same_value(value, copied[key], places):
                 return False

@@ -259,7 +259,7 @@ def kwargs_dropped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     """Each module called with keyword arguments, called without them; a change whose run on the
     meta device gives the layer another structure or shape cannot give the value, and its real
     run (a whole forward pass) is left out."""
-    for module in ctx.keyword_calls():
+    for module in ctx.truth.keyword_calls:
         if not _same_shapes(value, ctx.counterfactual(drop_keywords=module, shapes_only=True), layer):
             continue
         if _close(value, ctx.counterfactual(drop_keywords=module).get(layer)):

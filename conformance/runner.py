@@ -274,7 +274,7 @@ class _ModelRun:
             locate=functools.partial(self.locate, along=wrong), device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
-            graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes, keyword_calls=lambda: self.truth.keyword_calls,
+            graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes,
             counterfactual=self.counterfactual, locate_nodes=functools.partial(self.locate_nodes, along=wrong),
         )
         return _Attempt(layers, context=context)
