@@ -46,7 +46,7 @@ from .reports import capability_matrix, cell_models, cost_tables, headline
 from .results import BenchWriter, ResultsWriter, load_results, summary_table
 from .runner import RunConfig, make_deterministic, run
 from .timing import Timings, harness_share, heaviest_models
-from .executors import EXECUTORS, make_executor, start_worker_server
+from .executors import EXECUTORS, main_process_only, make_executor, start_worker_server
 from .zoo import build_model, list_models, parse_input_shape, resolve_model
 
 __all__ = ["main", "run_arguments", "run_config"]
@@ -278,13 +278,18 @@ def _command_run(args: argparse.Namespace) -> int:
     executor_name, jobs = _executor_plan(args, models=len(config.models))
     task_threads = max(1, total_threads // jobs) if executor_name == "processes" else total_threads
     out, metadata = _start(args)
-    metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address})
+    # a strategy that refuses multiprocessing children (TorchLens) has worker processes that are interpreters of their own
+    fresh_interpreters = executor_name == "processes" and any(main_process_only(name) for name in config.strategies)
+    metadata.update(shard=args.shard, executor={"name": executor_name, "jobs": jobs, "task_threads": task_threads, "ray_address": args.ray_address,
+                                                "fresh_interpreters": fresh_interpreters})
     if args.redo and not args.resume:
         raise ConformanceError("--redo runs units of an earlier run again", hint="pass --resume and the --out of that run")
     writer = ResultsWriter(out, metadata=metadata, resume=args.resume, overwrite=args.overwrite, redo=args.redo)
-    executor = make_executor(name=executor_name, jobs=jobs, threads=task_threads, device=args.device, ray_address=args.ray_address)
+    executor = make_executor(name=executor_name, jobs=jobs, threads=task_threads, device=args.device, ray_address=args.ray_address,
+                             fresh_interpreters=fresh_interpreters)
     if executor_name != "serial":
         workers = f"{jobs} worker processes" if executor_name == "processes" else "one Ray task per model"
+        workers += " (interpreters of their own: a strategy refuses multiprocessing children)" if fresh_interpreters else ""
         print(f"executor {executor_name}: {workers}, {task_threads} torch threads each (--jobs 1: all in this process)", file=sys.stderr)
     from tqdm import tqdm
 

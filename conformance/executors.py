@@ -9,13 +9,19 @@ where they run, with the run's seed and torch threads.
 ``--jobs N`` uses :class:`ProcessExecutor` (N processes on this machine, the cores shared out
 as torch threads; ``--jobs auto``, the default, is one per core, at most one per model), ``--executor ray`` :class:`RayExecutor` (one Ray task per model, on a local
 Ray instance or the cluster at ``--ray-address``; ``num_gpus=1`` per task for CUDA runs).
+The workers of a run with a strategy that refuses multiprocessing children (TorchLens) are
+interpreters of their own (:class:`FreshInterpreters`), as Ray's are.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
@@ -30,8 +36,8 @@ if TYPE_CHECKING:
     from .timing import Timings
 
 __all__ = [
-    "EXECUTORS", "WORKER_MODULES", "Executor", "ModelTask", "main_process_only", "ProcessExecutor", "RayExecutor", "SerialExecutor", "make_executor",
-    "start_worker_server", "worker_context",
+    "EXECUTORS", "WORKER_MODULES", "Executor", "FreshInterpreters", "ModelTask", "main_process_only", "ProcessExecutor", "RayExecutor",
+    "SerialExecutor", "make_executor", "serve_payloads", "start_worker_server", "worker_context",
 ]
 
 EXECUTORS = ("serial", "processes", "ray")
@@ -76,8 +82,9 @@ def _units_here(spec: ModelSpec, strategies: Sequence[str], config: RunConfig, t
 
 
 def main_process_only(strategy_name: str) -> str:
-    """Why ``strategy_name`` must run in the run's own process (:attr:`Strategy.main_process_only`),
-    or ``""``; a strategy whose package is missing runs anywhere (its rows say it is unavailable)."""
+    """Why ``strategy_name`` must run in the main process of an interpreter, no multiprocessing
+    child (:attr:`Strategy.main_process_only`), or ``""``; a strategy whose package is missing
+    runs anywhere (its rows say it is unavailable)."""
     from strategies import StrategyUnavailable, get_strategy
 
     try:
@@ -128,38 +135,25 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
 
 
 class _PoolExecutor:
-    """Submits one payload per model up front and yields the outcomes in task order.
-
-    Units of the strategies ``here`` picks run in this process instead, while the workers run
-    the rest, with the workers' torch threads; each model's units come out in the task's order.
-    """
+    """Submits one payload per model up front and yields the outcomes in task order."""
 
     def __init__(
         self, *, threads: int, submit: Callable[[_Payload], Any], outcome: Callable[[Any], dict[str, Any]],
-        alone: Callable[[_Payload], dict[str, Any]] | None = None, here: Callable[[str], bool] = lambda strategy_name: False,
+        alone: Callable[[_Payload], dict[str, Any]] | None = None,
     ) -> None:
         self.threads = threads
         self._submit = submit
         self._outcome = outcome
         self._alone = alone  # runs a payload again by itself, where one dead worker fails the others' results too
-        self._here = here
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
         portable = replace(config, models=[])
         strict = len(config.models) == 1
-        local = {name for name in dict.fromkeys(s for task in tasks for s in task.strategies) if self._here(name)}
-        remote = [tuple(name for name in task.strategies if name not in local) for task in tasks]
-        payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, names, portable, self.threads, strict) if names else None
-                    for task, names in zip(tasks, remote)]
-        handles = [self._submit(payload) if payload else None for payload in payloads]
+        payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, task.strategies, portable, self.threads, strict) for task in tasks]
+        handles = [self._submit(payload) for payload in payloads]
         for task, payload, handle in zip(tasks, payloads, handles):
-            here = [name for name in task.strategies if name in local]
-            with _torch_threads(self.threads):
-                units = dict(_units_here(task.spec, here, config, timings)) if here else {}
-            if payload is not None:
-                units.update(self._worker_units(task, payload, handle, config, timings))
-            for strategy_name in task.strategies:
-                yield task, strategy_name, units[strategy_name]
+            for strategy_name, results in self._worker_units(task, payload, handle, config, timings):
+                yield task, strategy_name, results
 
     def _worker_units(self, task: ModelTask, payload: _Payload, handle: Any, config: RunConfig, timings: Timings) -> list[tuple[str, list[CheckResult]]]:
         """The units a worker ran for ``task``; a model whose worker died is run again alone first."""
@@ -187,19 +181,6 @@ class _PoolExecutor:
             return None
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``threads`` inside, as they were after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 #: What every worker imports: loaded once by the fork server the workers are forked from.
 WORKER_MODULES = ("conformance.runner",)
 
@@ -224,33 +205,123 @@ def start_worker_server() -> None:
         forkserver.ensure_running()
 
 
+class FreshInterpreters:
+    """Worker processes that are interpreters of their own (``python -c``), not multiprocessing
+    children: a package that refuses to capture in a child (TorchLens) runs in them, as in Ray's
+    workers. Each pool thread keeps one worker, sends it a payload on its stdin and reads the
+    outcome from its stdout (:func:`serve_payloads`); each worker imports torch itself."""
+
+    def __init__(self, *, workers: int) -> None:
+        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fresh-interpreter")
+        self._mine = threading.local()
+        self._started: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+
+    def submit(self, payload: _Payload) -> concurrent.futures.Future:
+        return self._threads.submit(self._run, payload)
+
+    def _run(self, payload: _Payload) -> dict[str, Any]:
+        worker = getattr(self._mine, "worker", None)
+        if worker is None:
+            worker = self._mine.worker = self._start()
+        try:
+            pickle.dump(payload, worker.stdin)
+            worker.stdin.flush()
+            outcome = pickle.load(worker.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            self._mine.worker = None
+            worker.kill()
+            raise ChildProcessError(f"the worker process exited (code {worker.wait()}) while running {payload.reference}") from None
+        if "raised" in outcome:
+            raise RuntimeError(outcome["raised"])
+        return outcome
+
+    def _start(self) -> subprocess.Popen:
+        # the run's import path, so that the worker finds what this process finds (a model module beside the run)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+        worker = subprocess.Popen([sys.executable, "-c", "from conformance.executors import serve_payloads; serve_payloads()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        with self._lock:
+            self._started.append(worker)
+        return worker
+
+    def shutdown(self) -> None:
+        """Cancel the payloads not started, wait for the running ones, then end every worker."""
+        self._threads.shutdown(cancel_futures=True)
+        for worker in self._started:
+            worker.stdin.close()  # the worker's loop ends at the end of its input
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+            worker.stdout.close()
+
+
+def serve_payloads() -> None:
+    """A :class:`FreshInterpreters` worker: run each payload read from stdin, write its outcome
+    to stdout, until stdin ends. Whatever the models and packages print goes to stderr."""
+    requests, replies = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    with open(os.devnull, "rb") as nothing:
+        os.dup2(nothing.fileno(), 0)
+    reuse_freed_memory()
+    while True:
+        try:
+            payload = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            outcome = run_payload(payload)
+        except Exception as exc:  # a failure outside the cells, as a pool's worker hands it back
+            outcome = {"raised": f"{type(exc).__name__}: {exc}"}
+        pickle.dump(outcome, replies)
+        replies.flush()
+
+
 class ProcessExecutor(_PoolExecutor):
     """``--jobs N``: N worker processes on this machine (:func:`worker_context`: each starts
     clean), whose allocator keeps freed memory for the next model copy (``allocator.py``).
 
-    A strategy whose package refuses to run in a child process (:func:`main_process_only`:
-    TorchLens) has its units run in this process while the workers run the others.
+    With ``fresh_interpreters`` (a run with a strategy that refuses multiprocessing children,
+    :func:`main_process_only`: TorchLens) the workers are :class:`FreshInterpreters` instead.
 
-    A worker that dies breaks the whole pool, failing every model still in it; each of
-    those runs again alone in a fresh process, so only the model that kills its worker is
-    rows of ``worker_crashed``.
+    A worker that dies fails the model it ran (in a pool of forked workers, every model still
+    in it); each of those runs again alone in a fresh process, so only the model that kills its
+    worker is rows of ``worker_crashed``.
     """
 
-    def __init__(self, *, jobs: int, threads: int) -> None:
+    def __init__(self, *, jobs: int, threads: int, fresh_interpreters: bool = False) -> None:
+        self.fresh_interpreters = fresh_interpreters
         self.pool = self._pool(jobs)
-        super().__init__(threads=threads, submit=lambda payload: self.pool.submit(run_payload, payload),
-                         outcome=lambda future: future.result(), alone=self._run_alone, here=lambda name: bool(main_process_only(name)))
+        super().__init__(threads=threads, submit=lambda payload: self.pool.submit(payload),
+                         outcome=lambda future: future.result(), alone=self._run_alone)
 
-    @staticmethod
-    def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=reuse_freed_memory)
+    def _pool(self, workers: int) -> FreshInterpreters | _ForkedPool:
+        return FreshInterpreters(workers=workers) if self.fresh_interpreters else _ForkedPool(workers=workers)
 
     def _run_alone(self, payload: _Payload) -> dict[str, Any]:
-        with self._pool(1) as pool:
-            return pool.submit(run_payload, payload).result()
+        pool = self._pool(1)
+        try:
+            return pool.submit(payload).result()
+        finally:
+            pool.shutdown()
 
     def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
+        self.pool.shutdown()
+
+
+class _ForkedPool:
+    """Workers forked from the fork server (:func:`worker_context`), payloads run with :func:`run_payload`."""
+
+    def __init__(self, *, workers: int) -> None:
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=reuse_freed_memory)
+
+    def submit(self, payload: _Payload) -> concurrent.futures.Future:
+        return self._pool.submit(run_payload, payload)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
 
 
 RAY_HINT = "pip install 'feature-conformance[ray]'"
@@ -280,8 +351,11 @@ class RayExecutor(_PoolExecutor):
             self.ray.shutdown()
 
 
-def make_executor(*, name: str, jobs: int, threads: int, device: str, ray_address: str | None) -> SerialExecutor | ProcessExecutor | RayExecutor:
-    """The executor for ``--executor``/``--jobs``; ``threads`` is the torch threads of each task."""
+def make_executor(
+    *, name: str, jobs: int, threads: int, device: str, ray_address: str | None, fresh_interpreters: bool = False,
+) -> SerialExecutor | ProcessExecutor | RayExecutor:
+    """The executor for ``--executor``/``--jobs``; ``threads`` is the torch threads of each task;
+    ``fresh_interpreters``: local workers that are no multiprocessing children (:class:`FreshInterpreters`)."""
     if name not in EXECUTORS:
         raise ConformanceError(f"unknown executor {name!r}", hint=f"choose one of {', '.join(EXECUTORS)}")
     if ray_address and name != "ray":
@@ -289,5 +363,5 @@ def make_executor(*, name: str, jobs: int, threads: int, device: str, ray_addres
     if name == "ray":
         return RayExecutor(threads=threads, address=ray_address, gpus=1 if device.startswith("cuda") else 0)
     if name == "processes" or jobs > 1:
-        return ProcessExecutor(jobs=max(jobs, 1), threads=threads)
+        return ProcessExecutor(jobs=max(jobs, 1), threads=threads, fresh_interpreters=fresh_interpreters)
     return SerialExecutor()

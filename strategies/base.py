@@ -153,9 +153,9 @@ class Strategy(ABC):
     """A way of getting intermediate features out of a model."""
 
     name: str = ""
-    #: Why the strategy's package refuses to run in a child process, where it does (TorchLens):
-    #: the process executor then runs its units in the run's own process. Where it runs, not
-    #: what it can do: the checks judge it the same either way.
+    #: Why the strategy's package refuses to run in a multiprocessing child, where it does
+    #: (TorchLens): the process executor's workers are then interpreters of their own. Where it
+    #: runs, not what it can do: the checks judge it the same either way.
     main_process_only: ClassVar[str] = ""
 
     @abstractmethod

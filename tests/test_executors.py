@@ -29,16 +29,23 @@ def test_a_ray_run_of_the_quick_zoo_writes_the_rows_of_a_serial_run(quick_fast_r
     assert metadata["executor"]["name"] == "ray" and "executor ray" in result.stderr
 
 
-def test_a_worker_that_dies_gives_rows_with_the_cause(tmp_path):
+@pytest.mark.parametrize("strategies, raised", [
+    (["hooks"], "BrokenProcessPool"),  # forked workers: the pool breaks, the other model runs again alone
+    (["hooks", "torchlens"], "ChildProcessError"),  # interpreters of their own: only that worker is gone
+])
+def test_a_worker_that_dies_gives_rows_with_the_cause(tmp_path, strategies, raised):
     """A model whose worker process exits (a native crash, out of memory) is rows, not the end of the run."""
-    common = ["--model", f"{PITFALLS}:exits_the_process", "--model", f"{PITFALLS}:plain", "--strategies", "hooks", "--checks", "values", "shape"]
+    if "torchlens" in strategies:
+        pytest.importorskip("torchlens")
+    common = ["--model", f"{PITFALLS}:exits_the_process", "--model", f"{PITFALLS}:plain", "--strategies", *strategies, "--checks", "values", "shape"]
     result = conformance("run", *common, "--jobs", "2", "--out", str(tmp_path / "run"), subprocess_=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(tmp_path / "run")
     crashed = rows[rows["model"].str.endswith("exits_the_process")]
     assert set(crashed["status"]) == {"error"} and set(crashed["diagnosis"]) == {"worker_crashed"}
-    assert "BrokenProcessPool" in crashed["detail"].iloc[0]
+    assert raised in crashed["detail"].iloc[0]
     assert set(rows[rows["model"].str.endswith(":plain")]["status"]) == {"pass"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["executor"]["fresh_interpreters"] is ("torchlens" in strategies)
 
 
 @pytest.mark.parametrize(
@@ -117,9 +124,9 @@ def test_each_models_phases_are_in_the_run_metadata_in_a_serial_run_and_from_wor
     assert "the models with the most of it: " in result.stdout
 
 
-def test_torchlens_runs_in_the_runs_own_process_and_gives_the_serial_rows(tmp_path):
-    """TorchLens refuses a capture in a child process; with ``--jobs 2`` its units run in the
-    run's own process while the workers run the others, and the rows are a serial run's."""
+def test_torchlens_runs_in_workers_that_are_interpreters_of_their_own_and_gives_the_serial_rows(tmp_path):
+    """TorchLens refuses a capture in a multiprocessing child; with ``--jobs 2`` the workers of a
+    run with TorchLens are interpreters of their own, and the rows are a serial run's."""
     pytest.importorskip("torchlens")
     common = ["--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:reused_module", "--strategies", "hooks", "torchlens",
               "--checks", "fast"]
@@ -128,15 +135,17 @@ def test_torchlens_runs_in_the_runs_own_process_and_gives_the_serial_rows(tmp_pa
         result = conformance("run", *common, "--jobs", jobs, "--out", str(tmp_path / jobs), subprocess_=True)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[jobs] = _rows(tmp_path / jobs)
-    assert json.loads((tmp_path / "2" / "run.json").read_text())["executor"]["name"] == "processes"
+    executor = json.loads((tmp_path / "2" / "run.json").read_text())["executor"]
+    assert executor["name"] == "processes" and executor["fresh_interpreters"] is True
+    assert "interpreters of their own" in result.stderr
     torchlens = runs["2"][runs["2"]["strategy"] == "torchlens"]
     assert len(torchlens) > 10 and "error" not in set(torchlens["status"]) and "pass" in set(torchlens["status"])
     pd.testing.assert_frame_equal(runs["1"], runs["2"])
 
 
-def test_torchlens_in_a_worker_process_is_refused_which_is_why_it_runs_in_the_runs_own():
-    """The control: the same unit in a worker (what the executor did before) is all errors,
-    TorchLens's ``child_process_capture_unsupported``; were it not, the placement would be moot."""
+def test_torchlens_in_a_forked_worker_is_refused_which_is_why_its_runs_have_fresh_interpreters():
+    """The control: the same unit in a forked worker (the other runs' workers) is all errors,
+    TorchLens's ``child_process_capture_unsupported``; were it not, fresh interpreters would be moot."""
     pytest.importorskip("torchlens")
     from dataclasses import replace
 
