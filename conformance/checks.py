@@ -345,10 +345,25 @@ _PLAIN_VALUES = (type(None), bool, int, float, complex, str, bytes, enum.Enum, t
                  torch.memory_format, torch.layout)
 
 
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not in C
+_COPYING = ("__reduce_ex__", "__reduce__", "__getstate__", "__setstate__", "__deepcopy__", "__copy__")
+
+
+@functools.cache
+def _state_in_dict(cls: type) -> bool:
+    """Whether an instance of ``cls`` holds all its state in its ``__dict__`` and is deep-copied
+    as that dict: a Python class (every base but ``object`` too) with no ``__slots__`` and no
+    copying of its own, as torchvision's ``BoxCoder`` and ``Matcher``."""
+    return (all(klass is object or klass.__flags__ & _HEAP_TYPE for klass in cls.__mro__)
+            and not any("__slots__" in vars(klass) for klass in cls.__mro__)
+            and all(getattr(cls, name, None) is getattr(object, name, None) for name in _COPYING))
+
+
 def _same_value(original: Any, value: Any, places: Mapping[int, int], depth: int = 0) -> bool:
     """Whether an attribute ``value`` of the closed copy is provably ``original``'s as far as a
     forward pass can tell: the same type, and a module at the same place in the tree, a tensor
-    bit for bit, a plain value equal, a container's items the same, anything else the very
+    bit for bit, a plain value equal, a container's items the same, an object that holds its
+    state in its ``__dict__`` (:func:`_state_in_dict`) that dict the same, anything else the very
     object (what a deep copy shares: functions, classes). No proof is a ``False``."""
     if type(original) is not type(value) or depth > 8:
         return False
@@ -366,7 +381,9 @@ def _same_value(original: Any, value: Any, places: Mapping[int, int], depth: int
         return all(isinstance(item, _PLAIN_VALUES) for item in original) and original == value
     if isinstance(original, functools.partial):
         return original.func is value.func and _same_value((original.args, original.keywords), (value.args, value.keywords), places, depth + 1)
-    return original is value
+    if original is value:
+        return True
+    return _state_in_dict(type(original)) and _same_value(vars(original), vars(value), places, depth + 1)
 
 
 def _same_state(pristine: nn.Module, model: nn.Module) -> bool:
