@@ -62,23 +62,18 @@ class SerialExecutor:
     """Every model in this process, one after the other; each unit is yielded as it finishes."""
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
+        from .runner import model_units
+
         for task in tasks:
-            for strategy_name, results in _units_here(task.spec, task.strategies, config, timings):
+            before = timings.snapshot()
+            for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
                 yield task, strategy_name, results
+            release_freed_memory()
+            after = timings.snapshot()
+            timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
     def close(self) -> None:
         pass
-
-
-def _units_here(spec: ModelSpec, strategies: Sequence[str], config: RunConfig, timings: Timings) -> Iterator[tuple[str, list[CheckResult]]]:
-    """One model's units run in this process, its phases charged to the model."""
-    from .runner import model_units
-
-    before = timings.snapshot()
-    yield from model_units(spec, list(strategies), config, timings)
-    release_freed_memory()
-    after = timings.snapshot()
-    timings.add_model(spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
 
 def main_process_only(strategy_name: str) -> str:
@@ -147,29 +142,25 @@ class _PoolExecutor:
         self._alone = alone  # runs a payload again by itself, where one dead worker fails the others' results too
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
+        from .runner import crashed_units
+
         portable = replace(config, models=[])
         strict = len(config.models) == 1
         payloads = [_Payload(_portable_reference(task.spec), task.spec.input_shape, task.strategies, portable, self.threads, strict) for task in tasks]
         handles = [self._submit(payload) for payload in payloads]
         for task, payload, handle in zip(tasks, payloads, handles):
-            for strategy_name, results in self._worker_units(task, payload, handle, config, timings):
+            try:
+                outcome = self._outcome(handle)
+            except Exception as exc:  # the worker died (out of memory, a crash in native code)
+                outcome = self._again_alone(payload)
+                if outcome is None:
+                    outcome = {"units": crashed_units(list(task.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
+            if "error" in outcome:
+                raise ConformanceError(outcome["error"])
+            timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
+            timings.add_model(task.spec.id, outcome["seconds"])
+            for strategy_name, results in outcome["units"]:
                 yield task, strategy_name, results
-
-    def _worker_units(self, task: ModelTask, payload: _Payload, handle: Any, config: RunConfig, timings: Timings) -> list[tuple[str, list[CheckResult]]]:
-        """The units a worker ran for ``task``; a model whose worker died is run again alone first."""
-        from .runner import crashed_units
-
-        try:
-            outcome = self._outcome(handle)
-        except Exception as exc:  # the worker died (out of memory, a crash in native code)
-            outcome = self._again_alone(payload)
-            if outcome is None:
-                outcome = {"units": crashed_units(list(payload.strategies), config, f"{type(exc).__name__}: {exc}"), "seconds": {}}
-        if "error" in outcome:
-            raise ConformanceError(outcome["error"])
-        timings.add_worker(outcome["seconds"], outcome.get("strategy_seconds", {}))
-        timings.add_model(task.spec.id, outcome["seconds"])
-        return outcome["units"]
 
     def _again_alone(self, payload: _Payload) -> dict[str, Any] | None:
         """The outcome of the payload run by itself, or None where it kills its worker again."""
