@@ -36,6 +36,7 @@ from .compare import compare, tolerance
 from .diagnoses import UNEXPLAINED
 from .layers import node_table, runs_in
 from .oracle import OracleCapture, capture, gradients, locate_nodes
+from .rng import PinnedExtractor
 from .timing import deep_copy
 
 __all__ = ["BEHAVIOUR_CHECKS", "PER_LAYER_BEHAVIOUR_CHECKS", "REDUCED_INPUT_CHECKS", "ModelRejects", "Probe", "reductions"]
@@ -70,6 +71,7 @@ class Probe:
     leaves_model_untouched: bool = False  # measured on the main request: closing restores the model
     seed: int = 0
     memo: dict = field(default_factory=dict)  # oracle results shared by the strategies of one model
+    unsteady: Mapping[str, str] = field(default_factory=dict)  # layers the model itself changes from pass to pass (OracleCapture.unsteady)
 
     @property
     def trusted(self) -> list[str]:
@@ -78,7 +80,7 @@ class Probe:
     def attach(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None) -> Extractor:
         """The strategy attached to a fresh deep copy of the model (or to ``model``)."""
         target = deep_copy(self.model) if model is None else model
-        return self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs)
+        return PinnedExtractor(self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs))
 
     def on_reduced_input(self) -> Probe:
         """This probe on the reduced input: the first example of the input and of the previous
@@ -177,7 +179,9 @@ def _judge(check: str, layer: str, features: Mapping[str, Any], truth: Any, *, c
 def _per_layer(check: str, probe: Probe, judge: Callable[[str], CheckResult], *, trusted_only: bool = True) -> list[CheckResult]:
     rows = []
     for layer in probe.layers:
-        if trusted_only and layer in probe.untrusted:
+        if layer in probe.unsteady:
+            rows.append(CheckResult(check, layer, "skipped", "nondeterministic_model", f"the model is nondeterministic here: {probe.unsteady[layer]}"))
+        elif trusted_only and layer in probe.untrusted:
             rows.append(CheckResult(check, layer, "skipped", "values_wrong", f"eval-mode values are already wrong ({probe.untrusted[layer]}); not judged again"))
         else:
             rows.append(judge(layer))
@@ -300,7 +304,6 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
 
     def oracle(layers: list[str]) -> tuple[OracleCapture, OracleCapture]:
         model = deep_copy(probe.model).train()
-        torch.manual_seed(probe.seed)
         in_train = capture(model, probe.input, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
         model.eval()
         return in_train, capture(model, probe.input, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs)
@@ -314,7 +317,6 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
             extractor.module.train()
             get_state, states = _rng(probe.input.device)[0], {}  # for _rng_diagnosis: read-only pre-hooks
             with _on_module_calls(extractor.module, lambda path, call: states.setdefault((path, call), get_state())):
-                torch.manual_seed(probe.seed)
                 in_train = snapshot(extractor(probe.input).features)
             extractor.module.eval()
             back = snapshot(extractor(probe.input).features)
@@ -349,7 +351,6 @@ def _train_node_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult
     (a BatchNorm with fresh running statistics is nearly the identity)."""
     if not isinstance(value, torch.Tensor):
         return row
-    torch.manual_seed(probe.seed)
     nodes = _other_nodes(probe, layer, value, close=lambda a, b: compare(a, b).close, train=True)
     if not nodes:
         return row
@@ -397,7 +398,6 @@ def _rng_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult, state
 
     model = deep_copy(probe.model).train()
     with _on_module_calls(model, restore):
-        torch.manual_seed(probe.seed)
         replay = capture(model, probe.input, layers=[tap for tap in probe.layers if tap == layer], on_copy=False,
                          tracer_kwargs=probe.tracer_kwargs).layers[layer].value
     if replay is None or not compare(value, replay).close:
@@ -825,9 +825,8 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
     taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in probe.requested]
     layers = {mode: [tap for tap in taps if runs_in(tap, tables[mode])] for mode in tables}
     try:
-        extractor = attach_per_mode(deep_copy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs)
+        extractor = PinnedExtractor(attach_per_mode(deep_copy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs))
         extractor.module.train()
-        torch.manual_seed(probe.seed)
         features = {"train": snapshot(extractor(probe.input).features)}
         extractor.module.eval()
         features["eval"] = snapshot(extractor(probe.input).features)
@@ -837,7 +836,6 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
 
     def truth(mode: str) -> OracleCapture:
         model = deep_copy(probe.model).train(mode == "train")
-        torch.manual_seed(probe.seed)
         return capture(model, probe.input, layers=layers[mode], on_copy=False, tracer_kwargs=probe.tracer_kwargs)
 
     truths = probe.oracle(f"{check}:truths", lambda: {mode: truth(mode) for mode in tables})

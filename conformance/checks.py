@@ -30,6 +30,7 @@ from .compare import bitwise_equal, compare
 from .diagnoses import diagnose
 from .nodes import Node
 from .oracle import OracleCapture
+from .rng import pass_rng
 
 __all__ = [
     "ALL_LAYERS",
@@ -74,6 +75,8 @@ class CheckContext:
     model_digests: dict[str, str]  # the model's state-dict tensors, by name
     strategy_digests: dict[str, str]  # the strategy's module state-dict tensors, by name
     replayed: Mapping[str, Any] = field(default_factory=dict)  # values when the children are replayed in order
+    replayed_after: Mapping[str, Any] = field(default_factory=dict)  # the same, as the rest of the replay left them
+    aliases: Mapping[str, list[str]] = field(default_factory=dict)  # a layer's module: every name it is registered under, where more than one
     locate: Callable[..., list[str]] = lambda value, exact=False: []  # modules that produce a value, for the input
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     first_features: Mapping[str, Any] = field(default_factory=dict)  # the call on the previous input, as it returned
@@ -85,7 +88,7 @@ class CheckContext:
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)
-    locate_nodes: Callable[..., list[str]] = lambda value, exact=False: []  # nodes of the pass whose value is this
+    locate_nodes: Callable[..., list[str]] = lambda value, exact=False, skip_nodes=(): []  # nodes of the pass whose value is this
     diagnosed: dict[str, tuple[str, str]] = field(default_factory=dict)  # each layer's feature, diagnosed once for every check
 
     @functools.cached_property
@@ -124,16 +127,49 @@ def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: 
     return CheckResult(check, layer, "skipped", "not_called", f"the module does not run for {call} and nothing was returned")
 
 
+def _unsteady(check: str, layer: str, truth: OracleCapture) -> CheckResult:
+    """The row of a layer the model itself gives another value on another pass from the same
+    random state: no strategy can be judged on it, so every strategy gets this row."""
+    return CheckResult(check, layer, "skipped", "nondeterministic_model", f"the model is nondeterministic here: {truth.unsteady[layer]}")
+
+
+def _missing(check: str, layer: str, ctx: CheckContext) -> CheckResult:
+    """The row of a layer the strategy returned nothing for, with the measured reason where there
+    is one: every call of the module ran its ``forward`` without its ``__call__``, which runs no
+    hook (``call_bypassed``); the module is registered under more than one name
+    (``registered_twice``); its output is, bit for bit, another requested layer's, returned under
+    that name only (``shared_output``: FX returns one name per node)."""
+    truth = ctx.truth.layers[layer]
+    absent = f"no feature named {layer!r} returned"
+    if truth.calls and truth.bypassed == len(truth.calls):
+        return CheckResult(check, layer, "fail", "call_bypassed",
+                           f"{absent}: the module's forward runs without its __call__ (called as .forward()), which runs no hook")
+    names = ctx.aliases.get(layer, [])
+    if len(names) > 1:
+        return CheckResult(check, layer, "fail", "registered_twice",
+                           f"{absent}: its module is registered under {len(names)} names ({', '.join(names)})")
+    if truth.calls and isinstance(truth.value, torch.Tensor):
+        same = [other for other in ctx.layers if other != layer and other in ctx.features and ctx.truth.layers[other].calls
+                and bitwise_equal(ctx.truth.layers[other].value, truth.value)]
+        if same:
+            return CheckResult(check, layer, "fail", "shared_output",
+                               f"{absent}: its output is, bit for bit, that of {same[0]!r}, returned under that name only")
+    return CheckResult(check, layer, "fail", "missing", absent)
+
+
 def check_values(ctx: CheckContext) -> list[CheckResult]:
     """The strategy's value for each layer is the true activation (last call of the module)."""
     results = []
     for layer in ctx.layers:
         truth = ctx.truth.layers[layer]
+        if layer in ctx.truth.unsteady:
+            results.append(_unsteady("values", layer, ctx.truth))
+            continue
         if not truth.calls:
             results.append(_never_called("values", layer, ctx.features))
             continue
         if layer not in ctx.features:
-            results.append(CheckResult("values", layer, "fail", "missing", f"no feature named {layer!r} returned"))
+            results.append(_missing("values", layer, ctx))
             continue
         value = ctx.features[layer]
         comparison = compare(value, truth.value)
@@ -158,7 +194,7 @@ def _leaf_property(ctx: CheckContext, check: str, describe: Callable[[torch.Tens
             results.append(_never_called(check, layer, ctx.features))
             continue
         if layer not in ctx.features:
-            results.append(CheckResult(check, layer, "fail", "missing", f"no feature named {layer!r} returned"))
+            results.append(_missing(check, layer, ctx))
             continue
         got = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(ctx.features[layer])[0]]
         want = [describe(leaf) if isinstance(leaf, torch.Tensor) else type(leaf).__name__ for leaf in tree_flatten(truth)[0]]
@@ -200,6 +236,9 @@ def check_keys(ctx: CheckContext) -> list[CheckResult]:
 
 def check_model_output(ctx: CheckContext) -> list[CheckResult]:
     """The model's output is unchanged while attached, and equals the plain output where returned."""
+    if "" in ctx.truth.unsteady:
+        return [CheckResult("model_output", ALL_LAYERS, "skipped", "nondeterministic_model",
+                            f"the model is nondeterministic: its output, {ctx.truth.unsteady['']}")]
     problems = []
     attached = compare(ctx.attached_output, ctx.truth.output)
     if not attached.close:
@@ -285,6 +324,9 @@ def check_repeatable(ctx: CheckContext) -> list[CheckResult]:
     """The same input gives the same features again after another input has been through."""
     results = []
     for layer in ctx.layers:
+        if layer in ctx.truth.unsteady:
+            results.append(_unsteady("repeatable", layer, ctx.truth))
+            continue
         if not ctx.previous_truth.layers[layer].calls:
             results.append(_never_called("repeatable", layer, ctx.repeat_features, call="the third call's input"))
             continue
@@ -424,7 +466,8 @@ def _global_forward_hooks() -> bool:
     return bool(getattr(module_, "_global_forward_pre_hooks", None) or getattr(module_, "_global_forward_hooks", None))
 
 
-def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], tuple[Any, Any]], digests: Mapping[str, str], pristine_digests: Mapping[str, str]) -> list[str]:
+def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], tuple[Any, Any]], digests: Mapping[str, str], pristine_digests: Mapping[str, str],
+                  unsteady_output: str | None = None) -> list[str]:
     """How ``model`` (a deep copy of ``pristine`` that a strategy was attached to, used with
     and closed) differs from it: state dict (its :func:`tensor_digests` when closed, ``digests``,
     against the pristine model's: bit for bit), hooks, instance attributes, mode and output
@@ -434,7 +477,8 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], 
     is registered, or where no attribute-by-attribute comparison shows the copy to hold what
     the model holds (:func:`_same_state`), which leaves it the same output; another change made
     outside the model (to a torch function or a class, shared by the model and its copies) is
-    not the model's and is not looked for."""
+    not the model's and is not looked for. Where the model's own output changes from pass to pass
+    (``unsteady_output``: how), the output says nothing and is not compared."""
     changes = []
     before = dict(pristine.named_modules())
     after = dict(model.named_modules())
@@ -456,9 +500,9 @@ def model_changes(*, pristine: nn.Module, model: nn.Module, truth: Callable[[], 
     differing = [key for key, digest in pristine_digests.items() if digests.get(key) != digest]
     if differing or set(digests) != set(pristine_digests):
         changes.append(f"state dict differs ({', '.join(differing[:3]) or 'keys'})")
-    if changes or _global_forward_hooks() or not _same_state(pristine, model):
+    if unsteady_output is None and (changes or _global_forward_hooks() or not _same_state(pristine, model)):
         x, output = truth()
-        with torch.no_grad():
+        with torch.no_grad(), pass_rng():
             comparison = compare(call_model(model, x), output)
         if not comparison.close:
             changes.append(f"the output differs ({comparison.detail or f'max abs err {comparison.max_abs_err:.3g}'})")
@@ -480,6 +524,9 @@ def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
         kinds = ([f"called with {', '.join(truth.keywords)}="] if truth.keywords else []) + (
             [f"returns a {type(truth.value).__name__}"] if truth.calls and not isinstance(truth.value, torch.Tensor) else []
         )
+        if layer in ctx.truth.unsteady:
+            results.append(_unsteady("kwargs_and_tuples", layer, ctx.truth))
+            continue
         if not kinds:
             why = "the module does not run" if not truth.calls else "called positionally, returns a tensor"
             results.append(CheckResult("kwargs_and_tuples", layer, "skipped", "", why))

@@ -178,6 +178,13 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     manifest.add_argument("--seed", type=int, default=0)
     manifest.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
+    fuzz = commands.add_parser("fuzz", help="generated models (Hypothesis): the values verdicts against the generator's own truth")
+    fuzz.add_argument("--models", type=int, default=100, metavar="N", help="models to generate and judge (default 100)")
+    fuzz.add_argument("--jobs", type=int, default=1, metavar="N", help="processes, each drawing its share from its own seed (default 1)")
+    fuzz.add_argument("--seed", type=int, default=0, help="Hypothesis's seed (the jobs take SEED, SEED+1, ...)")
+    fuzz.add_argument("--out", type=Path, default=None, help="where summary.json and README.md go (default runs/fuzz-<timestamp>)")
+    fuzz.add_argument("--overwrite", action="store_true", help="replace the summary in --out")
+
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
     list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
@@ -567,6 +574,44 @@ def run_arguments(options: Mapping[str, Any]) -> argparse.Namespace:
     return _parser(_run_defaults(options)).parse_args(["run"])
 
 
+def _fuzz_share(models: int, seed: int) -> dict[str, Any]:
+    from .fuzz import run_fuzz
+
+    torch.set_num_threads(1)
+    return run_fuzz(models=models, seed=seed)
+
+
+def _command_fuzz(args: argparse.Namespace) -> int:
+    """Judge generated models; exit 1 on any disagreement, crash or unexplained row."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise ConformanceError("conformance fuzz needs Hypothesis", hint="pip install 'feature-conformance[fuzz]'") from None
+    from .fuzz import merge_summaries, write_report
+
+    if args.models < 1 or args.jobs < 1:
+        raise ConformanceError(f"--models {args.models} --jobs {args.jobs}: both must be at least 1", hint="e.g. --models 2000 --jobs 2")
+    out = args.out or Path("runs") / f"fuzz-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    if (out / "summary.json").exists() and not args.overwrite:
+        raise ConformanceError(f"{out / 'summary.json'} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    shares = [args.models // args.jobs + (index < args.models % args.jobs) for index in range(args.jobs)]
+    if args.jobs == 1:
+        summaries = [_fuzz_share(args.models, args.seed)]
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            summaries = list(pool.map(_fuzz_share, shares, [args.seed + index for index in range(args.jobs)]))
+    summary = merge_summaries(summaries)
+    write_report(summary, out)
+    counts = ", ".join(f"{summary[key]} {key}" for key in ("models", "rows", "disagreements", "crashes", "unexplained", "misnamed"))
+    print(f"{counts} in {summary['seconds']:.0f} s; {out / 'summary.json'}")
+    for failure in summary["minimal_failures"]:
+        print(f"\n{failure['found']}\n{failure['source']}")
+    return 1 if summary["minimal_failures"] else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conformance`` console script."""
     try:
@@ -579,7 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # the command as given, written into the run metadata
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
-                    "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list}
+                    "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list,
+                    "fuzz": _command_fuzz}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,13 +37,25 @@ partial_output          one element of the tuple or list the module returns, whe
                         of the pass is that value (a ``torch.Size``)
 rng_shifted             the train-mode pass, each module call starting from the RNG state it   ``draws_before_forward``
                         had in the strategy's pass (``behaviour.check_train_mode``)
+A+inplace_aliasing      mechanism A (children_not_chained, dead_code_eliminated,            ``chain_inplace``,
+                        kwargs_dropped) applied, its run's value read as that run left it   ``dead_then_inplace``
+dead_code_eliminated    the value of another node of the pass without the dead ops          fuzz regression
++wrong_node                                                                                 (``dead_inplace``, ``pair``)
 unexplained             nothing above
 ======================  ==================================================================  ==============================
+
+A layer the strategy returns nothing for is ``missing`` (``checks._missing``), or, where it is
+measured: ``call_bypassed`` (every call ran its ``forward`` without ``__call__``: no hook runs;
+``forward_called``), ``registered_twice`` (the module has several names; a test's ``Aliased``),
+``shared_output`` (another requested layer's output bit for bit, returned under that name only).
+A layer whose value the model itself changes from pass to pass from the same random state is
+``skipped`` as ``nondeterministic_model`` for every strategy (``own_generator``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -61,6 +73,7 @@ __all__ = ["UNEXPLAINED", "diagnose", "graph_ops"]
 
 UNEXPLAINED = "unexplained"
 _MAX_TOKENS = 1 << 16  # token sequences longer than this are not searched for a permutation
+_MAX_DROP_TRIALS = 64  # choices of the calls a traced graph lacks tried at most, each a forward pass
 
 Diagnosis = Optional[tuple[str, str]]
 
@@ -236,7 +249,10 @@ def dead_code_eliminated(ctx: CheckContext, layer: str, value: Any) -> Diagnosis
     functions FX keeps whole that change their arguments, as MViT v2's ``_add_shortcut``), and
     the model run without them gives its value (pytorch/pytorch#68301: FX removes a call whose
     result is unused as dead code). An op the graph lacks every call of is dropped whole; where
-    it lacks only some, each call is tried in turn with those."""
+    it lacks only some, each call is tried in turn with those, then, where it lacks several, every
+    choice of that many calls (:data:`_MAX_DROP_TRIALS` at most). Where none of those runs gives the
+    value as the layer returned it, they are tried again as the rest of the run left it: a later
+    in-place op wrote into the tensor the graph kept (both mechanisms at once)."""
     graph_ops = ctx.graph_ops()
     if graph_ops is None:
         return None
@@ -245,25 +261,49 @@ def dead_code_eliminated(ctx: CheckContext, layer: str, value: Any) -> Diagnosis
     every_call = tuple(node.name for node in missing if in_graph[node.op] == 0)
     some_calls = [node for node in missing if in_graph[node.op] > 0]
     trials = ([every_call] if every_call else []) + [(*every_call, node.name) for node in some_calls]
-    for skipped in trials:
-        if _close(value, ctx.counterfactual(skip_nodes=skipped).get(layer)):
+    # where the graph lacks several calls of one op, every choice of that many of them, with the other ops' choices
+    partial = {op: in_pass[op] - in_graph[op] for op in dict.fromkeys(node.op for node in some_calls)}
+    choices = [list(itertools.combinations([node.name for node in some_calls if node.op == op], count)) for op, count in partial.items()]
+    if any(count > 1 for count in partial.values()) and math.prod(map(len, choices)) <= _MAX_DROP_TRIALS:
+        trials += [(*every_call, *itertools.chain.from_iterable(combo)) for combo in itertools.product(*choices)]
+    trials = list(dict.fromkeys(trials))
+    for after_pass, skipped in itertools.product((False, True), trials):
+        if _close(value, ctx.counterfactual(skip_nodes=skipped, after_pass=after_pass).get(layer)):
             nodes = [next(node for node in missing if node.name == name) for name in skipped]
             named = ", ".join(f"{node.name} ({node.describe()})" for node in nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
             calls = "a call" if len(nodes) == 1 else f"{len(nodes)} calls"
-            return "dead_code_eliminated", (f"the traced graph lacks {calls} of the eager pass, {named}, which FX drops as dead code "
-                                            f"when the result is unused; the model run without {'it' if len(nodes) == 1 else 'them'} gives this value")
+            detail = (f"the traced graph lacks {calls} of the eager pass, {named}, which FX drops as dead code "
+                      f"when the result is unused; the model run without {'it' if len(nodes) == 1 else 'them'} gives this value")
+            if after_pass:
+                return "dead_code_eliminated+inplace_aliasing", f"{detail} after a later in-place op of that run overwrote it"
+            return "dead_code_eliminated", detail
+    plain_pass_has_it = isinstance(value, torch.Tensor) and any(node != layer for node in ctx.locate_nodes(value))
+    for skipped in trials if isinstance(value, torch.Tensor) and not plain_pass_has_it else ():  # else plain wrong_node
+        nodes = [node for node in ctx.locate_nodes(value, skip_nodes=skipped) if node != layer]
+        if nodes:
+            named = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+            return "dead_code_eliminated+wrong_node", (f"the traced graph lacks {named}, which FX drops as dead code when the result is "
+                                                       f"unused; the model run without {'it' if len(skipped) == 1 else 'them'} gives this "
+                                                       f"value at node {nodes[0]!r}")
     return None
 
 
 def kwargs_dropped(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
-    """Each module called with keyword arguments, called without them; a change whose run on the
-    meta device gives the layer another structure or shape cannot give the value, and its real
-    run (a whole forward pass) is left out."""
-    for module in ctx.truth.keyword_calls:
-        if not _same_shapes(value, ctx.counterfactual(drop_keywords=module, shapes_only=True), layer):
+    """Each module called with keyword arguments, called without them, then all of them at once
+    (a replay of the children calls every one positionally); the value as it returned, then as
+    the rest of that run left it. A change whose run on the meta device gives the layer another
+    structure or shape cannot give the value, and its real run (a whole forward pass) is left out."""
+    calls = ctx.truth.keyword_calls
+    changes = [(module,) for module in calls] + ([tuple(calls)] if len(calls) > 1 else [])
+    for modules in changes:
+        if not _same_shapes(value, ctx.counterfactual(drop_keywords=modules, shapes_only=True), layer):
             continue
-        if _close(value, ctx.counterfactual(drop_keywords=module).get(layer)):
-            return "kwargs_dropped", f"the model run with {module!r} called without its keyword arguments gives this value"
+        named = repr(modules[0]) if len(modules) == 1 else f"each of {', '.join(map(repr, modules))}"
+        if _close(value, ctx.counterfactual(drop_keywords=modules).get(layer)):
+            return "kwargs_dropped", f"the model run with {named} called without its keyword arguments gives this value"
+        if _close(value, ctx.counterfactual(drop_keywords=modules, after_pass=True).get(layer)):
+            return "kwargs_dropped+inplace_aliasing", (f"the model run with {named} called without its keyword arguments gives "
+                                                       "this value after a later in-place op of that run overwrote it")
     return None
 
 
@@ -281,8 +321,16 @@ def _same_shapes(value: Any, shapes: dict[str, Any] | None, layer: str) -> bool:
 
 
 def children_not_chained(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
-    if layer in ctx.replayed and ctx.truth.chain_break and _close(value, ctx.replayed[layer]):
+    """The children replayed in registration order give the value, as it returned or as the
+    rest of the replay left it (a later in-place child overwrote it: both mechanisms at once)."""
+    if layer not in ctx.replayed or not ctx.truth.chain_break:
+        return None
+    if _close(value, ctx.replayed[layer]):
         return "children_not_chained", f"matches the children replayed in registration order; {ctx.truth.chain_break.reason}"
+    if _close(value, ctx.replayed_after.get(layer)):
+        return "children_not_chained+inplace_aliasing", (
+            f"matches the children replayed in registration order, as a later in-place child of the replay overwrote it; "
+            f"{ctx.truth.chain_break.reason}")
     return None
 
 

@@ -199,7 +199,7 @@ def resolve_layers(model: nn.Module, spec: ModelSpec, requested: Sequence[str], 
     fixed-seed input) are recorded only when a name is not a module path or ``@nodes`` is asked;
     a name is looked up in the eval-mode pass, then in the train-mode pass.
     """
-    modules = {name for name, _ in model.named_modules() if name}
+    modules = {name for name, _ in model.named_modules(remove_duplicate=False) if name}
     tables: dict[str, NodeTable] = {}
 
     def nodes(mode: str = "eval") -> NodeTable:

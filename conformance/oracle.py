@@ -26,12 +26,13 @@ from torch import nn
 
 from strategies.base import Tap, call_model, clone_tree, input_device, map_tensors
 
-from .compare import bitwise_equal
+from .compare import bitwise_equal, compare
 from .nodes import record, record_faithfully, unrecorded
+from .rng import pass_rng
 from .timing import deep_copy, phase
 
 __all__ = [
-    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "counterfactual", "gradients", "locate", "locate_nodes",
+    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "locate", "locate_nodes",
     "replay_children",
 ]
 
@@ -46,6 +47,7 @@ class LayerTruth:
     keywords: list[str] = field(default_factory=list)  # keyword arguments of the last call
     index: int = -1  # the call that is the reference: the last, or the one a node name names
     finished: int = -1  # when its first call returned, counted in module outputs of the pass; -1: never
+    bypassed: int = 0  # calls of its forward made without its __call__ (``self.block.forward(x)``), which run no hook
 
     @property
     def value(self) -> Any:
@@ -72,6 +74,7 @@ class OracleCapture:
     children: list[str]  # top-level children in registration order
     chain_break: ChainBreak | None  # None when the top-level children form a plain chain
     keyword_calls: list[str] = field(default_factory=list)  # the modules called with keyword arguments, in the order they ran
+    unsteady: dict[str, str] = field(default_factory=dict)  # layers (and "" for the output) another pass from the same random state changes, and how
 
     def after_chain_break(self, layer: str) -> bool:
         """Whether ``layer`` sits at or after the point where the children stop being a chain."""
@@ -105,6 +108,66 @@ def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], out
     if len(order) > len(names):
         return ChainBreak(child=names[-1], reason=f"top-level children run as {', '.join(order)}")
     return None
+
+
+class _Observed:
+    """The handles :func:`on_output` registered, removed together."""
+
+    def __init__(self, module: nn.Module, handles: list[Any], forward: Any) -> None:
+        self.module, self.handles, self.forward = module, handles, forward
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        if self.forward is not None:
+            vars(self.module).pop("forward", None)
+            if self.forward is not _NO_FORWARD:
+                self.module.forward = self.forward
+
+
+_NO_FORWARD = object()
+
+
+def on_output(module: nn.Module, hook: Callable[[nn.Module, dict[str, Any], Any], None]) -> _Observed:
+    """Call ``hook(module, kwargs, output)`` each time ``module`` returns: from its ``__call__``
+    (a forward hook), and from its ``forward`` called directly (``self.block.forward(x)``, which
+    runs no hook), each call once. ``bypassed(module)`` tells the latter apart while it runs."""
+    depth = [0]
+
+    def enter(m: nn.Module, args: Any) -> None:
+        depth[0] += 1
+
+    def leave(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        depth[0] -= 1
+        hook(m, kwargs, output)
+
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, with_kwargs=True)]
+    previous = vars(module).get("forward", _NO_FORWARD)
+    bound = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        output = bound(*args, **kwargs)
+        if depth[0] == 0:
+            _BYPASSED.add(id(module))
+            try:
+                hook(module, kwargs, output)
+            finally:
+                _BYPASSED.discard(id(module))
+        return output
+
+    try:
+        module.forward = forward
+    except Exception:  # a module whose forward cannot be replaced (scripted): its hooks alone
+        return _Observed(module, handles, None)
+    return _Observed(module, handles, previous)
+
+
+_BYPASSED: set[int] = set()
+
+
+def bypassed(module: nn.Module) -> bool:
+    """Whether :func:`on_output`'s hook now runs for a ``forward`` called without ``__call__``."""
+    return id(module) in _BYPASSED
 
 
 def _taps(layers: Sequence[str]) -> list[Tap]:
@@ -168,7 +231,6 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     ops = [tap for tap in taps if tap.is_op]
     twin = deep_copy(copy_) if ops else None  # the model as the pass starts, for the recorder
     device = input_device(x)
-    start = _rng_state(device)
     truths = {tap: LayerTruth(index=tap.call - 1 if tap.call else -1) for tap in taps}
     by_module: dict[str, list[Tap]] = {}
     for tap in taps:
@@ -180,7 +242,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     handles = []
     returned = [0]
     for module, module_taps in by_module.items():
-        def hook(m: nn.Module, args: Any, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
+        def hook(m: nn.Module, kwargs: dict[str, Any], output: Any, module: str = module, module_taps: list[Tap] = module_taps) -> None:
             clones: dict[int, torch.Tensor] = {}
             value = map_tensors(functools.partial(_clone_noting, clones), output)
             captured_clones[module].append(clones)
@@ -190,9 +252,10 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
                     truths[tap].finished = returned[0]
                 truths[tap].calls.append(value)
                 truths[tap].keywords = sorted(kwargs)
+                truths[tap].bypassed += bypassed(m)
             raw[module].append(output)
             returned_tensors[module].append({path: weakref.ref(tensor) for path, tensor in _tensors_by_path(output).items()})
-        handles.append(copy_.get_submodule(module).register_forward_hook(hook, with_kwargs=True))
+        handles.append(on_output(copy_.get_submodule(module), hook))
 
     keyword_calls: dict[str, None] = {}  # in the order they ran
 
@@ -217,10 +280,11 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         handles.append(child.register_forward_pre_hook(pre_hook))
         handles.append(child.register_forward_hook(post_hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pass_rng():
+            start = _rng_state(device)
             output = call_model(copy_, x)
     finally:
-        for handle in handles:
+        for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
     for module, module_taps in by_module.items():
         after = [_after_pass(clones, value) for clones, value in zip(captured_clones[module], raw[module])]
@@ -228,10 +292,9 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         for tap in module_taps:
             truths[tap].after_forward, truths[tap].replaced = after, replaced
     if ops:
-        end = _rng_state(device)
-        table = record_faithfully(twin, x, output=output, before_each=lambda: _set_rng_state(start, device),
-                                  wanted=[str(tap) for tap in ops], tracer_kwargs=tracer_kwargs)
-        _set_rng_state(end, device)
+        with pass_rng():
+            table = record_faithfully(twin, x, output=output, before_each=lambda: _set_rng_state(start, device),
+                                      wanted=[str(tap) for tap in ops], tracer_kwargs=tracer_kwargs)
         for tap in ops:
             if tap in table.values:
                 truths[tap].calls, truths[tap].after_forward, truths[tap].replaced = [table.values[tap]], [table.after_forward[tap]], [[]]
@@ -244,28 +307,54 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     )
 
 
+def capture_twice(model: nn.Module, x: Any, *, layers: Sequence[str], tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
+    """The truth (:func:`capture`), with the layers that a second pass over the same copy, from
+    the same random state, changes noted in ``unsteady`` (``""``: the model's output): a model
+    drawing from a generator of its own, or counting its calls, has no one true activation there."""
+    copy_ = deep_copy(model)
+    truth = capture(copy_, x, layers=layers, on_copy=False, tracer_kwargs=tracer_kwargs)
+    again = capture(copy_, x, layers=layers, on_copy=False, tracer_kwargs=tracer_kwargs)
+    pairs = {"": (truth.output, again.output)}
+    pairs.update((layer, (value.value, again.layers[layer].value)) for layer, value in truth.layers.items())
+    for layer, (first, second) in pairs.items():
+        if layer and len(truth.layers[layer].calls) != len(again.layers[layer].calls):
+            truth.unsteady[layer] = (f"runs {len(truth.layers[layer].calls)} times in one pass and "
+                                     f"{len(again.layers[layer].calls)} times in the next, from the same random state")
+            continue
+        comparison = compare(second, first)
+        if not comparison.close:
+            how = comparison.detail or f"max abs err {comparison.max_abs_err:.3g}"
+            truth.unsteady[layer] = f"a second pass from the same random state gives another value ({how})"
+    return truth
+
+
 @phase("oracle")
-def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple[dict[str, Any], str | None]:
+def replay_children(model: nn.Module, x: Any, *, layers: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """The layers' values when the top-level children run one after another in registration
     order, as replaying strategies run them (layers not reached before a crash, and layers
-    that are no module's output, are absent), and what the replay raised (``Type: message``), if anything."""
+    that are no module's output, are absent); the same values as the replay left them (a later
+    in-place child writes into the tensor the replay handed it); and what the replay raised
+    (``Type: message``), if anything."""
     copy_ = deep_copy(model)
     seen: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     error = None
-    handles = [
-        copy_.get_submodule(tap.module).register_forward_hook(lambda m, a, out, name=str(tap): seen.__setitem__(name, clone_tree(out)))
-        for tap in _taps(layers) if tap.is_module_output
-    ]
+
+    def keep(m: nn.Module, kwargs: Any, out: Any, name: str) -> None:
+        seen[name], raw[name] = clone_tree(out), out
+
+    handles = [on_output(copy_.get_submodule(tap.module), functools.partial(keep, name=str(tap)))
+               for tap in _taps(layers) if tap.is_module_output]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pass_rng():
             for position, child in enumerate(copy_.children()):
                 x = call_model(child, x) if position == 0 else child(x)
     except Exception as exc:  # replaying is expected to crash on models that are no chain
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        for handle in handles:
+        for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
-    return seen, error
+    return seen, {name: clone_tree(value) for name, value in raw.items()}, error
 
 
 def locate(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: Callable[[Any, Any], bool]) -> list[list[str]]:
@@ -274,18 +363,18 @@ def locate(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: C
     copy_ = deep_copy(model)
     found: list[list[str]] = [[] for _ in values]
 
-    def hook(module: nn.Module, args: Any, output: Any, name: str) -> None:
+    def hook(module: nn.Module, kwargs: dict[str, Any], output: Any, name: str) -> None:
         if isinstance(output, torch.Tensor):
             for value, names in zip(values, found):
                 if output.shape == value.shape and name not in names and close(output, value):
                     names.append(name)
 
-    handles = [module.register_forward_hook(lambda m, a, out, name=name: hook(m, a, out, name)) for name, module in copy_.named_modules() if name]
+    handles = [on_output(module, functools.partial(hook, name=name)) for name, module in copy_.named_modules() if name]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pass_rng():
             call_model(copy_, x)
     finally:
-        for handle in handles:
+        for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
     return found
 
@@ -310,16 +399,16 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
         if tap.is_op:
             continue
 
-        def hook(m: nn.Module, a: Any, out: Any, tap: Tap = tap) -> None:
+        def hook(m: nn.Module, k: Any, out: Any, tap: Tap = tap) -> None:
             with unrecorded():
                 calls[tap] = calls.get(tap, 0) + 1
                 if tap.call is None or calls[tap] == tap.call:
                     taken[tap] = out.clone()
-        handles.append(copy_.get_submodule(tap.module).register_forward_hook(hook))
+        handles.append(on_output(copy_.get_submodule(tap.module), hook))
     ops = [str(tap) for tap in taps if tap.is_op]
     x = x.detach().clone().requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), pass_rng():
             if ops:
                 taken.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs).values)
             else:
@@ -328,22 +417,25 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
             loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
             grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
     finally:
-        for handle in handles:
+        for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
 
 
 def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),
-                   drop_keywords: str | None = None, tracer_kwargs: Mapping[str, Any] | None = None,
-                   shapes_only: bool = False) -> dict[str, Any] | None:
+                   drop_keywords: Sequence[str] = (), tracer_kwargs: Mapping[str, Any] | None = None,
+                   shapes_only: bool = False, after_pass: bool = False) -> dict[str, Any] | None:
     """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
     ops, functions FX keeps whole) not run, their first argument passing through, or the module
-    ``drop_keywords`` called with its positional arguments only. Layers that do not run are absent.
+    ``drop_keywords`` called with their positional arguments only. Layers that do not run are absent.
 
     ``shapes_only``: run on the meta device, which gives the layers' structure and shapes and no
     values, at a fraction of the cost; None where the model does not run there (an op without a
     meta kernel, a branch on a value, a tensor kept outside the parameters and buffers), which
-    says nothing of the real run."""
+    says nothing of the real run.
+
+    ``after_pass``: the values as the rest of the changed pass left them (a later in-place op
+    overwrote them), for a value two mechanisms give together."""
     copy_ = deep_copy(model)
     if shapes_only:
         copy_.to("meta")
@@ -355,34 +447,34 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
         if tap.is_op:
             continue
 
-        def hook(m: nn.Module, a: Any, out: Any, tap: Tap = tap, count: list[int] = [0]) -> None:
+        def hook(m: nn.Module, k: Any, out: Any, tap: Tap = tap, count: list[int] = [0]) -> None:
             with unrecorded():
                 count[0] += 1
                 if tap.call is None or count[0] == tap.call:
-                    seen[tap] = clone_tree(out)
-        handles.append(copy_.get_submodule(tap.module).register_forward_hook(hook))
-    if drop_keywords is not None:
-        handles.append(copy_.get_submodule(drop_keywords).register_forward_pre_hook(lambda m, a, k: (a, {}), with_kwargs=True))
+                    seen[tap] = out if after_pass else clone_tree(out)
+        handles.append(on_output(copy_.get_submodule(tap.module), hook))
+    handles += [copy_.get_submodule(module).register_forward_pre_hook(lambda m, a, k: (a, {}), with_kwargs=True) for module in drop_keywords]
     ops = [str(tap) for tap in taps if tap.is_op]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pass_rng():
             if ops or skip_nodes:
-                seen.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=frozenset(skip_nodes).__contains__ if skip_nodes else None).values)
+                table = record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=frozenset(skip_nodes).__contains__ if skip_nodes else None)
+                seen.update(table.after_forward if after_pass else table.values)
             else:
                 call_model(copy_, x)
     except Exception:  # the changed model may not run at all: then the change reproduces nothing
         return None if shapes_only else {}
     finally:
-        for handle in handles:
+        for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
-    return {str(name): value for name, value in seen.items()}
+    return {str(name): clone_tree(value) if after_pass else value for name, value in seen.items()}
 
 
 def locate_nodes(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: Callable[[Any, Any], bool],
-                 tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None) -> list[list[str]]:
+                 tracer_kwargs: Mapping[str, Any] | None = None, train: bool | None = None, skip_nodes: Collection[str] = ()) -> list[list[str]]:
     """For each of ``values``, the nodes of the forward pass (:mod:`.nodes`) whose value it is, in
     one pass (compared on the fly, nothing stored), on a copy of ``model`` in its own mode, or in
-    train mode when ``train``."""
+    train mode when ``train``; with ``skip_nodes`` (as :func:`counterfactual`) not run."""
     found: list[list[str]] = [[] for _ in values]
 
     def visit(node: Any, produced: Any) -> None:
@@ -395,5 +487,6 @@ def locate_nodes(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, cl
         twin = deep_copy(model)
         if train is not None:
             twin.train(train)
-        record(twin, x, visit=visit, tracer_kwargs=tracer_kwargs)
+        with pass_rng():
+            record(twin, x, visit=visit, tracer_kwargs=tracer_kwargs, skip=frozenset(skip_nodes).__contains__ if skip_nodes else None)
     return found

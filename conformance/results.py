@@ -150,10 +150,26 @@ class ResultsWriter:
     def finish(self, *, extra: dict) -> pd.DataFrame:
         """Write ``results.json`` (metadata, ``extra`` and every row) and return the rows."""
         self.metadata.update(extra)
-        _write_json(self.out / RUN_JSON, self.metadata)
         frame = load_results(self.csv_path) if self.csv_path.exists() else pd.DataFrame(columns=COLUMNS)
+        materialised = materialised_models(frame)
+        if materialised:
+            self.metadata["materialised"] = materialised
+        _write_json(self.out / RUN_JSON, self.metadata)
         _write_json(self.out / RESULTS_JSON, {**self.metadata, "rows": _json_rows(frame)})
         return frame
+
+
+#: What a row's detail says of a model whose first pass, made before any copy, set its state (``zoo.materialise``).
+MATERIALISED = "by one pass before copying"
+
+
+def materialised_models(frame: pd.DataFrame) -> dict[str, str]:
+    """The models whose lazy modules or first-call state were materialised before copying, with what was done."""
+    if frame.empty:
+        return {}
+    rows = frame[frame["detail"].fillna("").str.contains(MATERIALISED, regex=False)]
+    return {model: next(part for part in detail.split("; ") if MATERIALISED in part)
+            for model, detail in rows.groupby("model", sort=False)["detail"].first().items()}
 
 
 class BenchWriter:

@@ -38,11 +38,12 @@ from .executors import Executor, ModelTask, SerialExecutor
 from .layers import resolve_layers
 from .diagnoses import graph_ops
 from .nodes import Node, record
-from .oracle import OracleCapture, capture, counterfactual, locate, locate_nodes, replay_children
+from .oracle import OracleCapture, capture, capture_twice, counterfactual, locate, locate_nodes, replay_children
 from .profiles import PER_LAYER_CHECKS, PROFILES
 from .results import ResultsWriter
+from .rng import PinnedExtractor, pass_rng
 from .timing import Timings, deep_copy
-from .zoo import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model
+from .zoo import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model, has_lazy_state, materialise
 
 __all__ = ["RunConfig", "evaluate", "make_deterministic", "model_units", "run"]
 
@@ -141,12 +142,14 @@ class _ModelRun:
         self.spec, self.model, self.layers, self.config, self.timings = spec, model, layers, config, timings
         self.previous_input, self.input = spec.inputs(seed=config.seed, device=config.device)
         self.previous_truth = capture(model, self.previous_input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
-        self.truth: OracleCapture = capture(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
+        self.truth: OracleCapture = capture_twice(model, self.input, layers=layers, tracer_kwargs=spec.tracer_kwargs)
         # a plain chain of children replays without error; only a broken one is replayed
-        self.replayed, self.replay_error = replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, None)
+        self.replayed, self.replayed_after, self.replay_error = (
+            replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, {}, None))
         with timings.phase("hashing"):
             self.model_digests = tensor_digests(model)
         self.model_state = model.state_dict()  # the model's own tensors, not copies
+        self.aliases = _aliases(model, layers)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
@@ -158,12 +161,14 @@ class _ModelRun:
         return self._search("locate", value, exact=exact, along=along, search=lambda values: locate(
             self.model, self.input, values, close=_matcher(exact)))
 
-    def locate_nodes(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list) -> list[str]:
-        """Nodes of the forward pass whose value, for the input, is ``value`` (as :meth:`locate`)."""
-        return self._search("locate_nodes", value, exact=exact, along=along, search=lambda values: locate_nodes(
-            self.model, self.input, values, close=_matcher(exact), tracer_kwargs=self.spec.tracer_kwargs))
+    def locate_nodes(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list,
+                     skip_nodes: tuple[str, ...] = ()) -> list[str]:
+        """Nodes of the forward pass whose value, for the input, is ``value`` (as :meth:`locate`);
+        of the pass without the nodes ``skip_nodes`` where given."""
+        return self._search(("locate_nodes", skip_nodes), value, exact=exact, along=along, search=lambda values: locate_nodes(
+            self.model, self.input, values, close=_matcher(exact), tracer_kwargs=self.spec.tracer_kwargs, skip_nodes=skip_nodes))
 
-    def _search(self, kind: str, value: torch.Tensor, *, exact: bool, along: Callable[[], list[torch.Tensor]],
+    def _search(self, kind: Any, value: torch.Tensor, *, exact: bool, along: Callable[[], list[torch.Tensor]],
                 search: Callable[[list[torch.Tensor]], list[list[str]]]) -> list[str]:
         with self.timings.phase("diagnoses"):
             key = (kind, exact, tensor_digest(value))
@@ -202,7 +207,7 @@ class _ModelRun:
         """The calls of the eager pass that can change a value while their result goes unused:
         in-place ops and functions FX keeps whole."""
         def compute() -> list[Node]:
-            with torch.no_grad():
+            with torch.no_grad(), pass_rng():
                 table = record(deep_copy(self.model), self.input, tracer_kwargs=self.spec.tracer_kwargs)
             return [node for node in table.nodes if node.kind == "function" and (node.inplace or node.kept_whole)]
         return self._memo(("droppable",), compute)
@@ -225,7 +230,7 @@ class _ModelRun:
         model = deep_copy(self.model)
         try:
             with self.timings.phase("tracing"):
-                extractor = strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs)
+                extractor = PinnedExtractor(strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
         except Unsupported as exc:
             return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers,
                             reasons={layer: exc.reason_for(layer) for layer in exc.layers or ()})
@@ -235,7 +240,8 @@ class _ModelRun:
             return _Attempt(layers, status="error", diagnosis="build_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
         try:
             with self.timings.phase("forward"), torch.no_grad():
-                attached_output = call_model(model, self.input)
+                with pass_rng():
+                    attached_output = call_model(model, self.input)
                 first = extractor(self.previous_input)
                 first_features = snapshot(first.features)
                 second = extractor(self.input)
@@ -259,7 +265,8 @@ class _ModelRun:
 
         def changes() -> list[str]:
             with self.timings.phase("checks"):
-                return model_changes(pristine=self.model, model=model, truth=self.small_truth, digests=copy_digests, pristine_digests=self.model_digests)
+                return model_changes(pristine=self.model, model=model, truth=self.small_truth, digests=copy_digests, pristine_digests=self.model_digests,
+                                     unsteady_output=self.truth.unsteady.get(""))
 
         @functools.cache
         def wrong() -> list[torch.Tensor]:
@@ -270,7 +277,7 @@ class _ModelRun:
         context = CheckContext(
             layers=layers, truth=self.truth, previous_truth=self.previous_truth,
             features=features, returned_output=second.output, attached_output=attached_output,
-            model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed,
+            model_digests=self.model_digests, strategy_digests=strategy_digests, replayed=self.replayed, replayed_after=self.replayed_after, aliases=self.aliases,
             locate=functools.partial(self.locate, along=wrong), device=torch.device(self.config.device),
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
@@ -419,7 +426,7 @@ class _ModelRun:
             tracer_kwargs=self.spec.tracer_kwargs,
             input=self.input, previous_input=self.previous_input, truth=self.truth, previous_truth=self.previous_truth,
             model_digests=self.model_digests, leaves_model_untouched=not ctx.model_changes,
-            seed=self.config.seed, memo=self.oracle_memo,
+            seed=self.config.seed, memo=self.oracle_memo, unsteady=self.truth.unsteady,
         )
         for check in checks:
             with self.timings.phase(f"behaviour.{check}"), time_limit(self.config.cell_timeout), torch.no_grad():
@@ -444,12 +451,29 @@ class _ModelRun:
         return rows
 
 
+def _aliases(model: nn.Module, layers: Sequence[str]) -> dict[str, list[str]]:
+    """For each layer whose module is registered under more than one name, those names."""
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+    found = {}
+    for layer in layers:
+        module = getattr(layer, "module", layer)
+        with contextlib.suppress(AttributeError):
+            paths = names.get(id(model.get_submodule(module)), []) if module else []
+            if len(paths) > 1:
+                found[str(layer)] = paths
+    return found
+
+
 def _untrusted(ctx: CheckContext) -> dict[str, str]:
     """Layers whose eval-mode values are wrong, with a short reason."""
     untrusted = {}
     for layer in ctx.layers:
         truth = ctx.truth.layers[layer]
-        if not truth.calls:
+        if layer in ctx.truth.unsteady:
+            untrusted[layer] = "the model gives another value from the same random state"
+        elif not truth.calls:
             if layer in ctx.features:
                 untrusted[layer] = "a value for a module that does not run"
         elif layer not in ctx.features:
@@ -517,6 +541,12 @@ def model_units(
         yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
         return
     try:
+        with timings.phase("model_build"):
+            materialised = materialise(model, spec.inputs(seed=config.seed, device=config.device)[1])
+    except Exception as exc:
+        yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
+        return
+    try:
         with timings.active():
             layers = resolve_layers(model, spec, config.layers)
     except ConformanceError as exc:
@@ -536,6 +566,9 @@ def model_units(
     for strategy_name in strategies:
         with timings.strategy(strategy_name), timings.active():
             rows = model_run.unit(strategy_name)
+        if materialised:
+            for row in rows:
+                row.detail = "; ".join(filter(None, [row.detail, materialised]))
         yield strategy_name, rows
 
 
@@ -552,7 +585,8 @@ def evaluate(
 ) -> pd.DataFrame:
     """Check ``strategies`` on one model in memory and return the tidy rows.
 
-    The model is deep-copied first; the caller's instance is left as it is.
+    The model is deep-copied first; the caller's instance is left as it is, except that lazy
+    modules are materialised by one pass of the input first, as the model's own first call would.
 
     Example::
 
@@ -560,12 +594,15 @@ def evaluate(
         >>> rows = evaluate(torchvision.models.resnet18(), layers=["bn1", "layer1"], strategies=["hooks", "fx"])
         >>> rows.query("check == 'values'")[["strategy", "layer", "status", "diagnosis"]]
     """
-    pristine = deep_copy(model)
     spec = ModelSpec("user", name, tuple(input_shape), lambda: pristine)
+    materialised = materialise(model, spec.inputs(seed=seed, device=device)[1]) if has_lazy_state(model) else ""  # a deep copy of one raises
+    pristine = deep_copy(model)
     config = RunConfig(models=[spec], layers=list(layers), strategies=list(strategies), checks=list(checks), device=device, seed=seed)
     records = [
         {"model": name, "family": spec.family, "strategy": strategy_name, "device": device, **asdict(result)}
         for strategy_name, results in model_units(spec, config.strategies, config, Timings())
         for result in results
     ]
+    for record in records if materialised else ():
+        record["detail"] = "; ".join(filter(None, [record["detail"], materialised]))
     return pd.DataFrame.from_records(records)

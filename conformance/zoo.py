@@ -39,7 +39,9 @@ __all__ = [
     "TORCHVISION_GROUPS",
     "ModelSpec",
     "build_model",
+    "has_lazy_state",
     "list_models",
+    "materialise",
     "name_stem",
     "parse_input_shape",
     "resolve_model",
@@ -353,3 +355,51 @@ def build_model(*, spec: ModelSpec, seed: int) -> nn.Module:
             hint="the factory must return the model instance (torch.nn.Module)",
         )
     return model.eval()
+
+
+def has_lazy_state(model: nn.Module) -> bool:
+    """Whether ``model`` holds parameters or buffers that its first call gives a shape (lazy modules)."""
+    from torch.nn.parameter import is_lazy
+
+    return any(is_lazy(tensor) for tensor in (*model.parameters(), *model.buffers()))
+
+
+def _first_call_state(model: nn.Module) -> dict[str, Any]:
+    """What a first call can set, by module: its attribute names and plain values, and each
+    parameter's and buffer's shape, dtype, storage and version (bumped by an in-place write);
+    the tensors themselves, not ``state_dict()``, which unpacks quantized weights anew each time."""
+    from torch.nn.parameter import is_lazy
+
+    state: dict[str, Any] = {}
+    for name, module in model.named_modules():
+        attributes = {key: value for key, value in vars(module).items()
+                      if not key.startswith("_") and isinstance(value, (type(None), bool, int, float, str))}
+        state[f"{name or 'the model'}: attributes"] = (sorted(vars(module)), attributes)
+    for name, tensor in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        state[name] = "lazy" if is_lazy(tensor) else (tuple(tensor.shape), tensor.dtype, tensor.data_ptr(), tensor._version)
+    return state
+
+
+def materialise(model: nn.Module, x: Any) -> str:
+    """One pass of ``x`` through ``model`` (its own mode, no gradients, the passes' random state),
+    before any copy is made: lazy modules take their shapes and state a model sets on its first
+    call is set, as the user's own first call would. Returns what the pass changed ("" where nothing)."""
+    from strategies.base import call_model
+
+    from .rng import pass_rng
+
+    lazy = [name for name, module in model.named_modules() if isinstance(module, nn.modules.lazy.LazyModuleMixin)
+            and has_lazy_state(module)]
+    before = _first_call_state(model)
+    with torch.no_grad(), pass_rng():
+        call_model(model, x)
+    after = _first_call_state(model)
+    changed = [key.removesuffix(": attributes") for key in after if before.get(key) != after[key]]
+    changed = [key for key in changed if not any(key == name or key.startswith(f"{name}.") for name in lazy)]
+    notes = []
+    if lazy:
+        notes.append(f"lazy modules materialised by one pass before copying: {', '.join(lazy[:5])}" + (f" and {len(lazy) - 5} more" if len(lazy) > 5 else ""))
+    if changed:
+        notes.append(f"state set by the model's first call, made by one pass before copying: {', '.join(changed[:5])}"
+                     + (f" and {len(changed) - 5} more" if len(changed) > 5 else ""))
+    return "; ".join(notes)

@@ -4,7 +4,9 @@ This is the classic tutorial pattern (``self.feature = x.detach()`` inside ``for
 applied generically: the module's ``forward`` is wrapped by an instance attribute, no hooks
 and no source edits, and both the wrapper and the attribute are removed on ``close``.
 ``detach`` shares storage with the output, so in-place ops after the module show through;
-``stash+clone`` stores ``x.detach().clone()`` instead.
+``stash+clone`` stores ``x.detach().clone()`` instead. A module that returns a tuple, a list,
+a dict or an object holding tensors has that output stashed as it is (``self.feature = out``),
+each tensor in it detached (and cloned).
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .base import Extraction, Extractor, Strategy, Tap, call_model, module_outputs
+from .base import Extraction, Extractor, Strategy, Tap, call_model, map_tensors, module_outputs
 
 __all__ = ["Stash", "StashClone"]
 
 ATTRIBUTE = "stashed_feature"
+
+
+def _detached_clone(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
 
 
 class _StashExtractor(Extractor):
@@ -31,9 +37,7 @@ class _StashExtractor(Extractor):
 
             def forward(*args: Any, _module: nn.Module = module, _forward: Any = original_forward, **kwargs: Any) -> Any:
                 out = _forward(*args, **kwargs)
-                if isinstance(out, torch.Tensor):
-                    saved = out.detach()
-                    object.__setattr__(_module, ATTRIBUTE, saved.clone() if clone else saved)
+                object.__setattr__(_module, ATTRIBUTE, map_tensors(_detached_clone if clone else torch.Tensor.detach, out))
                 return out
 
             module.forward = forward

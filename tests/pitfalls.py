@@ -505,6 +505,166 @@ class OptionalMask(nn.Module):
         return self.second(x)
 
 
+class NoiseInEval(nn.Module):
+    """Noise drawn in eval mode (a VAE-style sample): ``decode`` sees ``h + randn_like(h)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Conv2d(3, 4, 3, padding=1)
+        self.decode = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        return self.head(self.decode(h + torch.randn_like(h)))
+
+
+class OwnGenerator(nn.Module):
+    """Noise from a generator the model owns and advances on every call: the same global RNG
+    state gives another value on the next call, so its true activation is no one value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Conv2d(3, 4, 3, padding=1)
+        self.decode = nn.Conv2d(4, 4, 3, padding=1)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        noise = torch.randn(h.shape, generator=self.generator).to(h.device)
+        return self.decode(h + noise)
+
+
+class Lazy(nn.Module):
+    """Lazy modules: their parameters take shape on the first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.LazyConv2d(4, 3, padding=1)
+        self.bn = nn.LazyBatchNorm2d()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.bn(self.conv(x))).flatten(1))
+
+
+class Attention(nn.Module):
+    """An ``nn.MultiheadAttention`` child over the pixels as tokens, as in torchvision's ViT:
+    ``attn`` returns a tuple (output, weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 1)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        out, _ = self.attn(tokens, tokens, tokens)
+        return self.head(out)
+
+
+class ForwardCalled(nn.Module):
+    """``block`` is run through ``self.block.forward(x)``: its ``__call__``, and so every hook,
+    is bypassed while its ``forward`` runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block.forward(self.first(x)))
+
+
+class ChainInplace(nn.Module):
+    """A functional op between ``conv`` and an in-place ReLU child: the model's ReLU works on a
+    new tensor, a replay of the children overwrites ``conv``'s own output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.conv(x) - 0.5))
+
+
+class DeadThenInplace(nn.Module):
+    """An unused in-place op on ``first``'s output (dead code to FX), then an in-place ReLU
+    child on the same tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        h.sub_(0.5)
+        return self.head(self.relu(h))
+
+
+class PairWithMean(nn.Module):
+    """A custom module returning a tuple: a map and its mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.conv(x)
+        return h, h.mean()
+
+
+class TupleBlock(nn.Module):
+    """``block`` (:class:`PairWithMean`) returns a tuple; FX binds its name to its last node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = PairWithMean()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, mean = self.block(x)
+        return self.head(h - mean)
+
+
+class ActNorm(nn.Module):
+    """Glow's ActNorm: its shift and scale are set from the first batch it sees."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.initialized = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialized:
+            with torch.no_grad():
+                self.shift.copy_(-x.mean(dim=(0, 2, 3), keepdim=True))
+                self.scale.copy_(1 / (x.std(dim=(0, 2, 3), keepdim=True) + 1e-6))
+            self.initialized = True
+        return (x + self.shift) * self.scale
+
+
+class FirstCallInit(nn.Module):
+    """An :class:`ActNorm` after a convolution: state set by the model's first call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = ActNorm(4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x)))
+
+
 def _factory(cls: type[nn.Module]):
     def build() -> nn.Module:
         return cls()
@@ -541,6 +701,15 @@ tokens = _factory(Tokens)
 sized_patches = _factory(SizedPatches)
 len_of_input = _factory(LenOfInput)
 optional_mask = _factory(OptionalMask)
+noise_in_eval = _factory(NoiseInEval)
+own_generator = _factory(OwnGenerator)
+lazy = _factory(Lazy)
+attention = _factory(Attention)
+forward_called = _factory(ForwardCalled)
+chain_inplace = _factory(ChainInplace)
+dead_then_inplace = _factory(DeadThenInplace)
+tuple_block = _factory(TupleBlock)
+first_call_init = _factory(FirstCallInit)
 
 
 def not_a_module() -> str:
