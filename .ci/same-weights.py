@@ -10,7 +10,7 @@ save: build each torchvision model at seed 0, keep its state dict, output and we
 /tmp/wx; load: build it here, say whether this side's own seed-0 weights differ, load the saved
 state dict and compare the output with the saved one."""
 import hashlib, sys, torch, torchvision
-from conformance.zoo import resolve_model, build_model
+from conformance.zoo.specs import resolve_model, build_model
 mode, names = sys.argv[1], sys.argv[2:]
 torch.use_deterministic_algorithms(True)
 for name in names:

@@ -19,7 +19,7 @@ __all__ = ["assert_conforms"]
 def __getattr__(name: str):
     # torch is imported on first use, not by the pytest plugin's `import conformance`
     if name == "assert_conforms":
-        from .assertions import assert_conforms
+        from conformance.assertions import assert_conforms
 
         return assert_conforms
     raise AttributeError(f"module 'conformance' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from typing import Sequence
 import pandas as pd
 from torch import nn
 
-from .runner import evaluate
+from conformance.running.runner import evaluate
 
 __all__ = ["assert_conforms"]
 
@@ -27,8 +27,8 @@ def assert_conforms(model: nn.Module, *, layers: Sequence[str], strategy: str, c
         >>> from conformance import assert_conforms
         >>> assert_conforms(torchvision.models.resnet18(), layers=["layer1", "layer4"], strategy="fx", input_shape=(1, 3, 64, 64))
     """
-    from .errors import ConformanceError
-    from .profiles import expand_checks
+    from conformance.core.errors import ConformanceError
+    from conformance.judging.profiles import expand_checks
 
     try:
         chosen = expand_checks(list(checks))

@@ -35,19 +35,21 @@ import torch
 
 from strategies import CORE_STRATEGIES, available_strategies, list_strategies
 
-from .config import load_config
-from .errors import ConformanceError
-from .layers import LAYER_SETS, SET_NAMES, resolve_layers
-from .profiles import ALL_CHECKS, PROFILES, describe, expand_checks
-from .environment import run_metadata
-from .allocator import reuse_freed_memory
-from .bench import BenchConfig, bench
-from .reports import capability_matrix, cell_models, cost_tables, headline
-from .results import BenchWriter, ResultsWriter, load_results, summary_table
-from .runner import RunConfig, make_deterministic, run
-from .timing import Timings, harness_share, heaviest_models
-from .executors import EXECUTORS, main_process_only, make_executor, start_worker_server
-from .zoo import build_model, list_models, parse_input_shape, resolve_model
+from conformance.config import load_config
+from conformance.core.errors import ConformanceError
+from conformance.truth.layers import LAYER_SETS, SET_NAMES, resolve_layers
+from conformance.judging.profiles import ALL_CHECKS, PROFILES, describe, expand_checks
+from conformance.core.environment import run_metadata
+from conformance.core.allocator import reuse_freed_memory
+from conformance.evidence.bench import BenchConfig, bench
+from conformance.evidence.reports import capability_matrix, cell_models, cost_tables, headline
+from conformance.evidence.results import BenchWriter, ResultsWriter, load_results, summary_table
+from conformance.running.runner import RunConfig, make_deterministic
+from conformance.running.schedule import run
+from conformance.core.timing import Timings, harness_share, heaviest_models
+from conformance.running.executors import EXECUTORS, main_process_only, make_executor, start_worker_server
+from conformance.zoo.lists import list_models
+from conformance.zoo.specs import build_model, parse_input_shape, resolve_model
 
 __all__ = ["main", "run_arguments", "run_config"]
 
@@ -386,7 +388,7 @@ def _command_bench(args: argparse.Namespace) -> int:
 
 
 def _command_merge(args: argparse.Namespace) -> int:
-    from .results import merge_runs
+    from conformance.evidence.results import merge_runs
 
     frame = merge_runs(args.results, out=args.out, force=args.force)
     print(f"merged {len(args.results)} runs: {args.out / 'results.csv'} ({len(frame)} rows, {frame['model'].nunique()} models)")
@@ -406,7 +408,7 @@ def _command_matrix(args: argparse.Namespace) -> int:
 
 
 def _command_report(args: argparse.Namespace) -> int:
-    from .publish import write_report
+    from conformance.evidence.publish import write_report
 
     written = write_report(sources=args.results, out=args.out, command=" ".join(["conformance", *args.argv]))
     print(f"report: {args.out / 'report.md'}, {args.out / 'index.html'} ({len(written)} files)")
@@ -414,8 +416,8 @@ def _command_report(args: argparse.Namespace) -> int:
 
 
 def _command_recommend(args: argparse.Namespace) -> int:
-    from .recommend import recommend
-    from .results import load_bench
+    from conformance.evidence.recommend import recommend
+    from conformance.evidence.results import load_bench
 
     _check_device(args.device)
     needs = _checks(args.need)
@@ -455,7 +457,7 @@ def _command_recommend(args: argparse.Namespace) -> int:
 
 
 def _command_baseline(args: argparse.Namespace) -> int:
-    from .diff import save_baseline
+    from conformance.evidence.diff import save_baseline
 
     count = save_baseline(source=args.results, out=args.out)
     print(f"baseline: {args.out} ({count} rows)")
@@ -463,7 +465,7 @@ def _command_baseline(args: argparse.Namespace) -> int:
 
 
 def _command_diff(args: argparse.Namespace) -> int:
-    from .diff import diff, load_side, markdown, parse_fail_on
+    from conformance.evidence.diff import diff, load_side, markdown, parse_fail_on
 
     thresholds = [parse_fail_on(text) for text in args.fail_on]
     result = diff(load_side(args.base), load_side(args.new), fail_on=thresholds)
@@ -480,7 +482,7 @@ def _command_diff(args: argparse.Namespace) -> int:
 
 
 def _command_manifest(args: argparse.Namespace) -> int:
-    from .manifest import build_manifest, diff_manifests, load_manifest, save_manifest
+    from conformance.evidence.manifest import build_manifest, diff_manifests, load_manifest, save_manifest
 
     make_deterministic(seed=args.seed, threads=args.threads or torch.get_num_threads())
     if args.action in ("save", "noise") and args.files:
@@ -511,15 +513,15 @@ def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> in
     """``manifest noise``: the fingerprints' float noise across simulated machines, against the bound."""
     import tempfile
 
-    from .fingerprints import NOISE_BOUND
-    from .noise import SIMULATED_MACHINES, measure_noise
+    from conformance.evidence.fingerprints import NOISE_BOUND
+    from conformance.evidence.noise import SIMULATED_MACHINES, measure_noise
 
     with tempfile.TemporaryDirectory() as scratch:
         print(f"taking the manifest of {len(references)} models on this machine and {len(SIMULATED_MACHINES)} simulated ones", file=sys.stderr)
         frame = measure_noise(references=references, seed=seed, workdir=out or Path(scratch))
     shown = frame.assign(largest=frame["largest"].map("{:.2g}".format), of_bound=frame["of_bound"].map("{:.2f}".format))
     print(shown.to_string(index=False))
-    print(f"\nlargest deviation in units of rms * sqrt(elements summed); the bound is {NOISE_BOUND:g} (conformance/fingerprints.py)")
+    print(f"\nlargest deviation in units of rms * sqrt(elements summed); the bound is {NOISE_BOUND:g} (conformance/evidence/fingerprints.py)")
     flagged = int((frame["changes"] > 0).sum())
     print(f"{flagged} simulated machine(s) with differences a diff would report" if flagged else "every simulated machine stays within the bound")
     return 1 if flagged else 0
@@ -527,7 +529,7 @@ def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> in
 
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models" and args.zoo in ("timm-families", "torchvision-families"):
-        from .families import timm_families, torchvision_families
+        from conformance.zoo.families import timm_families, torchvision_families
 
         chosen = set(list_models(zoo=args.zoo, include=args.include, exclude=args.exclude))
         library, families, size = (("timm", timm_families, "its default input size") if args.zoo == "timm-families"
@@ -555,7 +557,7 @@ def _command_list(args: argparse.Namespace) -> int:
         spec = resolve_model(args.model)
         model = build_model(spec=spec, seed=0)
         if args.nodes:
-            from .expressible import node_listing
+            from conformance.truth.expressible import node_listing
 
             print(node_listing(model, spec).to_string(index=False))
             return 0
@@ -575,7 +577,7 @@ def run_arguments(options: Mapping[str, Any]) -> argparse.Namespace:
 
 
 def _fuzz_share(models: int, seed: int) -> dict[str, Any]:
-    from .fuzz import run_fuzz
+    from conformance.running.fuzz import run_fuzz
 
     torch.set_num_threads(1)
     return run_fuzz(models=models, seed=seed)
@@ -587,7 +589,7 @@ def _command_fuzz(args: argparse.Namespace) -> int:
         import hypothesis  # noqa: F401
     except ImportError:
         raise ConformanceError("conformance fuzz needs Hypothesis", hint="pip install 'feature-conformance[fuzz]'") from None
-    from .fuzz import merge_summaries, write_report
+    from conformance.running.fuzz import merge_summaries, write_report
 
     if args.models < 1 or args.jobs < 1:
         raise ConformanceError(f"--models {args.models} --jobs {args.jobs}: both must be at least 1", hint="e.g. --models 2000 --jobs 2")

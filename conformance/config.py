@@ -18,7 +18,7 @@ plus ``baseline`` and the accepted failures. The CLI's flags override the file::
     diagnosis = "inplace_aliasing"            # the exact diagnosis the failure must have
     reason = "the ReLU after bn1 is in place; we use hooks+clone"
 
-A bad key or value raises :class:`~conformance.errors.ConformanceError` naming it.
+A bad key or value raises :class:`~conformance.core.errors.ConformanceError` naming it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConformanceError
+from conformance.core.errors import ConformanceError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from .config import Accepted, ConformanceConfig, load_config
-from .errors import ConformanceError
+from conformance.config import Accepted, ConformanceConfig, load_config
+from conformance.core.errors import ConformanceError
 
 if TYPE_CHECKING:  # torch and pandas are imported when the items run, not at every pytest start
     import pandas as pd
 
-    from .checks import CheckResult
+    from conformance.judging.context import CheckResult
 
-ALL_LAYERS = "*"  # conformance.checks.ALL_LAYERS: the layer of a request-wide row
+ALL_LAYERS = "*"  # conformance.judging.context.ALL_LAYERS: the layer of a request-wide row
 
 __all__ = ["ConformanceFailure"]
 
@@ -84,7 +84,7 @@ class ConformanceFile(pytest.File):
     """The ``[tool.conformance]`` table: one collector per model."""
 
     def collect(self) -> Iterator[pytest.Collector]:
-        from .cli import run_arguments, run_config
+        from conformance.cli import run_arguments, run_config
 
         conformance = self.config.stash[_CONFIG]
         try:
@@ -93,7 +93,7 @@ class ConformanceFile(pytest.File):
             raise self.CollectError(f"[tool.conformance] of {conformance.path}: {exc}") from None
         baseline = None
         if conformance.baseline is not None:
-            from .diff import load_side
+            from conformance.evidence.diff import load_side
 
             try:
                 baseline = load_side(conformance.baseline).results
@@ -112,8 +112,8 @@ class ModelCollector(pytest.Collector):
         self.spec, self.run, self.baseline = spec, run, baseline
 
     def collect(self) -> Iterator[pytest.Collector]:
-        from .layers import resolve_layers
-        from .zoo import build_model
+        from conformance.truth.layers import resolve_layers
+        from conformance.zoo.specs import build_model
 
         try:
             layers = [str(layer) for layer in resolve_layers(build_model(spec=self.spec, seed=self.run.seed), self.spec, self.run.layers)]
@@ -131,7 +131,7 @@ class StrategyCollector(pytest.Collector):
         self.layers = layers
 
     def collect(self) -> Iterator[pytest.Item]:
-        from .profiles import PER_LAYER_CHECKS
+        from conformance.judging.profiles import PER_LAYER_CHECKS
 
         model: ModelCollector = self.parent
         for check in model.run.checks:
@@ -202,8 +202,8 @@ class _Units:
         self.pending: dict[str, Iterator[tuple[str, list[CheckResult]]]] = {}
 
     def rows(self, spec: Any, strategy: str) -> list[CheckResult]:
-        from .runner import model_units
-        from .timing import Timings
+        from conformance.running.runner import model_units
+        from conformance.core.timing import Timings
 
         key = (spec.id, strategy)
         if spec.id not in self.pending and key not in self.rows_by_unit:
@@ -221,7 +221,7 @@ class _Units:
 def _row_for(rows: list[CheckResult], *, layer: str, check: str) -> CheckResult:
     """The cell's row: its own, else the request-wide row of the check (a unit that failed as
     a whole), else the worst of the check's rows."""
-    from .checks import CheckResult
+    from conformance.judging.context import CheckResult
 
     for wanted in (layer, ALL_LAYERS):
         found = [row for row in rows if row.check == check and row.layer == wanted]
@@ -239,7 +239,7 @@ def _regressions(baseline: pd.DataFrame | None, item: ConformanceItem, row: Chec
         return []
     import pandas as pd
 
-    from .diff import Side, diff
+    from conformance.evidence.diff import Side, diff
 
     cell = {"model": item.model, "strategy": item.strategy, "layer": item.layer, "check": item.check}
     base = baseline[(baseline["model"] == item.model) & (baseline["strategy"] == item.strategy)

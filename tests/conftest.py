@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conformance.runner import make_deterministic  # noqa: E402
+from conformance.running.runner import make_deterministic  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.allocator import _glibc
+from conformance.core.allocator import _glibc
 
 pytestmark = pytest.mark.skipif(_glibc() is None or not Path("/proc/self/statm").exists(), reason="needs glibc and /proc")
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(_glibc() is None or not Path("/proc/self/statm")
 # process, since the setting holds for the whole process.
 _PROBE = """
 import os, sys, torch
-from conformance.allocator import release_freed_memory, reuse_freed_memory
+from conformance.core.allocator import release_freed_memory, reuse_freed_memory
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 if sys.argv[1] == "reuse":

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import pitfalls
-from conformance.behaviour import REDUCED_INPUT_CHECKS
-from conformance.runner import evaluate
+from conformance.judging.behaviour import REDUCED_INPUT_CHECKS
+from conformance.running.runner import evaluate
 from faults import corrupted, features_mapped, unchanged
 from strategies import Extraction, Extractor, Strategy, get_strategy
 
@@ -328,7 +328,7 @@ def test_autocast_judges_in_the_reduced_dtype():
 
 
 def _probe(*, layers, requested, memo):
-    from conformance.behaviour import Probe
+    from conformance.judging.behaviour import Probe
 
     x = torch.zeros(1, 3, 8, 8)
     return Probe(strategy=None, model=torch.nn.Identity(), layers=layers, requested=requested, untrusted={}, tracer_kwargs={},
@@ -349,7 +349,7 @@ def test_a_truth_under_a_condition_is_taken_once_per_model_for_the_whole_request
 
 
 def test_where_the_whole_request_fails_under_a_condition_a_strategy_gets_the_truth_for_its_own_layers():
-    from conformance.behaviour import ModelRejects
+    from conformance.judging.behaviour import ModelRejects
 
     memo = {}
     def compute(layers):

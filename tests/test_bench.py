@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import costly
-from conformance.bench import FLOOR, FORWARD, ORACLE, Floor, measure_costs, median_interval, summarise_timing, timing_lock
+from conformance.evidence.bench import FLOOR, FORWARD, ORACLE, Floor, measure_costs, median_interval, summarise_timing, timing_lock
 
 
 def test_median_interval_uses_the_binomial_order_statistics():

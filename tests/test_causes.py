@@ -1,4 +1,4 @@
-"""Every cause of an error row is named by its planted fault, and only there (``conformance/causes.py``)."""
+"""Every cause of an error row is named by its planted fault, and only there (``conformance/judging/causes.py``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pitfalls
-from conformance.causes import traced_optional_input
-from conformance.runner import evaluate
+from conformance.judging.causes import traced_optional_input
+from conformance.running.runner import evaluate
 from faults import corrupted
 from strategies import Extraction
 

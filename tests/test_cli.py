@@ -180,7 +180,7 @@ def test_checks_take_profiles_and_the_matrix_reads_the_run(tmp_path):
                          "--checks", "fast", "set_independence", "--out", str(out))
     assert result.returncode == 0, result.stderr
     checks = list(dict.fromkeys(pd.read_csv(out / "results.csv")["check"]))
-    from conformance.profiles import PROFILES
+    from conformance.judging.profiles import PROFILES
 
     assert checks == [*PROFILES["fast"], "set_independence"]
     matrix = conformance("matrix", str(out))
@@ -194,7 +194,7 @@ def test_checks_take_profiles_and_the_matrix_reads_the_run(tmp_path):
 
 
 def test_bench_writes_cost_rows_next_to_a_conformance_run(tmp_path):
-    from conformance.results import BENCH_COLUMNS, SAMPLE_COLUMNS
+    from conformance.evidence.results import BENCH_COLUMNS, SAMPLE_COLUMNS
 
     out = tmp_path / "run"
     assert conformance("run", "--model", f"{COSTLY}:tower", "--layers", "blocks.3", "--strategies", "hooks", "--checks", "values", "--out", str(out)).returncode == 0

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conformance.compare import compare, is_close, tolerance
+from conformance.core.compare import compare, is_close, tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import pitfalls
-from conformance.copies import _copied_generically, copy_model
-from conformance.zoo import build_model, resolve_model
+from conformance.core.copies import _copied_generically, copy_model
+from conformance.zoo.specs import build_model, resolve_model
 
 
 def _hook(module: nn.Module, args: Any, output: Any) -> None:

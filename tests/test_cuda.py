@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pitfalls
-from conformance.runner import evaluate
+from conformance.running.runner import evaluate
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -26,7 +26,7 @@ def test_resnet18_on_cuda_with_every_strategy():
 def test_costs_on_cuda_use_the_allocator_and_synchronise():
     import torchvision
 
-    from conformance.bench import measure_costs
+    from conformance.evidence.bench import measure_costs
 
     rows = measure_costs(torchvision.models.resnet18(), layers=["layer1"], strategies=["hooks", "fx"], device="cuda", max_time=5).rows
     value = rows.set_index(["strategy", "metric"])

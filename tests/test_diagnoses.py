@@ -1,5 +1,5 @@
 """Every diagnosis names the mechanism its planted fault plants, and no other (the table in
-``conformance/diagnoses.py``). The planted faults of reshaped, cast, stale, wrong_layer between
+``conformance/judging/diagnoses.py``). The planted faults of reshaped, cast, stale, wrong_layer between
 requested layers and unexplained are in test_negative_controls; of reformatted, in test_zoo."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import pitfalls
-from conformance.runner import evaluate
+from conformance.running.runner import evaluate
 from faults import corrupted
 from strategies import Extraction
 
@@ -152,7 +152,7 @@ def test_the_control_a_cloning_hook_is_right_on_the_layout_models(name, layer):
 def test_a_feature_wrong_in_several_checks_is_diagnosed_once(register, monkeypatch):
     """A permuted map fails values, shape and (flattened) nothing else: both rows carry the one
     diagnosis, measured once (diagnosing it for each check, as before the memo, counts two)."""
-    from conformance import diagnoses
+    from conformance.judging import diagnoses
 
     calls = []
     monkeypatch.setattr(diagnoses, "MECHANISMS", tuple(
@@ -168,7 +168,7 @@ def test_a_units_wrong_features_are_searched_for_in_one_pass_each_way(register, 
     """Two layers' values no mechanism explains: both are looked for among the modules' outputs
     in one pass and among the nodes' values in one more, with each layer's own answer (a pass
     per value, as before the search took the unit's wrong features along, counts two each)."""
-    from conformance import runner
+    from conformance.running import runner
 
     passes = []
     for name in ("locate", "locate_nodes"):
@@ -182,8 +182,8 @@ def test_a_units_wrong_features_are_searched_for_in_one_pass_each_way(register, 
 
 
 def test_one_search_gives_each_value_its_own_modules_and_nodes():
-    from conformance.compare import is_close
-    from conformance.oracle import locate, locate_nodes
+    from conformance.core.compare import is_close
+    from conformance.truth.oracle import locate, locate_nodes
 
     model = pitfalls.plain().eval()
     x = torch.randn(pitfalls.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
@@ -217,7 +217,7 @@ class _BranchingKeywordChild(nn.Module):
 
 
 def _counterfactual_runs(monkeypatch):
-    from conformance import runner
+    from conformance.running import runner
 
     runs = []
     counterfactual = runner.counterfactual
@@ -251,7 +251,7 @@ def test_the_modules_called_with_keywords_are_noted_by_the_truths_own_pass(monke
     """``kwargs_dropped`` tries the modules the truth's pass saw called with keyword arguments, in
     the order they ran; no pass of the model runs for that list (a pass of its own, as before,
     fails it: the model's forward counts six calls)."""
-    from conformance.oracle import capture
+    from conformance.truth.oracle import capture
 
     calls = []
     monkeypatch.setattr(_BranchingKeywordChild, "forward", lambda self, x: calls.append(1) or self.head(self.block(x, scale=2.0)))

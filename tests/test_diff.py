@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from conformance.diff import Side, diff, parse_fail_on
-from conformance.errors import ConformanceError
+from conformance.evidence.diff import Side, diff, parse_fail_on
+from conformance.core.errors import ConformanceError
 from test_cli import PITFALLS, conformance
 
 

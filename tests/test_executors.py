@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conformance.cli import _jobs, _may_use_processes, _parser
-from conformance.errors import ConformanceError
-from conformance.executors import make_executor
+from conformance.core.errors import ConformanceError
+from conformance.running.executors import make_executor
 
 from test_cli import PITFALLS, conformance
 
@@ -150,7 +150,7 @@ def test_torchlens_in_a_forked_worker_is_refused_which_is_why_its_runs_have_fres
     from dataclasses import replace
 
     from conformance.cli import _parser, run_config
-    from conformance.executors import _Payload, main_process_only, run_payload, worker_context
+    from conformance.running.executors import _Payload, main_process_only, run_payload, worker_context
     from concurrent.futures import ProcessPoolExecutor
 
     assert main_process_only("torchlens") and not main_process_only("hooks")

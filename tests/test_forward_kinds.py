@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import pitfalls
-from conformance import rng
-from conformance.runner import evaluate
+from conformance.core import rng
+from conformance.running.runner import evaluate
 
 RIGHT = ["stash", "stash+clone", "hooks", "hooks+clone", "torchextractor", "torchextractor+clone", "fx"]
 
@@ -76,7 +76,7 @@ def test_state_a_model_sets_on_its_first_call_is_set_once_before_any_copy(monkey
     for key, (status, diagnosis, detail) in got.items():
         assert status == "pass", (key, diagnosis, detail)
         assert "state set by the model's first call, made by one pass before copying: norm, norm.shift, norm.scale" in detail
-    from conformance import runner
+    from conformance.running import runner
 
     monkeypatch.setattr(runner, "materialise", lambda model, x: "")  # the control: every copy initialised by its own first input
     got = verdicts(pitfalls.FirstCallInit(), layers, checks=("values", "repeatable"))

@@ -11,8 +11,8 @@ import torch
 from hypothesis import HealthCheck, example, given, seed, settings
 
 from conformance.cli import main
-from conformance.fuzz import BLOCKS, REGRESSIONS, Block, Plan, judge, plans, true_values
-from conformance.runner import evaluate
+from conformance.running.fuzz import BLOCKS, REGRESSIONS, Block, Plan, judge, plans, true_values
+from conformance.running.runner import evaluate
 
 
 def _with_regressions(test):
@@ -48,7 +48,7 @@ def test_the_generators_truth_is_independent_of_the_oracle_and_agrees_with_a_pla
     seen = {}
     for name in ("b0", "b1", "b3.conv", "b4.0"):
         model.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.clone()))
-    from conformance.rng import pass_rng
+    from conformance.core.rng import pass_rng
 
     with torch.no_grad(), pass_rng():
         model(x)
@@ -57,12 +57,13 @@ def test_the_generators_truth_is_independent_of_the_oracle_and_agrees_with_a_pla
 
 
 def test_negative_control_a_planted_wrong_verdict_is_a_disagreement(monkeypatch):
-    from conformance import checks
+    from conformance.judging import checks
+    from conformance.judging.context import CheckResult
 
     real = checks.check_values
 
     def always_pass(ctx):  # a check that cannot fail
-        return [checks.CheckResult("values", row.layer, "pass") for row in real(ctx)]
+        return [CheckResult("values", row.layer, "pass") for row in real(ctx)]
 
     monkeypatch.setitem(checks.CHECKS, "values", always_pass)
     outcome = judge(Plan((Block("conv"), Block("relu_inplace"))), strategies=["hooks"])
@@ -70,7 +71,7 @@ def test_negative_control_a_planted_wrong_verdict_is_a_disagreement(monkeypatch)
 
 
 def test_negative_control_a_diagnosis_the_plan_did_not_plant_is_misnamed(monkeypatch):
-    from conformance import diagnoses
+    from conformance.judging import diagnoses
 
     monkeypatch.setattr(diagnoses, "MECHANISMS", (lambda ctx, layer, value: ("reused_module", "planted"),))
     outcome = judge(Plan((Block("conv"), Block("relu_inplace"))), strategies=["hooks"])
@@ -78,7 +79,7 @@ def test_negative_control_a_diagnosis_the_plan_did_not_plant_is_misnamed(monkeyp
 
 
 def test_negative_control_an_unexplained_failure_is_reported(monkeypatch):
-    from conformance import diagnoses
+    from conformance.judging import diagnoses
 
     monkeypatch.setattr(diagnoses, "MECHANISMS", ())
     outcome = judge(Plan((Block("conv"), Block("relu_inplace"))), strategies=["hooks"])

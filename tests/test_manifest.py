@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import pitfalls
-from conformance.fingerprints import SKETCH_BLOCK, compare_fingerprints, fingerprint
-from conformance.layers import LAYER_SETS, resolve_layers
-from conformance.manifest import build_manifest, diff_manifests, load_manifest
-from conformance.noise import SIMULATED_MACHINES, manifest_on
-from conformance.oracle import capture
-from conformance.zoo import QUICK_ZOO, build_model, resolve_model
+from conformance.evidence.fingerprints import SKETCH_BLOCK, compare_fingerprints, fingerprint
+from conformance.truth.layers import LAYER_SETS, resolve_layers
+from conformance.evidence.manifest import build_manifest, diff_manifests, load_manifest
+from conformance.evidence.noise import SIMULATED_MACHINES, manifest_on
+from conformance.truth.oracle import capture
+from conformance.zoo.specs import QUICK_ZOO, build_model, resolve_model
 from test_cli import conformance
 
 COMMITTED = Path(__file__).parent.parent / "reports" / "manifests" / "quick.json"

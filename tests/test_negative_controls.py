@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import pitfalls
-from conformance.profiles import PROFILES
-from conformance.runner import evaluate
+from conformance.judging.profiles import PROFILES
+from conformance.running.runner import evaluate
 from faults import corrupted, features_mapped, unchanged
 from strategies import Extraction, Strategy
 
@@ -142,9 +142,9 @@ def test_a_crashing_strategy_is_a_row_with_a_reason(register):
 def test_a_hanging_strategy_hits_the_cell_time_limit(register):
     import time
 
-    from conformance.runner import RunConfig, model_units
-    from conformance.timing import Timings
-    from conformance.zoo import ModelSpec
+    from conformance.running.runner import RunConfig, model_units
+    from conformance.core.timing import Timings
+    from conformance.zoo.specs import ModelSpec
 
     class Hanging(Strategy):
         def attach(self, model, *, layers, tracer_kwargs=None):
@@ -162,7 +162,7 @@ def test_a_hanging_strategy_hits_the_cell_time_limit(register):
 def test_nested_timing_phases_are_not_counted_twice():
     import time
 
-    from conformance.timing import Timings
+    from conformance.core.timing import Timings
 
     timings = Timings()
     with timings.phase("checks"):
@@ -176,7 +176,7 @@ def test_nested_timing_phases_are_not_counted_twice():
 def test_strategy_time_counts_its_units_whole_and_apart_from_the_phases():
     import time
 
-    from conformance.timing import Timings
+    from conformance.core.timing import Timings
 
     timings = Timings()
     with timings.strategy("slow"), timings.phase("forward"):
@@ -257,7 +257,7 @@ def test_model_copies_are_charged_to_the_copy_phase_wherever_they_are_made():
     import time
     from pathlib import Path
 
-    from conformance.timing import Timings, deep_copy
+    from conformance.core.timing import Timings, deep_copy
 
     class SlowToCopy:
         def __deepcopy__(self, memo: dict) -> "SlowToCopy":
@@ -288,8 +288,8 @@ def test_the_truth_is_charged_to_the_oracle_phase_wherever_it_is_asked_for():
     for them: ``oracle``, not the check's phase."""
     import time
 
-    from conformance.oracle import capture, gradients
-    from conformance.timing import HARNESS_PHASES, Timings
+    from conformance.truth.oracle import capture, gradients
+    from conformance.core.timing import HARNESS_PHASES, Timings
 
     class Slow(nn.Module):
         def __init__(self) -> None:
@@ -313,7 +313,7 @@ def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
     differs in a bit (one ulp, the sign of a zero) is hashed and differs, as hashing it would."""
     import copy
 
-    from conformance.checks import tensor_digests
+    from conformance.judging.checks import tensor_digests
 
     model = pitfalls.Plain()
     with torch.no_grad():
@@ -332,7 +332,7 @@ def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
 
 def test_a_module_holding_the_references_tensors_takes_their_digests_unread(monkeypatch):
     """The strategy's module that holds the attached copy's own tensors, under any names, is not read again."""
-    from conformance import checks
+    from conformance.judging import checks
 
     model = pitfalls.Plain()
     digests = checks.tensor_digests(model)
@@ -354,7 +354,7 @@ def test_model_untouched_names_the_weights_a_strategy_changed_in_place(register)
 
 
 def test_a_snapshot_holds_a_feature_equal_to_an_earlier_snapshots_once():
-    from conformance.checks import snapshot
+    from conformance.judging.checks import snapshot
 
     earlier = snapshot({"same": torch.ones(3), "changed": torch.ones(3), "nested": (torch.ones(2),)})
     again = snapshot({"same": torch.ones(3), "changed": torch.tensor([1.0, 1.0, -0.0 + 2.0]), "nested": (torch.ones(2),)}, reuse=earlier)
@@ -367,9 +367,9 @@ def test_a_strategys_package_imported_on_first_use_is_charged_to_imports_not_the
     """Importing a strategy's package is the strategy's cost: ``imports``, outside the harness's share."""
     import sys
 
-    from conformance.runner import RunConfig, model_units
-    from conformance.timing import HARNESS_PHASES, Timings
-    from conformance.zoo import ModelSpec
+    from conformance.running.runner import RunConfig, model_units
+    from conformance.core.timing import HARNESS_PHASES, Timings
+    from conformance.zoo.specs import ModelSpec
 
     (tmp_path / "slow_to_import.py").write_text(
         "import time\nfrom strategies.hooks import Hooks\ntime.sleep(0.3)\n\nclass SlowToImport(Hooks):\n    pass\n")
@@ -389,7 +389,7 @@ def test_a_strategys_package_imported_on_first_use_is_charged_to_imports_not_the
 def test_a_workers_time_in_no_phase_counts_as_rest_in_the_runs_split():
     """In a run in worker processes the parent's wall time is mostly waiting; the workers' own
     time outside every phase is the harness's (``rest``), and is not lost when their phases are added."""
-    from conformance.timing import Timings
+    from conformance.core.timing import Timings
 
     worker = Timings()
     with worker.phase("forward"):
@@ -485,8 +485,8 @@ def test_the_model_changes_pass_runs_the_model_only_where_the_copy_may_differ(ga
     helper object by its ``__dict__``) and is not run; any change in the tree, a class, an
     attribute, a tensor outside the state dict or a helper's attribute runs it, as does a
     helper that cannot be compared."""
-    from conformance.checks import model_changes, tensor_digests
-    from conformance.timing import deep_copy
+    from conformance.judging.checks import model_changes, tensor_digests
+    from conformance.core.timing import deep_copy
 
     torch.manual_seed(0)
     model = _ScaledByBuffer(gain).eval()

@@ -8,11 +8,11 @@ import torch
 from torchvision.models.feature_extraction import get_graph_node_names
 
 import pitfalls
-from conformance.layers import resolve_layers
-from conformance.nodes import record
-from conformance.oracle import capture
-from conformance.runner import evaluate
-from conformance.zoo import QUICK_ZOO, build_model, resolve_model
+from conformance.truth.layers import resolve_layers
+from conformance.truth.nodes import record
+from conformance.truth.oracle import capture
+from conformance.running.runner import evaluate
+from conformance.zoo.specs import QUICK_ZOO, build_model, resolve_model
 from strategies import list_strategies
 
 GUIDE_NODES = ["layer1.2.relu_2", "layer2.3.relu_2", "layer3.5.relu_2", "layer4.2.relu_2", "layer1.0.add", "layer1"]

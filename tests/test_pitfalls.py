@@ -3,7 +3,7 @@
 import pytest
 
 import pitfalls
-from conformance.runner import evaluate
+from conformance.running.runner import evaluate
 
 STRATEGIES = ["stash", "stash+clone", "hooks", "hooks+clone", "ilg", "torchextractor", "torchextractor+clone", "fx"]
 
@@ -161,7 +161,7 @@ def test_the_truth_keeps_one_copy_of_what_the_pass_left_unchanged_and_two_of_wha
     the capture's own clone, not a second copy of the same values."""
     import torch
 
-    from conformance.oracle import capture
+    from conformance.truth.oracle import capture
 
     x = torch.randn(*pitfalls.INPUT_SHAPE)
     inplace = capture(pitfalls.InplaceAfterTap().eval(), x, layers=["conv", "bn", "head"]).layers

@@ -138,7 +138,7 @@ def test_assert_conforms_passes_a_conforming_strategy_and_shows_the_table_for_on
 
 
 def test_assert_conforms_names_an_unknown_check():
-    from conformance.errors import ConformanceError
+    from conformance.core.errors import ConformanceError
 
     with pytest.raises(ConformanceError, match="unknown check 'valeus'"):
         assert_conforms(pitfalls.Plain(), layers=["first"], strategy="hooks", checks=["valeus"], input_shape=pitfalls.INPUT_SHAPE)

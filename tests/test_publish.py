@@ -12,13 +12,14 @@ import pytest
 
 import costly
 import pitfalls
-from conformance.bench import BenchConfig, bench
-from conformance.publish import write_report
-from conformance.reports import findings
-from conformance.results import BenchWriter, ResultsWriter, load_results
-from conformance.runner import RunConfig, run
-from conformance.timing import Timings
-from conformance.zoo import resolve_model
+from conformance.evidence.bench import BenchConfig, bench
+from conformance.evidence.publish import write_report
+from conformance.evidence.reports import findings
+from conformance.evidence.results import BenchWriter, ResultsWriter, load_results
+from conformance.running.runner import RunConfig
+from conformance.running.schedule import run
+from conformance.core.timing import Timings
+from conformance.zoo.specs import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,9 @@ def report(sources, tmp_path_factory) -> Path:
 
 def test_report_has_every_section_plot_and_the_data_behind_it(report):
     text = (report / "report.md").read_text()
-    for heading in ("## Environment", "## Findings", "## Capability matrix", "## Failing models", "## Value conformance by model family", "## Speed and memory"):
-        assert heading in text
+    headings = ["## What to use", "## Capability matrix", "## Headline", "## Findings", "## Failing models",
+                "## Value conformance by model family", "## Speed and memory", "## Environment"]
+    assert [line for line in text.splitlines() if line.startswith("## ")] == headings  # the answer first, the environment last
     assert "Regenerate with: `conformance report SOURCE --out OUT`" in text
     for plot in ("pass_rates", "overhead", "floor_ratio", "peak_memory"):
         assert (report / f"{plot}.png").read_bytes().startswith(b"\x89PNG")
@@ -129,6 +131,14 @@ def test_html_page_works_offline_in_a_real_browser(report, tmp_path):
             assert 1.0 in colours and 0.0 in colours and colours[1.0] != colours[0.0], colours
             green, red = (tuple(map(int, re.findall(r"\d+", colours[rate])[:3])) for rate in (1.0, 0.0))
             assert green[1] > green[0] and red[0] > red[1], (green, red)
+
+            # the answer first: which strategy for each need, whole, and the matrix's top on the first screen
+            answer = page.eval_on_selector("table.answers", "t => [t.getBoundingClientRect().top, t.getBoundingClientRect().bottom]")
+            matrix_top = page.eval_on_selector("table.matrix", "t => t.getBoundingClientRect().top")
+            environment = page.eval_on_selector("xpath=//h2[text()='Environment']", "h => h.getBoundingClientRect().top")
+            assert 0 <= answer[0] < answer[1] <= 900 and matrix_top < 900 < environment, (answer, matrix_top, environment)
+            needs = page.eval_on_selector_all("table.answers tbody tr td:first-child", "cells => cells.map(c => c.textContent)")
+            assert needs == ["values only", "gradients", "train mode", "script", "export"], needs
 
             shot = tmp_path / "first-screen.png"
             page.screenshot(path=str(shot))

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from conformance.recommend import recommend
+from conformance.evidence.recommend import recommend
 from test_cli import PITFALLS, conformance
 
 

@@ -43,7 +43,7 @@ def test_registering_twice_needs_clobber():
 
 def test_unavailable_strategy_is_a_skipped_row_not_a_crash():
     import pitfalls
-    from conformance.runner import evaluate
+    from conformance.running.runner import evaluate
 
     register_strategy("ghost", "package_that_is_not_installed.adapter:Ghost", requirement="ghost-extractor")
     try:

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from conformance.reports import capability_matrix, cell_models, failing_models, headline
-from conformance.results import summary_table
+from conformance.evidence.reports import capability_matrix, cell_models, failing_models, headline
+from conformance.evidence.results import summary_table
 
 
 def frame(rows):
@@ -26,9 +26,9 @@ def test_cells_count_models_by_their_worst_row():
     matrix = capability_matrix(ROWS)
     assert matrix.loc["values", "hooks"] == "2/3 pass (1 fail, 1 partial)"
     assert matrix.loc["jit_script", "hooks"] == "0/1 pass (1 error)"
-    assert matrix.loc["jit_script", "fx"] == "-"  # every model skipped
+    assert matrix.loc["jit_script", "fx"] == "n/a"  # every model skipped
     assert matrix.loc["keys", "hooks"] == "0/1 pass (1 unsupported)"
-    assert matrix.loc["values", "fx"] == "-"  # never run
+    assert matrix.loc["values", "fx"] == "n/a"  # never run
     assert list(matrix.index) == ["values", "keys", "jit_script"] and list(matrix.columns) == ["hooks", "fx"]
 
 

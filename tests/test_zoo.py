@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conformance.layers import resolve_layers
-from conformance.runner import RunConfig, model_units
-from conformance.timing import Timings
-from conformance.zoo import QUICK_ZOO, TIMM_ZOO, build_model, list_models, resolve_model
+from conformance.truth.layers import resolve_layers
+from conformance.running.runner import RunConfig, model_units
+from conformance.core.timing import Timings
+from conformance.zoo.lists import list_models
+from conformance.zoo.specs import QUICK_ZOO, TIMM_ZOO, build_model, resolve_model
 from strategies import list_strategies
 from strategies.base import Arguments
 
@@ -59,7 +60,7 @@ def test_timm_vit_getter_features_are_reformatted_tokens():
 def test_timm_families_hold_one_model_per_timm_module_chosen_by_the_rule():
     import timm
 
-    from conformance.families import choose_family_model, timm_families
+    from conformance.zoo.families import choose_family_model, timm_families
 
     choices = {choice.module: choice for choice in timm_families()}
     assert sorted(choices) == sorted(timm.list_modules())
@@ -76,7 +77,7 @@ def test_torchvision_families_hold_the_smallest_model_of_each_torchvision_module
     import torch.hub
     import torchvision
 
-    from conformance.families import torchvision_families
+    from conformance.zoo.families import torchvision_families
 
     downloads = []
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, *a, **k: downloads.append(url))
@@ -196,7 +197,7 @@ def test_fx_binds_a_container_and_its_last_child_to_different_nodes():
 
 
 def _verdicts(reference: str, *, layers: list[str], strategies: list[str], checks: list[str]):
-    from conformance.runner import evaluate
+    from conformance.running.runner import evaluate
 
     spec = resolve_model(reference, input_shape=(2, 3, 64, 64))
     rows = evaluate(build_model(spec=spec, seed=0), layers=layers, strategies=strategies, checks=checks, input_shape=spec.input_shape)

@@ -17,9 +17,9 @@ import functools
 import pytest
 import torch
 
-from conformance.bench import FLOOR, FORWARD, contestant_call, timing_lock
-from conformance.layers import resolve_layers
-from conformance.zoo import build_model, resolve_model
+from conformance.evidence.bench import FLOOR, FORWARD, contestant_call, timing_lock
+from conformance.truth.layers import resolve_layers
+from conformance.zoo.specs import build_model, resolve_model
 from strategies import Unsupported, list_strategies
 
 REQUESTS = [("torchvision:resnet18", ("layer1",)), ("timm:resnet18", ("@stages",))]

@@ -1,0 +1,1 @@
+"""Evidence: tidy rows and their files, reports, publishing, diffs, manifests, fingerprints and noise, recommendations, costs."""
