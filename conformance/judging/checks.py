@@ -7,7 +7,7 @@ A ``values`` failure carries a diagnosis where the oracle's records explain it.
 
 The extractor is called three times: on the previous input, on the input (the features
 most checks judge) and on the previous input again. Checks that act on the strategy
-(attach it again, train, differentiate, script...) live in ``behaviour.py``.
+(attach it again, train, differentiate, script...) live in ``behaviour/``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 For each model (one resident at a time): build it once, capture the truth for two inputs,
 then for each strategy run one isolated *unit*: attach to a deep copy, call it on the
 previous input, the input and the previous input again, close it, run the value checks
-(``checks.py``), then the behaviour checks (``behaviour.py``), each under its own time
+(``checks.py``), then the behaviour checks (``behaviour/``), each under its own time
 limit, and write the rows. A unit or check that fails or runs past its time limit becomes
 rows with a reason; it never ends the run. Layers a strategy names as beyond its API are
 ``unsupported`` and the rest extracted without them; a request that fails or is refused as a
