@@ -5,6 +5,9 @@ They double as examples of user models: ``conformance run --model tests/pitfalls
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -665,6 +668,63 @@ class FirstCallInit(nn.Module):
         return self.head(self.norm(self.conv(x)))
 
 
+@dataclasses.dataclass
+class BlockOutput:
+    """A dataclass output, as Hugging Face's ``ModelOutput`` and many research models return."""
+
+    features: torch.Tensor
+    pooled: torch.Tensor
+    attentions: torch.Tensor | None = None
+
+
+class PooledPair(NamedTuple):
+    map: torch.Tensor
+    peak: torch.Tensor
+
+
+class DataclassBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> BlockOutput:
+        y = self.conv(x)
+        return BlockOutput(y, y.mean((2, 3)))
+
+
+class NamedTupleBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> PooledPair:
+        y = self.conv(x)
+        return PooledPair(y, y.amax((2, 3)))
+
+
+class DictWithNone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        return {"out": self.conv(x), "aux": None}
+
+
+class StructuredOutputs(nn.Module):
+    """Children returning a dataclass (with a ``None`` member), a named tuple and a dict with a ``None`` entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = DataclassBlock()
+        self.second = NamedTupleBlock()
+        self.third = DictWithNone()
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.third(self.second(self.first(x).features).map)["out"])
+
+
 def _factory(cls: type[nn.Module]):
     def build() -> nn.Module:
         return cls()
@@ -710,6 +770,7 @@ chain_inplace = _factory(ChainInplace)
 dead_then_inplace = _factory(DeadThenInplace)
 tuple_block = _factory(TupleBlock)
 first_call_init = _factory(FirstCallInit)
+structured_outputs = _factory(StructuredOutputs)
 
 
 def not_a_module() -> str:

@@ -95,6 +95,23 @@ def test_children_returning_tuples_are_stashed_as_the_tuple():
             assert got[(strategy, check, "attn")][0] == "pass", (strategy, check, got[(strategy, check, "attn")])
 
 
+def test_dataclass_named_tuple_and_none_members_flow_through_every_strategy():
+    from conformance.judging.causes import GENERIC_ERRORS
+
+    strategies = [*RIGHT, "ilg", "captum", "nnsight", "torchlens"]
+    layers = ["first", "second", "third", "head"]
+    got = verdicts(pitfalls.StructuredOutputs(), layers, strategies=strategies, checks=("values", "shape", "kwargs_and_tuples"))
+    for (strategy, check, layer), (status, diagnosis, detail) in got.items():
+        assert not (status == "error" and diagnosis in GENERIC_ERRORS), (strategy, check, layer, detail)  # every error has its cause
+        assert not (status == "fail" and diagnosis == "unexplained"), (strategy, check, layer, detail)
+        if strategy in ("stash", "stash+clone", "hooks", "hooks+clone", "torchextractor", "torchextractor+clone", "nnsight"):
+            assert status in ("pass", "skipped"), (strategy, check, layer, detail)
+    assert got[("fx", "values", "first")][:2] == ("fail", "wrong_node")  # the dataclass's last node, its mean
+    assert got[("captum", "values", "second")][:2] == ("fail", "container_changed")  # Captum gives the named tuple's fields as a tuple
+    if ("torchlens", "values", "second") in got and got[("torchlens", "values", "second")][0] != "skipped":
+        assert got[("torchlens", "values", "second")][:2] == ("error", "multiple_outputs")  # .out refuses a module with two outputs
+
+
 def test_negative_control_a_stash_of_tensors_only_misses_the_tuple(monkeypatch):
     from strategies import stash
 

@@ -39,6 +39,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from strategies.base import tensor_tree
+
 __all__ = ["GENERIC_ERRORS", "describe_exception", "explain", "explain_whole", "keep_lines_only", "request_order", "traced_optional_input"]
 
 #: Error diagnoses that say what raised, not why: counted as unexplained errors.
@@ -110,7 +112,16 @@ def explain(*, exc: BaseException, layers: Sequence[str], not_run: Callable[[str
         if evidence:
             return "non_tensor_output", (f"the module's output is not a tensor or a list or tuple of tensors (it holds {held}), "
                                          f"and the strategy raises for it ({evidence}): {describe_exception(exc)}")
+    if len(layers) == 1 and works_elsewhere and _tensor_count(outputs(layers[0])) > 1:
+        value = outputs(layers[0])
+        return "multiple_outputs", (f"the module returns {_tensor_count(value)} tensors in a {type(value).__name__}, and the strategy "
+                                    f"raises for it (it works on other layers): {describe_exception(exc)}")
     return None
+
+
+def _tensor_count(value: Any) -> int:
+    """How many tensors a returned value holds (a tuple, a named tuple, a dict, a dataclass)."""
+    return sum(isinstance(leaf, torch.Tensor) for leaf in torch.utils._pytree.tree_leaves(tensor_tree(value)))
 
 
 def _type_names(value: Any) -> set[str]:
@@ -126,7 +137,8 @@ def _type_names(value: Any) -> set[str]:
 
 
 #: Causes that belong to one layer: a request holding that layer fails for it.
-_LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors and lists or tuples of them"}
+_LAYER_CAUSES = {"not_called": "does not run for this input", "non_tensor_output": "returns more than tensors and lists or tuples of them",
+                 "multiple_outputs": "returns more than one tensor"}
 
 
 def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: dict[str, Cause], reordered: bool = False) -> Cause:
@@ -136,7 +148,7 @@ def explain_whole(*, exc: BaseException, whole: Cause, worked: set[str], alone: 
     (``reordered``: the worked layers work only requested in the order the model runs them)."""
     if whole is not None or not alone:
         return whole
-    if not worked and not all(cause is not None and cause[0] == "non_tensor_output" for cause in alone.values()):
+    if not worked and not all(cause is not None and cause[0] in ("non_tensor_output", "multiple_outputs") for cause in alone.values()):
         return whole
     if all(cause is not None and cause[0] in _LAYER_CAUSES for cause in alone.values()):
         first = next(iter(alone.values()))[0]

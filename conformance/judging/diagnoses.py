@@ -169,7 +169,7 @@ def permuted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 def container_changed(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     truth = ctx.truth.layers[layer].value
     if isinstance(value, (list, tuple)) and isinstance(truth, (list, tuple)) and type(value) is not type(truth) and len(value) == len(truth):
-        if _close(type(truth)(value), truth):
+        if _close(type(truth)(*value) if hasattr(truth, "_fields") else type(truth)(value), truth):  # a named tuple takes its fields
             return "container_changed", f"the true values, in a {type(value).__name__} where the module returns a {type(truth).__name__}"
     return None
 
