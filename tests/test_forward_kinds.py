@@ -195,3 +195,20 @@ def test_a_name_returned_once_for_two_requested_layers_is_shared_output():
     statuses = {layer: got[("fx", "values", layer)][:2] for layer in ("1", "1.1")}
     assert sorted(statuses.values()) == [("fail", "shared_output"), ("pass", "")], statuses
     assert got[("hooks+clone", "values", "1.1")][0] == "pass"  # the control: both names returned
+
+
+def test_a_wrong_gradient_whose_value_is_another_nodes_is_wrong_node():
+    """The gradients check's diagnosis looks for the feature's value among the nodes of the pass
+    (``behaviour.autograd._gradient_diagnosis``); control: the true value is only a wrong gradient."""
+    from types import SimpleNamespace
+
+    from conformance.judging.behaviour.autograd import _gradient_diagnosis
+    from conformance.truth.oracle import capture
+
+    model = pitfalls.InplaceAfterTap().eval()
+    x = torch.randn(pitfalls.INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
+    truth = capture(model, x, layers=["bn", "relu"])
+    probe = SimpleNamespace(model=model, input=x, tracer_kwargs={}, truth=truth)
+    diagnosis, detail = _gradient_diagnosis(probe, "bn", "the gradients differ", value=truth.layers["relu"].value)
+    assert diagnosis == "wrong_node" and "'relu'" in detail
+    assert _gradient_diagnosis(probe, "bn", "the gradients differ", value=truth.layers["bn"].value)[0] == "wrong_gradient"

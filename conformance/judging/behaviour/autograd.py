@@ -11,7 +11,7 @@ from torch import nn
 
 from conformance.core.compare import compare, tolerance
 from conformance.core.timing import deep_copy
-from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, GRADIENT_SCALE, ModelRejects, _on_reduced_input, _per_layer, Probe
+from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, GRADIENT_SCALE, ModelRejects, _on_reduced_input, _other_nodes, _per_layer, Probe
 from conformance.judging.checks import tensor_digest
 from conformance.judging.context import CheckResult
 from conformance.judging.diagnoses import UNEXPLAINED

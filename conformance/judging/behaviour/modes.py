@@ -14,12 +14,12 @@ from strategies import Tap
 from conformance.core.compare import compare
 from conformance.core.rng import PinnedExtractor
 from conformance.core.timing import deep_copy
-from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, _judge, ModelRejects, _on_reduced_input, _per_layer, Probe
+from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, _judge, ModelRejects, _on_reduced_input, _other_nodes, _per_layer, Probe
 from conformance.judging.checks import snapshot
 from conformance.judging.context import ALL_LAYERS, CheckResult
 from conformance.judging.diagnoses import UNEXPLAINED
 from conformance.truth.layers import node_table, runs_in
-from conformance.truth.oracle import capture, locate_nodes, OracleCapture
+from conformance.truth.oracle import capture, OracleCapture
 
 __all__ = ["check_autocast", "check_channels_last", "check_inference_mode", "check_mode_graphs", "check_train_mode"]
 
@@ -64,12 +64,6 @@ def check_train_mode(probe: Probe) -> list[CheckResult]:
         return CheckResult(check, layer, "pass", "", detail, max_abs_err=train_row.max_abs_err, scale=train_row.scale, bitwise=train_row.bitwise)
 
     return _per_layer(check, probe, judge)
-
-
-def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
-    """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
-    return [node for node in locate_nodes(probe.model, probe.input, [value], close=close, tracer_kwargs=probe.tracer_kwargs, train=train)[0]
-            if node != layer]
 
 
 def _train_node_diagnosis(probe: Probe, layer: str, value: Any, row: CheckResult) -> CheckResult:

@@ -20,7 +20,7 @@ from conformance.core.rng import PinnedExtractor
 from conformance.core.timing import deep_copy
 from conformance.judging.context import ALL_LAYERS, CheckResult
 from conformance.judging.diagnoses import UNEXPLAINED
-from conformance.truth.oracle import capture, OracleCapture
+from conformance.truth.oracle import capture, locate_nodes, OracleCapture
 
 __all__ = ["GENERATED_CODE_SCALE", "GRADIENT_SCALE", "ModelRejects", "Probe", "REDUCED_INPUT_CHECKS", "reductions"]
 
@@ -205,6 +205,12 @@ def _attached(probe: Probe, **kwargs: Any):
         yield extractor
     finally:
         extractor.close()
+
+
+def _other_nodes(probe: Probe, layer: str, value: torch.Tensor, *, close: Callable[[Any, Any], bool], train: bool | None = None) -> list[str]:
+    """The nodes of the model's pass, other than ``layer``, whose value is ``value``."""
+    return [node for node in locate_nodes(probe.model, probe.input, [value], close=close, tracer_kwargs=probe.tracer_kwargs, train=train)[0]
+            if node != layer]
 
 
 #: Behaviour checks asked on :meth:`Probe.on_reduced_input` (those decorated with ``_on_reduced_input``).
