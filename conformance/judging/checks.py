@@ -27,9 +27,8 @@ from strategies.base import call_model, map_tensors
 
 from conformance.core.compare import bitwise_equal, compare
 from conformance.core.rng import pass_rng
-from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult
+from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, nondeterministic
 from conformance.judging.diagnoses import diagnose
-from conformance.truth.oracle import OracleCapture
 
 __all__ = [
     "CHECKS",
@@ -71,12 +70,6 @@ def _never_called(check: str, layer: str, features: Mapping[str, Any], *, call: 
     return CheckResult(check, layer, "skipped", "not_called", f"the module does not run for {call} and nothing was returned")
 
 
-def _unsteady(check: str, layer: str, truth: OracleCapture) -> CheckResult:
-    """The row of a layer the model itself gives another value on another pass from the same
-    random state: no strategy can be judged on it, so every strategy gets this row."""
-    return CheckResult(check, layer, "skipped", "nondeterministic_model", f"the model is nondeterministic here: {truth.unsteady[layer]}")
-
-
 def _missing(check: str, layer: str, ctx: CheckContext) -> CheckResult:
     """The row of a layer the strategy returned nothing for, with the measured reason where there
     is one: every call of the module ran its ``forward`` without its ``__call__``, which runs no
@@ -107,7 +100,7 @@ def check_values(ctx: CheckContext) -> list[CheckResult]:
     for layer in ctx.layers:
         truth = ctx.truth.layers[layer]
         if layer in ctx.truth.unsteady:
-            results.append(_unsteady("values", layer, ctx.truth))
+            results.append(nondeterministic("values", layer, ctx.truth.unsteady[layer]))
             continue
         if not truth.calls:
             results.append(_never_called("values", layer, ctx.features))
@@ -269,7 +262,7 @@ def check_repeatable(ctx: CheckContext) -> list[CheckResult]:
     results = []
     for layer in ctx.layers:
         if layer in ctx.truth.unsteady:
-            results.append(_unsteady("repeatable", layer, ctx.truth))
+            results.append(nondeterministic("repeatable", layer, ctx.truth.unsteady[layer]))
             continue
         if not ctx.previous_truth.layers[layer].calls:
             results.append(_never_called("repeatable", layer, ctx.repeat_features, call="the third call's input"))
@@ -469,7 +462,7 @@ def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
             [f"returns a {type(truth.value).__name__}"] if truth.calls and not isinstance(truth.value, torch.Tensor) else []
         )
         if layer in ctx.truth.unsteady:
-            results.append(_unsteady("kwargs_and_tuples", layer, ctx.truth))
+            results.append(nondeterministic("kwargs_and_tuples", layer, ctx.truth.unsteady[layer]))
             continue
         if not kinds:
             why = "the module does not run" if not truth.calls else "called positionally, returns a tensor"

@@ -15,7 +15,7 @@ import torch
 from conformance.truth.nodes import Node
 from conformance.truth.oracle import OracleCapture
 
-__all__ = ["ALL_LAYERS", "STATUSES", "CheckContext", "CheckResult"]
+__all__ = ["ALL_LAYERS", "STATUSES", "CheckContext", "CheckResult", "nondeterministic"]
 
 ALL_LAYERS = "*"  # the layer of a request-wide row
 STATUSES = ("pass", "fail", "error", "unsupported", "skipped")
@@ -68,3 +68,10 @@ class CheckContext:
     def model_changes(self) -> list[str]:
         """How the model differs after the extractor is closed (measured once, on first use)."""
         return self.measure_model_changes()
+
+
+def nondeterministic(check: str, layer: str, how: str) -> CheckResult:
+    """The row of a layer the model itself gives another value on another pass from the same
+    random state (``OracleCapture.unsteady``: ``how``): no strategy can be judged on it, so every
+    strategy gets this row, in the value checks and the behaviour checks alike."""
+    return CheckResult(check, layer, "skipped", "nondeterministic_model", f"the model is nondeterministic here: {how}")

@@ -18,7 +18,7 @@ from strategies import Extractor, Strategy
 from conformance.core.compare import compare
 from conformance.core.rng import PinnedExtractor
 from conformance.core.timing import deep_copy
-from conformance.judging.context import ALL_LAYERS, CheckResult
+from conformance.judging.context import ALL_LAYERS, CheckResult, nondeterministic
 from conformance.judging.diagnoses import UNEXPLAINED
 from conformance.truth.oracle import capture, locate_nodes, OracleCapture
 
@@ -166,7 +166,7 @@ def _per_layer(check: str, probe: Probe, judge: Callable[[str], CheckResult], *,
     rows = []
     for layer in probe.layers:
         if layer in probe.unsteady:
-            rows.append(CheckResult(check, layer, "skipped", "nondeterministic_model", f"the model is nondeterministic here: {probe.unsteady[layer]}"))
+            rows.append(nondeterministic(check, layer, probe.unsteady[layer]))
         elif trusted_only and layer in probe.untrusted:
             rows.append(CheckResult(check, layer, "skipped", "values_wrong", f"eval-mode values are already wrong ({probe.untrusted[layer]}); not judged again"))
         else:
