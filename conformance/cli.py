@@ -48,7 +48,7 @@ from conformance.running.runner import RunConfig, make_deterministic
 from conformance.running.schedule import run
 from conformance.core.timing import Timings, harness_share, heaviest_models
 from conformance.running.executors import EXECUTORS, main_process_only, make_executor, start_worker_server
-from conformance.zoo.lists import list_models
+from conformance.zoo.lists import list_models, zoo_input_shape
 from conformance.zoo.specs import build_model, parse_input_shape, resolve_model
 
 __all__ = ["main", "run_arguments", "run_config"]
@@ -240,7 +240,8 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
         references = sorted(references)[index - 1::count]
         if not references:
             raise ConformanceError(f"shard {args.shard} holds no model", hint="use fewer shards than models")
-    models = [resolve_model(ref, input_shape=input_shape) for ref in references]
+    zoo = None if args.model else args.zoo or "quick"
+    models = [resolve_model(ref, input_shape=input_shape or zoo_input_shape(zoo=zoo, reference=ref)) for ref in references]
     for layer in args.layers:
         if layer.startswith("@") and layer not in SET_NAMES:
             raise ConformanceError(f"unknown layer set {layer!r}", hint=f"choose one of {', '.join(SET_NAMES)}")

@@ -8,10 +8,12 @@ from typing import Any, Callable
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import pitfalls
 from conformance.core.copies import _copied_generically, copy_model
+from conformance.judging.behaviour.copies import _scramble
 from conformance.zoo.specs import build_model, resolve_model
 
 
@@ -109,8 +111,39 @@ def test_the_comparison_catches_a_copy_that_unties_or_shares_tensors(copier, dif
 
 
 def test_classes_with_their_own_copying_go_to_deepcopy():
-    quantized = torch.ao.nn.quantized.Conv2d(3, 3, 1)
-    assert not _copied_generically(torch.fx.GraphModule) and not _copied_generically(type(quantized))
+    assert not _copied_generically(torch.fx.GraphModule) and not _copied_generically(torch.ao.nn.quantized.Conv2d)
     assert not _copied_generically(torch.Tensor) and _copied_generically(nn.Conv2d) and _copied_generically(nn.MultiheadAttention)
-    twin = copy_model(quantized)
-    assert torch.equal(twin.weight().int_repr(), quantized.weight().int_repr()) and twin is not quantized
+
+
+def _quantized_resnet18(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return torchvision.models.quantization.resnet18(weights=None, quantize=True).eval()
+
+
+def _quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.int_repr() if value.is_quantized else value for key, value in model.state_dict().items() if isinstance(value, torch.Tensor)}
+
+
+def _scrambled_in_place(model: nn.Module) -> nn.Module:
+    """The state-dict check's scramble as it was: other weights written into the state dict's tensors."""
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                value.copy_(torch.rand_like(value) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("scramble, isolated", [(_scramble, True), (_scrambled_in_place, False)],
+                         ids=["_scramble", "control: written in place"])
+def test_scrambling_a_quantized_copy_leaves_the_original_as_it_was(scramble, isolated):
+    """``copy.deepcopy`` of a quantized module packs its weights again with the original's bias
+    tensor, which its state dict returns: the state-dict check's scramble of a copy loads new
+    tensors. Control: writing into the copy's state dict changes the original."""
+    model, x = _quantized_resnet18(0), torch.randn(1, 3, 64, 64)
+    before, output = _quantized_state(model), model(x)
+    twin = copy_model(model)
+    assert torch.equal(twin(x), output)
+    scramble(twin)
+    assert not torch.equal(twin(x), output)
+    unchanged = all(torch.equal(value, before[key]) for key, value in _quantized_state(model).items()) and torch.equal(model(x), output)
+    assert unchanged is isolated

@@ -268,3 +268,26 @@ def test_the_modules_called_with_keywords_are_noted_by_the_truths_own_pass(monke
     # calls run the children), the counterfactual on the meta device (which stops at the branch)
     # and for real; ILG leaves the model as it was, so no model-changes pass
     assert len(calls) == 1 + 3 + 1 + 2, len(calls)
+
+
+class _DefaultKeyword(nn.Module):
+    """``pitfalls.KeywordChild`` with its child called with the keyword's own default."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.block, self.head, self.scale = pitfalls.Scaled(), nn.Conv2d(4, 2, 1), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x, scale=self.scale))
+
+
+def test_a_keyword_given_its_own_default_is_no_keyword_to_drop():
+    """Dropping ``scale=1.0`` runs the model as it ran: no counterfactual pass is spent on it.
+    Control: ``scale=2.0`` is a keyword call, and ILG, which drops it, is named by it."""
+    from conformance.truth.oracle import capture
+
+    x = torch.randn(1, 3, 8, 8)
+    assert capture(_DefaultKeyword(1.0).eval(), x, layers=["block"]).keyword_calls == []
+    assert capture(_DefaultKeyword(2.0).eval(), x, layers=["block"]).keyword_calls == ["block"]
+    rows = evaluate(_DefaultKeyword(2.0).eval(), layers=["block", "head"], strategies=["ilg"], checks=["values"], input_shape=(1, 3, 8, 8))
+    assert rows.set_index("layer").loc["head", "diagnosis"] == "kwargs_dropped"

@@ -6,10 +6,15 @@ machinery visiting each module (``__reduce_ex__``, ``_reconstruct``) and each of
 empty hook dictionaries. :func:`copy_model` takes the steps that machinery takes for a module
 whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its subclasses
 do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
-and tied tensors stay shared), then ``__setstate__``; empty dictionaries are made fresh rather
-than reconstructed. A class with its own ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or
-new-arguments (GraphModule, quantized and scripted modules), a state that is not a dict, and
-every value that is not a module go to ``copy.deepcopy`` with the same memo.
+and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and sets are made
+fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, and the
+parameter and buffer dictionaries are copied entry by entry. A class with its own
+``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, quantized and
+scripted modules), a state that is not a dict, and every value that is not a module go to
+``copy.deepcopy`` with the same memo. A quantized module's copy unpacks and packs its weights
+again, which is most of a quantized model's copying; it cannot share them: the bias its state
+dict returns is the packed object's own tensor, so a change made in place to a copy's state dict
+would reach the original (``tests/test_copies.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import copyreg
 from collections import OrderedDict
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 __all__ = ["copy_model"]
@@ -26,6 +32,9 @@ __all__ = ["copy_model"]
 Copied = TypeVar("Copied")
 
 _generic_classes: dict[type, bool] = {}
+
+#: Values ``copy.deepcopy`` returns as they are (and tuples of them).
+_ATOMIC = frozenset({bool, int, float, complex, str, bytes, type(None), type, torch.dtype})
 
 
 def _copied_generically(cls: type) -> bool:
@@ -53,10 +62,15 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     twin = cls.__new__(cls)
     memo[id(model)] = twin
     for key, value in state.items():
-        if key == "_modules" and type(value) is dict:
+        kind = type(value)
+        if kind in _ATOMIC or (kind is tuple and all(type(item) in _ATOMIC for item in value)):
+            continue  # what copy.deepcopy returns for these is the object itself
+        if key == "_modules" and kind is dict:
             state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
-        elif type(value) in (dict, OrderedDict) and not value:
-            state[key] = type(value)()
+        elif kind in (dict, OrderedDict, set) and not value:
+            state[key] = kind()
+        elif key in ("_parameters", "_buffers") and kind is dict:
+            state[key] = {name: None if tensor is None else copy.deepcopy(tensor, memo) for name, tensor in value.items()}
         else:
             state[key] = copy.deepcopy(value, memo)
     twin.__setstate__(state)

@@ -35,6 +35,7 @@ from conformance.judging.checks import CHECKS, model_changes, snapshot, tensor_d
 from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult
 from conformance.core.compare import bitwise_equal, compare, is_close
 from conformance.core.errors import ConformanceError
+from conformance.core.fxtraces import TraceCache, reusing_fx_traces
 from conformance.truth.layers import resolve_layers
 from conformance.judging.diagnoses import graph_ops
 from conformance.truth.nodes import Node, record
@@ -548,8 +549,9 @@ def model_units(
     except Exception as exc:
         yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
         return
+    traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     for strategy_name in strategies:
-        with timings.strategy(strategy_name), timings.active():
+        with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces):
             rows = model_run.unit(strategy_name)
         if materialised:
             for row in rows:

@@ -17,6 +17,7 @@ cannot have changed what the model computes.
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
@@ -73,7 +74,7 @@ class OracleCapture:
     output: Any
     children: list[str]  # top-level children in registration order
     chain_break: ChainBreak | None  # None when the top-level children form a plain chain
-    keyword_calls: list[str] = field(default_factory=list)  # the modules called with keyword arguments, in the order they ran
+    keyword_calls: list[str] = field(default_factory=list)  # the modules called with keyword arguments other than their defaults, in the order they ran
     unsteady: dict[str, str] = field(default_factory=dict)  # layers (and "" for the output) another pass from the same random state changes, and how
 
     def after_chain_break(self, layer: str) -> bool:
@@ -161,6 +162,7 @@ def on_output(module: nn.Module, hook: Callable[[nn.Module, dict[str, Any], Any]
                 _BYPASSED.discard(id(module))
         return output
 
+    forward.__wrapped__ = bound  # its signature is the module's own (inspect.signature follows it)
     try:
         module.forward = forward
     except Exception:  # a module whose forward cannot be replaced (scripted): its hooks alone
@@ -223,6 +225,19 @@ def _after_pass(clones: dict[int, torch.Tensor], value: Any) -> Any:
     return map_tensors(after, value)
 
 
+def _defaults_only(module: nn.Module, kwargs: Mapping[str, Any]) -> bool:
+    """Whether every keyword argument of a call is the very default of ``module.forward``'s
+    parameter (``attn_mask=None``): the call runs the same with them dropped."""
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters and parameters[name].default is not inspect.Parameter.empty
+               and (value is parameters[name].default or (type(value) in (bool, int, float, str) and type(value) is type(parameters[name].default)
+                                                          and value == parameters[name].default))
+               for name, value in kwargs.items())
+
+
 @phase("oracle")
 def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = True,
             tracer_kwargs: Mapping[str, Any] | None = None) -> OracleCapture:
@@ -266,7 +281,7 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     keyword_calls: dict[str, None] = {}  # in the order they ran
 
     def note_keywords(module: nn.Module, args: Any, kwargs: dict[str, Any], name: str) -> None:
-        if kwargs:
+        if kwargs and not _defaults_only(module, kwargs):
             keyword_calls.setdefault(name)
 
     handles += [module.register_forward_pre_hook(functools.partial(note_keywords, name=name), with_kwargs=True)

@@ -7,9 +7,9 @@ from typing import Iterable
 
 from conformance.core.errors import ConformanceError
 from conformance.zoo.families import timm_families, torchvision_families
-from conformance.zoo.specs import QUICK_ZOO, TIMM_ZOO, TORCHVISION_GROUPS, torchvision_names
+from conformance.zoo.specs import QUICK_INPUT_SHAPES, QUICK_ZOO, TIMM_ZOO, TORCHVISION_GROUPS, torchvision_names
 
-__all__ = ["list_models"]
+__all__ = ["list_models", "zoo_input_shape"]
 
 
 def list_models(
@@ -40,3 +40,8 @@ def list_models(
         if any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in includes)
         and not any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in excludes)
     ]
+
+
+def zoo_input_shape(*, zoo: str, reference: str) -> tuple[int, ...] | None:
+    """The input a zoo gives ``reference`` where it is not the model's own default (``None``)."""
+    return QUICK_INPUT_SHAPES.get(reference) if zoo == "quick" else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -80,10 +81,14 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
 
 
 def _scramble(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
+    """``model`` with other floating-point weights, loaded as new tensors rather than written into
+    its own: a quantized module's state dict returns the bias its packed weights hold, which
+    ``copy.deepcopy`` shares with the original model."""
+    state = model.state_dict()
+    scrambled = OrderedDict((key, torch.rand_like(value) + 0.5 if isinstance(value, torch.Tensor) and value.is_floating_point() else value)
+                            for key, value in state.items())
+    scrambled._metadata = getattr(state, "_metadata", None)  # the modules' state versions, which quantized modules read
+    model.load_state_dict(scrambled)
     return model
 
 

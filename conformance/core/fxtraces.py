@@ -1,0 +1,124 @@
+"""One FX trace per model structure: torchvision's ``NodePathTracer.trace``, remembered.
+
+``create_feature_extractor`` (torchvision's, and timm's, which calls it) traces the whole model
+twice, in train and in eval mode, on every call; the graph it gets depends on the model's code,
+its module tree and the tracer's options, never on the values of its weights or the return
+nodes asked for. The behaviour checks attach ``fx`` and ``timm-fx`` a dozen times per model
+(each layer alone, each mode, each copy), so most of their cost was the same trace done again.
+
+Inside :func:`reusing_fx_traces`, a trace of a model whose :func:`structure` and tracer options
+were traced before returns a copy of that graph, with the tracer left as a fresh trace leaves
+it (``root``, ``graph``, ``node_to_qualname``); everything after the trace (the return nodes,
+dead-code elimination, the ``GraphModule``, the generated code) is still torchvision's own
+code, run on every call. A graph that reads an attribute the new model lacks (a tensor
+constant the first trace set on its root) is traced afresh. ``tests/test_fxtraces.py``
+proves the extractors equal, bitwise and in generated code, to fresh
+``create_feature_extractor`` calls. The bench never uses it: costs stay those users pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import OrderedDict
+from typing import Any, Hashable, Iterator
+
+from torch import fx, nn
+
+__all__ = ["TraceCache", "reusing_fx_traces", "structure"]
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, _SCALARS) or (isinstance(value, tuple) and all(isinstance(item, _SCALARS) for item in value))
+
+
+def structure(model: nn.Module) -> Hashable:
+    """What a symbolic trace of ``model`` can depend on: every module's name, class and mode,
+    its parameters' and buffers' names, shapes and dtypes, its plain attributes (flags, sizes)
+    and any function set on the instance (a patched ``forward``)."""
+    parts = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        tensors = tuple((kind, key, None if value is None else (tuple(value.shape), value.dtype, value.device.type))
+                        for kind, table in (("p", module._parameters), ("b", module._buffers)) for key, value in table.items())
+        attributes = tuple(sorted((key, value) for key, value in vars(module).items() if not key.startswith("_") and _plain(value)))
+        functions = tuple(sorted((key, id(value)) for key, value in vars(module).items() if callable(value) and not isinstance(value, nn.Module)))
+        parts.append((name, type(module), module.training, tensors, attributes, functions))
+    return tuple(parts)
+
+
+def _copy(graph: fx.Graph, qualnames: dict[fx.Node, str]) -> tuple[fx.Graph, OrderedDict]:
+    """A copy of ``graph`` (as ``Graph.__deepcopy__`` makes it) and ``qualnames`` for its nodes."""
+    nodes: dict[fx.Node, fx.Node] = {}
+    twin = fx.Graph(tracer_cls=graph._tracer_cls)
+    output = twin.graph_copy(graph, val_map=nodes, return_output_node=True)
+    twin._codegen = copy.deepcopy(graph._codegen)
+    if output is not None:
+        value, old_output = output
+        twin.output(value, type_expr=getattr(old_output, "type", None)).meta = dict(old_output.meta)
+    return twin, OrderedDict((nodes[node], qualname) for node, qualname in qualnames.items() if node in nodes)
+
+
+def _resolves(root: nn.Module, graph: fx.Graph) -> bool:
+    """Whether every module and attribute ``graph`` reads exists on ``root``."""
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            try:
+                root.get_submodule(node.target) if node.op == "call_module" else _attribute(root, node.target)
+            except AttributeError:
+                return False
+    return True
+
+
+def _attribute(root: nn.Module, target: str) -> Any:
+    owner, _, name = target.rpartition(".")
+    module = root.get_submodule(owner) if owner else root
+    if not hasattr(module, name):
+        raise AttributeError(target)
+    return getattr(module, name)
+
+
+class TraceCache:
+    """Graphs by model structure and tracer options, and how often each was reused."""
+
+    def __init__(self) -> None:
+        self.graphs: dict[Hashable, tuple[fx.Graph, OrderedDict]] = {}
+        self.hits = 0
+        self.misses = 0
+
+
+def _tracer_options(tracer: Any, concrete_args: Any) -> Hashable:
+    return (type(tracer), tuple(getattr(tracer, "leaf_modules", ())), frozenset(tracer._autowrap_function_ids),
+            tuple(id(module) for module in tracer._autowrap_search), tracer.param_shapes_constant, repr(concrete_args))
+
+
+@contextlib.contextmanager
+def reusing_fx_traces(cache: TraceCache | None = None) -> Iterator[TraceCache]:
+    """Inside, torchvision's ``NodePathTracer.trace`` returns a copy of an earlier trace of the
+    same structure (:func:`structure`) and options; ``cache`` keeps them across uses."""
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    cache = TraceCache() if cache is None else cache
+    original = NodePathTracer.trace
+
+    def trace(self: Any, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if not isinstance(root, nn.Module):
+            return original(self, root, concrete_args)
+        key = (structure(root), _tracer_options(self, concrete_args))
+        known = cache.graphs.get(key)
+        if known is not None and _resolves(root, known[0]):
+            cache.hits += 1
+            self.root, self.root_module_name = root, root._get_name()
+            self.graph, self.node_to_qualname = _copy(*known)
+            return self.graph
+        cache.misses += 1
+        graph = original(self, root, concrete_args)
+        cache.graphs[key] = _copy(graph, self.node_to_qualname)
+        return graph
+
+    NodePathTracer.trace = trace
+    try:
+        yield cache
+    finally:
+        NodePathTracer.trace = original

@@ -1,0 +1,127 @@
+"""A reused FX trace builds the extractor a fresh ``create_feature_extractor`` call builds: the same
+generated code in both modes and bitwise the same values, for torchvision's and timm's FX paths."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from timm.models import create_feature_extractor as timm_create_feature_extractor
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from conformance.core import fxtraces
+from conformance.core.copies import copy_model
+from conformance.core.fxtraces import reusing_fx_traces
+
+
+class Flagged(nn.Module):
+    """A module whose traced graph depends on a plain attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.doubled = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.relu(y * 2 if self.doubled else y)
+
+
+class Constant(nn.Module):
+    """A module whose trace sets a tensor constant on the model it traces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1))
+
+
+def _differences(fresh: nn.Module, reused: nn.Module, x: torch.Tensor) -> list[str]:
+    """How an extractor built from a reused trace differs from a fresh one."""
+    found = []
+    for mode in ("train", "eval"):
+        getattr(fresh, mode)(), getattr(reused, mode)()
+        if fresh.code != reused.code:
+            found.append(f"{mode} code")
+    with torch.no_grad():
+        expected, got = fresh(x), reused(x)
+    for name, value in expected.items():
+        same = torch.equal(value, got[name]) if isinstance(value, torch.Tensor) else value == got[name]
+        if not same:
+            found.append(f"value of {name}")
+    return found
+
+
+def _requests(model: nn.Module) -> list[list[str]]:
+    nodes = get_graph_node_names(model)[1][1:-1]
+    return [[node] for node in nodes[:: max(1, len(nodes) // 6)]] + [nodes[:: max(1, len(nodes) // 4)]]
+
+
+@pytest.mark.parametrize("build, shape", [
+    (lambda: torchvision.models.resnet18(), (1, 3, 64, 64)),
+    (lambda: timm.create_model("convnext_atto"), (1, 3, 64, 64)),
+    (lambda: timm.create_model("vit_tiny_patch16_224", img_size=64), (1, 3, 64, 64)),
+    (Flagged, (1, 3, 16, 16)),
+], ids=["resnet18", "convnext_atto", "vit_tiny", "flagged"])
+@pytest.mark.parametrize("create", [create_feature_extractor, timm_create_feature_extractor], ids=["torchvision", "timm"])
+def test_an_extractor_from_a_reused_trace_is_the_fresh_one(build, shape, create):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(*shape)
+    requests = _requests(model)
+    fresh = [create(copy_model(model), {node: node for node in request}) for request in requests]
+    with reusing_fx_traces() as cache:
+        reused = [create(copy_model(model), {node: node for node in request}) for request in requests]
+    assert (cache.misses, cache.hits) == (2, 2 * len(requests) - 2)
+    assert [_differences(a, b, x) for a, b in zip(fresh, reused)] == [[]] * len(requests)
+
+
+def test_another_structure_is_traced_again():
+    """Control: a flag the trace reads is part of the key; a cache that ignored it would hand
+    the second model the first one's graph, and the comparison would see it."""
+    model, x = Flagged().eval(), torch.randn(1, 3, 8, 8)
+    doubled = copy_model(model)
+    doubled.doubled = True
+    fresh = create_feature_extractor(copy_model(doubled), {"relu": "relu"})
+    with reusing_fx_traces() as cache:
+        create_feature_extractor(copy_model(model), {"relu": "relu"})
+        reused = create_feature_extractor(copy_model(doubled), {"relu": "relu"})
+    assert cache.hits == 0 and _differences(fresh, reused, x) == []
+
+
+def test_a_cache_blind_to_attributes_is_caught(monkeypatch):
+    model, x = Flagged().eval(), torch.randn(1, 3, 8, 8)
+    doubled = copy_model(model)
+    doubled.doubled = True
+    fresh = create_feature_extractor(copy_model(doubled), {"relu": "relu"})
+    monkeypatch.setattr(fxtraces, "structure", lambda module: type(module))
+    with reusing_fx_traces() as cache:
+        create_feature_extractor(copy_model(model), {"relu": "relu"})
+        reused = create_feature_extractor(copy_model(doubled), {"relu": "relu"})
+    assert cache.hits == 3 and _differences(fresh, reused, x) == ["train code", "eval code", "value of relu"]
+
+
+def test_a_graph_reading_what_the_new_model_lacks_is_traced_again():
+    """The first trace set a tensor constant on its own copy; another copy lacks it. (FX numbers
+    such constants by what the model already has, so two fresh extractors' code differs too:
+    the values are compared.)"""
+    model, x = Constant().eval(), torch.randn(1, 3, 8, 8)
+    with reusing_fx_traces() as cache:
+        create_feature_extractor(copy_model(model), {"relu": "relu"})
+        extractor = create_feature_extractor(copy_model(model), {"relu": "relu"})
+    assert cache.hits == 0 and cache.misses == 4
+    fresh = create_feature_extractor(copy_model(model), {"relu": "relu"})
+    assert [difference for difference in _differences(fresh, extractor, x) if not difference.endswith("code")] == []
+
+
+def test_the_tracer_is_restored():
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    before = NodePathTracer.trace
+    with reusing_fx_traces():
+        assert NodePathTracer.trace is not before
+    assert NodePathTracer.trace is before
