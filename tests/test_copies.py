@@ -113,6 +113,9 @@ def test_the_comparison_catches_a_copy_that_unties_or_shares_tensors(copier, dif
 def test_classes_with_their_own_copying_go_to_deepcopy():
     assert not _copied_generically(torch.fx.GraphModule) and not _copied_generically(torch.ao.nn.quantized.Conv2d)
     assert not _copied_generically(torch.Tensor) and _copied_generically(nn.Conv2d) and _copied_generically(nn.MultiheadAttention)
+    quantized = torch.ao.nn.quantized.Conv2d(3, 3, 1)
+    twin = copy_model(quantized)
+    assert torch.equal(twin.weight().int_repr(), quantized.weight().int_repr()) and twin is not quantized
 
 
 def _quantized_resnet18(seed: int) -> nn.Module:

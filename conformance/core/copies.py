@@ -11,10 +11,10 @@ fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are 
 parameter and buffer dictionaries are copied entry by entry. A class with its own
 ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, quantized and
 scripted modules), a state that is not a dict, and every value that is not a module go to
-``copy.deepcopy`` with the same memo. A quantized module's copy unpacks and packs its weights
-again, which is most of a quantized model's copying; it cannot share them: the bias its state
-dict returns is the packed object's own tensor, so a change made in place to a copy's state dict
-would reach the original (``tests/test_copies.py``).
+``copy.deepcopy`` with the same memo. A quantized module's own ``__deepcopy__`` unpacks its
+weights and packs them again, which is most of a quantized model's copying, and packs them with
+the original's bias tensor, which its state dict returns: a change written into a copy's state
+dict reaches the original, so nothing here writes into one (``tests/test_copies.py``).
 """
 
 from __future__ import annotations

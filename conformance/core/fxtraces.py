@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 from collections import OrderedDict
 from typing import Any, Hashable, Iterator
 
@@ -62,21 +63,13 @@ def _copy(graph: fx.Graph, qualnames: dict[fx.Node, str]) -> tuple[fx.Graph, Ord
 
 def _resolves(root: nn.Module, graph: fx.Graph) -> bool:
     """Whether every module and attribute ``graph`` reads exists on ``root``."""
-    for node in graph.nodes:
-        if node.op in ("call_module", "get_attr"):
-            try:
-                root.get_submodule(node.target) if node.op == "call_module" else _attribute(root, node.target)
-            except AttributeError:
-                return False
+    try:
+        for node in graph.nodes:
+            if node.op in ("call_module", "get_attr"):
+                operator.attrgetter(node.target)(root)
+    except AttributeError:
+        return False
     return True
-
-
-def _attribute(root: nn.Module, target: str) -> Any:
-    owner, _, name = target.rpartition(".")
-    module = root.get_submodule(owner) if owner else root
-    if not hasattr(module, name):
-        raise AttributeError(target)
-    return getattr(module, name)
 
 
 class TraceCache:
