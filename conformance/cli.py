@@ -12,6 +12,7 @@
     conformance manifest save --zoo quick --out reports/manifests/quick.json
     conformance manifest diff reports/manifests/quick.json              # against the installed versions
     conformance manifest noise                        # float noise across simulated machines, against the bound
+    conformance upgrade --to torch==2.15.0 --to torchvision==0.29.2 --bench --manifest --out runs/up   # [run options]
     conformance list models|layers MODEL|strategies|checks
 
 ``conformance run`` reads its defaults from ``[tool.conformance]`` of ``./pyproject.toml``
@@ -186,6 +187,30 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     fuzz.add_argument("--seed", type=int, default=0, help="Hypothesis's seed (the jobs take SEED, SEED+1, ...)")
     fuzz.add_argument("--out", type=Path, default=None, help="where summary.json and README.md go (default runs/fuzz-<timestamp>)")
     fuzz.add_argument("--overwrite", action="store_true", help="replace the summary in --out")
+
+    upgrade = commands.add_parser(
+        "upgrade", allow_abbrev=False, help="the same run under the installed packages and under candidate versions (built with uv), and what changed",
+        description="Run the same conformance run in this environment (before) and in one where the packages named with --to have the "
+                    "versions given (after; built with uv, every other package pinned as installed here), then write one folder: a README "
+                    "of what changed for each strategy, the conformance, cost and manifest diffs, and both sides' rows and packages. "
+                    "Exit 1 on a regression (conformance diff's rules), 2 on bad input.",
+        epilog="Every other option is a 'conformance run' option and goes to both sides' runs: --model, --zoo, --include, --exclude, "
+               "--layers, --strategies, --checks, --device, --input-shape, --seed, --jobs, ... (conformance run --help). "
+               "uv reads its package indexes from UV_INDEX_URL, UV_EXTRA_INDEX_URL and uv.toml.")
+    upgrade.add_argument("--to", action="append", default=[], metavar="NAME==VERSION", help="a package version of the after side (repeatable)")
+    upgrade.add_argument("--after-python", type=Path, default=None, metavar="PYTHON",
+                         help="instead of --to: the interpreter of an existing environment to use as the after side (it needs this project installed)")
+    upgrade.add_argument("--bench", action="store_true", help="also measure the costs of both sides (conformance bench at @stages) and diff them")
+    upgrade.add_argument("--bench-max-time", type=float, default=10.0, metavar="SECONDS", help="with --bench: timing budget of one model (default 10)")
+    upgrade.add_argument("--fail-on", nargs="+", default=["overhead:10%", "floor_ratio:10%"], metavar="METRIC:LIMIT",
+                         help="with --bench: cost regressions that fail (default overhead:10%% floor_ratio:10%%)")
+    upgrade.add_argument("--manifest", action="store_true", help="also take both sides' golden manifests of the models and diff them")
+    upgrade.add_argument("--out", type=Path, default=None, help="the upgrade's folder (default runs/upgrade-<timestamp>)")
+    upgrade.add_argument("--resume", action="store_true", help="carry on with the upgrade in --out")
+    upgrade.add_argument("--overwrite", action="store_true", help="replace the upgrade in --out")
+    upgrade.add_argument("--uv", type=Path, default=None, help="the uv executable (default: the one on PATH, or the uv package's)")
+    upgrade.add_argument("--env-cache", type=Path, default=None, metavar="DIR",
+                         help="where built after-side environments are kept and reused (default ~/.cache/feature-conformance/upgrade-envs)")
 
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
@@ -528,6 +553,45 @@ def _manifest_noise(references: list[str], *, seed: int, out: Path | None) -> in
     return 1 if flagged else 0
 
 
+def _command_upgrade(args: argparse.Namespace) -> int:
+    from conformance.evidence import upgrade as upgrading
+
+    own = [option for option in args.run_options if option.split("=")[0] in upgrading.OWN_RUN_OPTIONS]
+    if own:
+        raise ConformanceError(f"conformance upgrade does not take {own[0]}", hint="--out, --resume and --overwrite are the upgrade's own; shards and --redo are not supported")
+    run_args = _parser(args.run_defaults).parse_args(["run", *args.run_options])
+    config, references = run_config(run_args)
+    if bool(args.to) == bool(args.after_python):
+        raise ConformanceError("name the after side's versions with --to, or give its environment with --after-python (one of the two)",
+                               hint="conformance upgrade --to torch==2.15.0 --to torchvision==0.29.2")
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    if args.to:
+        installed = upgrading.installed_distributions()
+        targets = upgrading.parse_targets(args.to, installed=installed)
+        uv = upgrading.find_uv(args.uv)
+        if args.resume and not (args.out and (args.out / "upgrade.json").exists()):
+            raise ConformanceError("--resume carries on with an upgrade in --out", hint="pass the --out of that upgrade")
+        requirements = upgrading.after_requirements(targets, installed=installed)
+        environment = upgrading.build_environment(requirements=requirements, targets=list(targets.values()),
+                                                  cache=args.env_cache or upgrading.default_env_cache(), uv=uv, log=log)
+        after_python = upgrading.python_of(environment)
+    else:
+        after_python = args.after_python
+        if not after_python.exists():
+            raise ConformanceError(f"--after-python {after_python}: no such interpreter", hint="give the python of the after side's environment, e.g. venv/bin/python")
+    plan = upgrading.UpgradePlan(
+        out=args.out or Path("runs") / f"upgrade-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+        pythons={"before": Path(sys.executable), "after": after_python}, run_options=list(args.run_options), references=references,
+        strategies=config.strategies, targets=list(args.to), command=["conformance", *args.argv], bench=args.bench,
+        bench_max_time=args.bench_max_time, manifest=args.manifest, fail_on=list(args.fail_on), seed=run_args.seed,
+    )
+    try:
+        return upgrading.upgrade(plan, resume=args.resume, overwrite=args.overwrite, log=log)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; carry on with: conformance {' '.join(args.argv)} --resume" + ("" if args.out else f" --out {plan.out}"), file=sys.stderr)
+        return 130
+
+
 def _command_list(args: argparse.Namespace) -> int:
     if args.what == "models" and args.zoo in ("timm-families", "torchvision-families"):
         from conformance.zoo.families import timm_families, torchvision_families
@@ -623,12 +687,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(_run_defaults(config.options)).parse_args(argv)
+    parser = _parser(_run_defaults(config.options))
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "upgrade":
+        args.run_options, args.run_defaults = unknown, _run_defaults(config.options)  # the sides' run options
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv  # the command as given, written into the run metadata
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
                     "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list,
-                    "fuzz": _command_fuzz}
+                    "fuzz": _command_fuzz, "upgrade": _command_upgrade}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -65,6 +65,16 @@ def test_drift_is_judged_against_the_scale_of_the_feature():
     assert "grew by 0.005 of the feature's scale" in drifted["detail"][0]
 
 
+def test_a_failing_cell_whose_cause_changed_is_a_diagnosis_change():
+    base = Side(pd.DataFrame([_cell("ilg", "a", "values", "fail"), _cell("ilg", "b", "values", "fail")]), pd.DataFrame(), MACHINE)
+    moved = pd.DataFrame([_cell("ilg", "a", "values", "fail"), {**_cell("ilg", "b", "values", "fail"), "diagnosis": "children_not_chained"}])
+    result = diff(base, Side(moved, pd.DataFrame(), MACHINE))
+    assert result.changes[["kind", "layer", "base", "new"]].values.tolist() == [["diagnosis", "b", "inplace_aliasing", "children_not_chained"]]
+    assert result.regressions.empty
+    # control: the same causes are no change
+    assert diff(base, Side(base.results.copy(), pd.DataFrame(), MACHINE)).changes.empty
+
+
 def test_costs_from_another_machine_are_listed_but_never_counted():
     """fx's +25 % overhead, intervals apart, is a regression on one machine, not across two."""
     elsewhere = Side(NEW.results, NEW.bench, {**MACHINE, "machine_info": {**MACHINE["machine_info"], "cpu": "Y"}})

@@ -7,6 +7,7 @@ metadata. :func:`diff` compares two sides (baselines or run directories) cell by
 * ``regressed``: pass became fail, error or unsupported; ``fixed``: the other way;
 * ``new_failure``: a cell only in the new run, failing; ``only_in_base``/``only_in_new``;
 * ``shape_or_dtype``: a ``shape`` or ``dtype`` cell changed status;
+* ``diagnosis``: a cell kept its status but its diagnosis (the named cause) changed;
 * ``drift``: the error in units of the feature's scale (``max_abs_err / scale``, the scale
   being the true value's RMS) grew by more than :data:`DRIFT_BOUND` (status unchanged);
 * ``cost``: a metric named in ``--fail-on`` grew past its threshold, and, where the rows
@@ -131,6 +132,10 @@ def _change(kind: str, key: dict, base: str, new: str, detail: str, regression: 
     return {"kind": kind, **key, "base": base, "new": new, "detail": detail, "regression": regression}
 
 
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _scaled_error(error: float, scale: float) -> float:
     return error / scale if scale else (0.0 if error == 0 else math.inf)
 
@@ -157,6 +162,8 @@ def _cell_changes(base: pd.DataFrame, new: pd.DataFrame) -> list[dict]:
             changes.append(_change("fixed", cell, before, after, "", False))
         elif before != after:
             changes.append(_change("status", cell, before, after, row.detail_new, False))
+        elif _text(row.diagnosis_base) != _text(row.diagnosis_new):
+            changes.append(_change("diagnosis", cell, _text(row.diagnosis_base), _text(row.diagnosis_new), _text(row.detail_new), False))
         elif not any(math.isnan(value) for value in errors):
             grown = _scaled_error(row.max_abs_err_new, row.scale_new) - _scaled_error(row.max_abs_err_base, row.scale_base)
             if grown > DRIFT_BOUND:
@@ -200,7 +207,7 @@ def diff(base: Side, new: Side, *, fail_on: Sequence[Threshold] = ()) -> Diff:
         if side.results["scale"].isna().all() and side.results["max_abs_err"].notna().any():
             warnings.append(f"{name} records no feature scale (written before feature-conformance 0.2.0): drift not judged; save it again")
     frame = pd.DataFrame(changes, columns=columns)
-    order = {kind: i for i, kind in enumerate(["regressed", "new_failure", "shape_or_dtype", "cost", "drift", "fixed", "status", "only_in_new", "only_in_base"])}
+    order = {kind: i for i, kind in enumerate(["regressed", "new_failure", "shape_or_dtype", "cost", "diagnosis", "drift", "fixed", "status", "only_in_new", "only_in_base"])}
     frame = frame.assign(_order=frame["kind"].map(order), _bad=~frame["regression"]).sort_values(["_bad", "_order", *_CELL], kind="stable")
     return Diff(frame.drop(columns=["_order", "_bad"]).reset_index(drop=True), warnings)
 
