@@ -471,5 +471,7 @@ def upgrade(plan: UpgradePlan, *, resume: bool, overwrite: bool, log: Callable[[
     summary = {"regressions": len(conformance.regressions) + (len(costs.regressions) if costs is not None else 0),
                "changes": len(conformance.changes), "moved": _moved(out)}
     write_document(out / "summary.json", summary)
-    log(f"upgrade: {out / 'README.md'}: {summary['regressions']} regression(s), {summary['changes']} change(s)")
+    print(per_strategy.to_string(index=False))
+    moved = ", ".join(f"{name} {a} -> {b}" for name, a, b in summary["moved"]) or "no package moved"
+    print(f"\n{moved}\n{summary['regressions']} regression(s), {summary['changes']} change(s); the report: {out / 'README.md'}")
     return 1 if summary["regressions"] else 0
