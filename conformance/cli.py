@@ -88,8 +88,8 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_ = commands.add_parser("run", help="run the conformance checks and write tidy results")
-    run_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, file.py:factory or pkg.mod:factory (repeatable)")
-    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, torchvision-all, torchvision-families, timm, timm-families or all")
+    run_.add_argument("--model", action="append", metavar="REF", help="torchvision:NAME, timm:NAME, hf:TYPE, file.py:factory or pkg.mod:factory (repeatable)")
+    run_.add_argument("--zoo", default=None, help="quick (default when no --model), torchvision, torchvision-all, torchvision-families, timm, timm-families, hf-families or all")
     run_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="fnmatch patterns selecting zoo models")
     run_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="fnmatch patterns excluding zoo models")
     run_.add_argument("--include-big", action="store_true", help="also run models above the parameter cap")
@@ -215,7 +215,7 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
     list_ = commands.add_parser("list", help="list models, layers, strategies or checks")
     list_.add_argument("what", choices=("models", "layers", "strategies", "checks"))
     list_.add_argument("model", nargs="?", help="the model, for 'list layers'")
-    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, torchvision-all, torchvision-families, timm, timm-families or all")
+    list_.add_argument("--zoo", default="all", help="for 'list models': quick, torchvision, torchvision-all, torchvision-families, timm, timm-families, hf-families or all")
     list_.add_argument("--include", nargs="+", default=["*"], metavar="PATTERN", help="for 'list models': fnmatch patterns selecting models")
     list_.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN", help="for 'list models': fnmatch patterns excluding models")
     list_.add_argument("--nodes", action="store_true",

@@ -10,6 +10,7 @@ import torch
 from conformance.truth.layers import resolve_layers
 from conformance.running.runner import RunConfig, model_units
 from conformance.core.timing import Timings
+from conformance.core.errors import ConformanceError
 from conformance.zoo.lists import list_models
 from conformance.zoo.specs import QUICK_ZOO, TIMM_ZOO, build_model, resolve_model
 from strategies import list_strategies
@@ -245,3 +246,30 @@ def test_stages_leave_out_feature_info_entries_that_name_no_module():
     model = build_model(spec=spec, seed=0)
     assert model.feature_info[0]["module"] == ""
     assert [str(tap) for tap in resolve_layers(model, spec, ["@stages"])] == ["body.layer1", "body.layer2", "body.layer3", "body.layer4"]
+
+
+def test_the_hf_zoo_builds_one_small_model_per_image_model_type_and_runs_it():
+    pytest.importorskip("transformers")
+    from transformers.modeling_outputs import ModelOutput
+
+    from conformance.zoo.hf import EXCLUDED
+
+    references = list_models(zoo="hf-families")
+    assert len(references) >= 40 and not any(ref.removeprefix("hf:") in EXCLUDED for ref in references)
+    for reference in references:
+        spec = resolve_model(reference)
+        assert spec.family == reference.removeprefix("hf:") and spec.param_count < 10e6, reference
+        model = build_model(spec=spec, seed=0)
+        _, x = spec.inputs(seed=0, device="cpu")
+        with torch.no_grad():
+            assert isinstance(model(x), ModelOutput), reference
+
+
+def test_hf_references_name_a_type_or_a_class_and_bad_ones_get_a_hint():
+    pytest.importorskip("transformers")
+    by_class = resolve_model("hf:Dinov2Model")
+    assert by_class.family == "dinov2" and type(build_model(spec=by_class, seed=0)).__name__ == "Dinov2Model"
+    for reference, message in (("hf:dinov", "did you mean hf:dinov2"), ("hf:Dinov2Modle", "unknown model 'hf:Dinov2Modle'"),
+                               ("hf:BertConfig", "unknown model 'hf:BertConfig'")):
+        with pytest.raises(ConformanceError, match=message):
+            resolve_model(reference)

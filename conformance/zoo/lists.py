@@ -19,7 +19,8 @@ def list_models(
     ``torchvision-segmentation``, ``-video``, ``-quantization``, ``-detection``, ``-optical-flow``,
     ``torchvision-all`` (every group), ``torchvision-families`` (one model per torchvision model
     module), ``timm`` (curated), ``timm-families`` (one model per timm model module; both
-    :mod:`conformance.zoo.families`) or ``all`` (``torchvision`` and ``timm``)."""
+    :mod:`conformance.zoo.families`), ``hf-families`` (one transformers vision model per model
+    type, :mod:`conformance.zoo.hf`) or ``all`` (``torchvision`` and ``timm``)."""
     zoos = {
         "quick": lambda: list(QUICK_ZOO),
         "torchvision": lambda: [f"torchvision:{n}" for n in torchvision_names("classification")],
@@ -29,6 +30,7 @@ def list_models(
         "timm": lambda: [f"timm:{n}" for n in TIMM_ZOO],
         "timm-families": lambda: [choice.reference for choice in timm_families()],
         "torchvision-families": lambda: [choice.reference for choice in torchvision_families()],
+        "hf-families": _hf_families,
     }
     zoos["all"] = lambda: zoos["torchvision"]() + zoos["timm"]()
     if zoo not in zoos:
@@ -40,6 +42,15 @@ def list_models(
         if any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in includes)
         and not any(fnmatch.fnmatchcase(ref, p) or fnmatch.fnmatchcase(ref.partition(":")[2], p) for p in excludes)
     ]
+
+
+def _hf_families() -> list[str]:
+    try:
+        from conformance.zoo.hf import hf_model_types
+
+        return [f"hf:{name}" for name in hf_model_types()]
+    except ImportError:
+        raise ConformanceError("the hf-families zoo needs transformers", hint="pip install 'feature-conformance[hf]'") from None
 
 
 def zoo_input_shape(*, zoo: str, reference: str) -> tuple[int, ...] | None:

@@ -1,7 +1,7 @@
 """The model zoo: what can be run, how it is built, and at what input size.
 
 A model is named ``source:name``: ``torchvision:resnet18``, ``timm:convnext_tiny``,
-``path/to/file.py:factory`` or ``package.module:factory`` (a callable returning an
+``hf:dinov2`` (a transformers model type or class, :mod:`conformance.zoo.hf`), ``path/to/file.py:factory`` or ``package.module:factory`` (a callable returning an
 ``nn.Module``). Weights are always random, from a fixed seed; nothing is downloaded.
 
 Example::
@@ -88,7 +88,7 @@ _FAMILY_PREFIXES = ("wide_resnet",)
 class ModelSpec:
     """A model of the zoo, or a user's model, before it is built."""
 
-    source: str  # "torchvision", "timm" or "user"
+    source: str  # "torchvision", "timm", "hf" or "user"
     name: str  # torchvision/timm model name, or the factory reference
     input_shape: tuple[int, ...]
     factory: Callable[[], nn.Module]
@@ -123,6 +123,8 @@ class ModelSpec:
         torchvision's other groups, the group and the module of the builder (``video.resnet``)."""
         if self.source == "user":
             return "user"
+        if self.source == "hf":
+            return self.group
         if self.source == "timm":
             import timm
 
@@ -237,6 +239,29 @@ def _timm_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
     return ModelSpec("timm", name, input_shape or default, factory)
 
 
+def _hf_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
+    """``hf:TYPE`` or ``hf:ClassName``: a small config of the type, random weights."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConformanceError(f"hf:{name} needs transformers", hint="pip install 'feature-conformance[hf]'") from None
+    import copy
+
+    from conformance.zoo.hf import hf_input_shape, small_config
+
+    model_class = getattr(transformers, name, None) if name[:1].isupper() else None
+    if name[:1].isupper() and not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise _unknown_model(f"hf:{name}", [f"hf:{n}" for n in dir(transformers) if n.endswith(("Model", "Backbone"))])
+    model_type = model_class.config_class.model_type if model_class else name
+    config = small_config(model_type)
+
+    def factory() -> nn.Module:
+        fresh = copy.deepcopy(config)
+        return model_class(fresh) if model_class else transformers.AutoModel.from_config(fresh)
+
+    return ModelSpec("hf", name, input_shape or hf_input_shape(config), factory, group=model_type)
+
+
 def _user_spec(reference: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
     location, _, attribute = reference.rpartition(":")
     if not location or not attribute.isidentifier():
@@ -310,6 +335,8 @@ def resolve_model(reference: str, *, input_shape: tuple[int, ...] | None = None)
         return _torchvision_spec(name, input_shape)
     if sep and source == "timm":
         return _timm_spec(name, input_shape)
+    if sep and source == "hf":
+        return _hf_spec(name, input_shape)
     if not sep:
         raise ConformanceError(
             f"model {reference!r} names no source",
