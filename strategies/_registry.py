@@ -39,6 +39,7 @@ _known: dict[str, tuple[str, str]] = {
     "torchlens": ("strategies.torchlens_adapter:TorchLens", "'feature-conformance[torchlens]'"),
     "captum": ("strategies.captum_adapter:Captum", "'feature-conformance[captum]'"),
     "nnsight": ("strategies.nnsight_adapter:NNsightStrategy", "'feature-conformance[nnsight]'"),
+    "hf-hidden-states": ("strategies.hf_hidden_states:HfHiddenStates", "torch"),
 }
 _registry: dict[str, type[Strategy]] = {}
 

@@ -1,0 +1,92 @@
+"""``hf-hidden-states``: ``model(pixel_values, output_hidden_states=True).hidden_states``.
+
+What users of Hugging Face ``transformers`` write: ``hidden_states[0]`` is taken as the output of
+the embeddings, ``hidden_states[i]`` as the output of the encoder's ``i``-th layer (``i`` from 1),
+and ``last_hidden_state`` as the output of the final norm where the model has one. The adapter
+maps a requested module to its index by that reading of the model's structure:
+
+* the embeddings: the first child named ``embeddings``/``embedder`` of the model (or of its
+  ``vision_model``);
+* the encoder's layers: the ``nn.ModuleList`` child of its ``encoder`` (``layer``, ``layers``,
+  ``stages``), or of the model itself where it has no ``encoder`` (ViT in transformers 5), one
+  hidden state per element after the embeddings';
+* the final norm: a child ``layernorm``, ``post_layernorm`` or ``norm`` after the encoder (or the
+  layers), answered with ``last_hidden_state``.
+
+Whether ``hidden_states[i]`` really is that module's output is what the checks measure, per model
+type; the adapter does not assume it is right, it does what users do. Any other module cannot be
+requested.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from .base import Arguments, Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
+
+__all__ = ["HfHiddenStates", "hidden_state_modules"]
+
+_EMBEDDINGS = ("embeddings", "embedder")
+_FINAL_NORMS = ("layernorm", "post_layernorm", "norm")
+
+
+def _base(model: nn.Module) -> tuple[str, nn.Module]:
+    """The model's own transformer, where it sits inside (CLIP-style ``vision_model``)."""
+    inner = getattr(model, "vision_model", None)
+    return ("vision_model.", inner) if isinstance(inner, nn.Module) else ("", model)
+
+
+def hidden_state_modules(model: nn.Module) -> tuple[dict[str, int], str | None]:
+    """``{module path: hidden_states index}`` as users read it, and the path of the final norm
+    that ``last_hidden_state`` stands for (``None`` where there is none)."""
+    prefix, base = _base(model)
+    children = dict(base.named_children())
+    indices: dict[str, int] = {}
+    embeddings = next((name for name in children if name in _EMBEDDINGS), None)
+    if embeddings:
+        indices[f"{prefix}{embeddings}"] = 0
+    encoder = children.get("encoder")
+    container = (f"{prefix}encoder.", encoder) if encoder is not None else (prefix, base)
+    layers = next(((name, child) for name, child in container[1].named_children() if isinstance(child, nn.ModuleList)), None)
+    if layers:
+        for index in range(len(layers[1])):
+            indices[f"{container[0]}{layers[0]}.{index}"] = index + 1
+    names = list(children)
+    last = "encoder" if encoder is not None else layers[0] if layers else None
+    after = names[names.index(last) + 1:] if last in children else []
+    final = next((name for name in after if name in _FINAL_NORMS), None)
+    return indices, (f"{prefix}{final}" if final else None)
+
+
+class _HiddenStatesExtractor(Extractor):
+    def __init__(self, model: nn.Module, wanted: Mapping[str, int | None]) -> None:
+        self.module = model
+        self.wanted = wanted  # requested name -> hidden_states index, None for last_hidden_state
+
+    def extract_with(self, module: nn.Module, x: Any) -> Extraction:
+        output = module(*x, output_hidden_states=True) if isinstance(x, Arguments) else module(x, output_hidden_states=True)
+        hidden = output["hidden_states"]
+        features = {name: output["last_hidden_state"] if index is None else hidden[index] for name, index in self.wanted.items()}
+        return Extraction(features=features, output=output)
+
+
+class HfHiddenStates(Strategy):
+    """``model(x, output_hidden_states=True)``: ``hidden_states[i]`` and ``last_hidden_state``."""
+
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "output_hidden_states"):
+            raise Unsupported("not a Hugging Face transformers model: output_hidden_states is a transformers model's option")
+        modules = module_outputs(layers, seen_by="hidden_states")
+        indices, final = hidden_state_modules(model)
+        known = {**indices, **({final: None} if final else {})}
+        refused = [name for name, path in modules.items() if path not in known]
+        if refused:
+            listed = ", ".join(list(known)[:6]) + (" ..." if len(known) > 6 else "")
+            raise Unsupported(f"hidden_states holds the embeddings' and the encoder layers' outputs, last_hidden_state the final norm's: {listed or 'none found'}",
+                              layers=refused)
+        if repeated_modules(modules):
+            raise Unsupported("hidden_states holds one output per layer", layers=repeated_modules(modules))
+        return _HiddenStatesExtractor(model, {name: known[path] for name, path in modules.items()})

@@ -1,0 +1,92 @@
+"""``hf-hidden-states``: ``hidden_states[i]`` judged against the module users take it for, with the
+mechanism named where it is another module's output; planted pitfalls with controls, and the
+real transformers models where it is measured."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from conformance.running.runner import evaluate
+from strategies.hf_hidden_states import hidden_state_modules
+
+
+class HiddenStatesModel(nn.Module):
+    """Shaped like a transformers vision model: ``embeddings``, ``encoder.layer``, ``layernorm``;
+    ``forward(x, output_hidden_states=...)`` returns a dict. ``normed_first`` plants CLIP's
+    pitfall: ``hidden_states[0]`` is the embeddings after ``pre_norm``, not the embeddings."""
+
+    def __init__(self, *, normed_first: bool = False) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(output_hidden_states=False)
+        self.embeddings = nn.Linear(8, 8)
+        self.pre_norm = nn.LayerNorm(8)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+        self.layernorm = nn.LayerNorm(8)
+        self.normed_first = normed_first
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False) -> dict:
+        hidden = self.embeddings(x)
+        normed = self.pre_norm(hidden)
+        states = [normed if self.normed_first else hidden]
+        hidden = normed
+        for layer in self.encoder.layer:
+            hidden = layer(hidden)
+            states.append(hidden)
+        return {"last_hidden_state": self.layernorm(hidden), "hidden_states": tuple(states) if output_hidden_states else None}
+
+
+LAYERS = ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"]
+
+
+def values(model: nn.Module) -> dict[str, tuple[str, str]]:
+    rows = evaluate(model, layers=LAYERS, strategies=["hf-hidden-states"], checks=["values"], input_shape=(2, 4, 8))
+    return {row.layer: (row.status, row.diagnosis or "", row.detail or "") for row in rows.fillna({"diagnosis": "", "detail": ""}).itertuples()}
+
+
+def test_the_mapping_is_read_from_the_structure_as_users_read_it():
+    indices, final = hidden_state_modules(HiddenStatesModel())
+    assert indices == {"embeddings": 0, "encoder.layer.0": 1, "encoder.layer.1": 2} and final == "layernorm"
+
+
+def test_a_normalised_first_hidden_state_is_named_by_the_module_that_produced_it():
+    planted = values(HiddenStatesModel(normed_first=True))
+    status, diagnosis, detail = planted["embeddings"]
+    assert (status, diagnosis) == ("fail", "wrong_layer") and "pre_norm" in detail, planted["embeddings"]
+    assert all(planted[layer][0] == "pass" for layer in LAYERS[1:]), planted
+    # control: the same model giving the embeddings' own output passes every layer
+    assert all(status == "pass" for status, _, _ in values(HiddenStatesModel()).values())
+
+
+def test_other_modules_and_other_models_cannot_be_requested():
+    rows = evaluate(HiddenStatesModel(), layers=["pre_norm", "embeddings"], strategies=["hf-hidden-states"], checks=["values"], input_shape=(2, 4, 8))
+    by_layer = dict(zip(rows["layer"], rows["status"]))
+    assert by_layer == {"pre_norm": "unsupported", "embeddings": "pass"}
+    plain = nn.Sequential(nn.Linear(8, 8))
+    rows = evaluate(plain, layers=["0"], strategies=["hf-hidden-states"], checks=["values"], input_shape=(2, 8))
+    assert rows["status"].tolist() == ["unsupported"] and "not a Hugging Face transformers model" in rows["detail"].iloc[0]
+
+
+@pytest.mark.parametrize("reference, layers, final_is_last_hidden_state", [
+    ("hf:vit", ["embeddings", "layers.0", "layers.1", "layernorm"], True),
+    ("hf:dinov2", ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"], True),
+    ("hf:convnext", ["embeddings", "encoder.stages.0", "encoder.stages.3", "layernorm"], False),
+])
+def test_real_models_hidden_states_and_last_hidden_state_as_measured(reference, layers, final_is_last_hidden_state):
+    pytest.importorskip("transformers")
+    from conformance.zoo.specs import build_model, resolve_model
+
+    spec = resolve_model(reference)
+    rows = evaluate(build_model(spec=spec, seed=0), layers=layers, strategies=["hf-hidden-states"], checks=["values"],
+                    input_shape=spec.input_shape).fillna({"diagnosis": "", "detail": ""})
+    by_layer = {row.layer: (row.status, row.diagnosis, row.detail) for row in rows.itertuples()}
+    assert all(by_layer[layer][0] == "pass" for layer in layers[:-1]), by_layer
+    if final_is_last_hidden_state:  # ViT, DINOv2: last_hidden_state is the final norm's output, not hidden_states[-1]
+        assert by_layer["layernorm"][0] == "pass"
+    else:  # ConvNeXt: its layernorm acts on the pooled output; last_hidden_state is the last stage's
+        status, diagnosis, detail = by_layer["layernorm"]
+        assert (status, diagnosis) == ("fail", "wrong_layer") and "encoder.stages.3" in detail, by_layer["layernorm"]
