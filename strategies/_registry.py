@@ -40,6 +40,7 @@ _known: dict[str, tuple[str, str]] = {
     "captum": ("strategies.captum_adapter:Captum", "'feature-conformance[captum]'"),
     "nnsight": ("strategies.nnsight_adapter:NNsightStrategy", "'feature-conformance[nnsight]'"),
     "hf-hidden-states": ("strategies.hf_hidden_states:HfHiddenStates", "torch"),
+    "hf-backbone": ("strategies.hf_backbone:HfBackbone", "'feature-conformance[hf]'"),
 }
 _registry: dict[str, type[Strategy]] = {}
 

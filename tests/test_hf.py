@@ -90,3 +90,31 @@ def test_real_models_hidden_states_and_last_hidden_state_as_measured(reference, 
     else:  # ConvNeXt: its layernorm acts on the pooled output; last_hidden_state is the last stage's
         status, diagnosis, detail = by_layer["layernorm"]
         assert (status, diagnosis) == ("fail", "wrong_layer") and "encoder.stages.3" in detail, by_layer["layernorm"]
+
+
+def stage_rows(reference: str, layers: list[str]) -> dict[str, tuple[str, str, str]]:
+    from conformance.zoo.specs import build_model, resolve_model
+
+    spec = resolve_model(reference)
+    rows = evaluate(build_model(spec=spec, seed=0), layers=layers, strategies=["hf-backbone"], checks=["values", "weights"],
+                    input_shape=spec.input_shape).fillna({"diagnosis": "", "detail": ""})
+    return {f"{row.check}:{row.layer}": (row.status, row.diagnosis, row.detail) for row in rows.itertuples()}
+
+
+def test_a_backbone_holds_the_models_weights_and_its_stages_are_judged():
+    pytest.importorskip("transformers")
+    resnet = stage_rows("hf:resnet", ["embedder", "encoder.stages.0", "encoder.stages.3"])
+    assert all(status == "pass" for status, _, _ in resnet.values()), resnet  # ResNetBackbone returns the stages as they are
+    # Swin's backbone holds the model's modules under its own prefix: the weights are still the model's
+    assert stage_rows("hf:swin", ["encoder.layers.0"])["weights:*"][0] == "pass"
+    # negative control: DINOv2's backbone normalises and reshapes each stage (apply_layernorm,
+    # reshape_hidden_states): its feature maps are not the layers' outputs, and values says so
+    dinov2 = stage_rows("hf:dinov2", ["encoder.layer.0", "encoder.layer.1"])
+    assert dinov2["values:encoder.layer.0"][0] == "fail" and dinov2["weights:*"][0] == "pass", dinov2
+
+
+def test_a_backbone_takes_only_its_stages_of_a_type_that_has_one():
+    pytest.importorskip("transformers")
+    assert stage_rows("hf:resnet", ["pooler"])["values:pooler"][0] == "unsupported"
+    vit = stage_rows("hf:vit", ["layers.0"])  # transformers has no ViT backbone
+    assert vit["values:layers.0"][0] == "unsupported" and "no transformers backbone" in vit["values:layers.0"][2], vit

@@ -72,32 +72,33 @@ def hf_model_types() -> list[str]:
     return sorted(name for name in MODEL_FOR_IMAGE_MAPPING_NAMES if name not in EXCLUDED)
 
 
-def _shrink(config: Any, overrides: dict[str, Any]) -> None:
-    """Set the overrides that ``config`` has a field of the same kind for (a number for a number,
-    a list for a list: PVT's ``num_attention_heads`` is a list per stage, ViT's a number)."""
-    for key, value in overrides.items():
-        if hasattr(config, key) and isinstance(getattr(config, key), (list, tuple)) == isinstance(value, (list, tuple)):
-            setattr(config, key, value)
+def _fitting(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides ``config`` has a field of the same kind for (a number for a number, a list for
+    a list: PVT's ``num_attention_heads`` is a list per stage, ViT's a number)."""
+    return {key: value for key, value in overrides.items()
+            if hasattr(config, key) and isinstance(getattr(config, key), (list, tuple)) == isinstance(value, (list, tuple))}
 
 
 def small_config(model_type: str) -> Any:
-    """``model_type``'s config with small sizes (:data:`SMALL_CONFIGS`, else :data:`_VIT`)."""
+    """``model_type``'s config with small sizes (:data:`SMALL_CONFIGS`, else :data:`_VIT`), made by
+    the config class itself so that the fields it derives (``stage_names``) follow them."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.for_model(model_type)
+        default = AutoConfig.for_model(model_type)
     except ValueError:
         import difflib
 
         close = difflib.get_close_matches(model_type, hf_model_types(), n=3, cutoff=0.6)
         raise ConformanceError(f"unknown model 'hf:{model_type}'", hint=f"did you mean {', '.join(f'hf:{n}' for n in close)}?" if close
                                else "'conformance list models --zoo hf-families' prints the types") from None
-    _shrink(config, SMALL_CONFIGS.get(model_type, _VIT))
+    overrides = _fitting(default, SMALL_CONFIGS.get(model_type, _VIT))
     for inner in ("backbone_config", "vision_config"):
-        nested = getattr(config, inner, None)
+        nested = getattr(default, inner, None)
         if nested is not None:
-            _shrink(nested, _BACKBONE if inner == "backbone_config" else _VIT)
-    return config
+            fitting = _fitting(nested, _BACKBONE if inner == "backbone_config" else _VIT)
+            overrides[inner] = type(nested)(**{**nested.to_dict(), **fitting})
+    return AutoConfig.for_model(model_type, **overrides)
 
 
 def hf_input_shape(config: Any) -> tuple[int, ...]:
