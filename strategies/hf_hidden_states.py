@@ -67,8 +67,15 @@ class _HiddenStatesExtractor(Extractor):
 
     def extract_with(self, module: nn.Module, x: Any) -> Extraction:
         output = module(*x, output_hidden_states=True) if isinstance(x, Arguments) else module(x, output_hidden_states=True)
-        hidden = output["hidden_states"]
-        features = {name: output["last_hidden_state"] if index is None else hidden[index] for name, index in self.wanted.items()}
+        hidden = output.get("hidden_states") if hasattr(output, "get") else None
+        if hidden is None and any(index is not None for index in self.wanted.values()):
+            fields = ", ".join(key for key in output.keys() if "hidden_states" in key) if hasattr(output, "keys") else type(output).__name__
+            raise Unsupported(f"{type(output).__name__} holds no hidden_states" + (f" (it has {fields})" if fields else ""))
+        features = {}
+        for name, index in self.wanted.items():
+            if index is not None and index >= len(hidden):
+                raise IndexError(f"hidden_states has {len(hidden)} entries, fewer than the model's layers: {name} would be hidden_states[{index}]")
+            features[name] = output["last_hidden_state"] if index is None else hidden[index]
         return Extraction(features=features, output=output)
 
 

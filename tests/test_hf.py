@@ -118,3 +118,19 @@ def test_a_backbone_takes_only_its_stages_of_a_type_that_has_one():
     assert stage_rows("hf:resnet", ["pooler"])["values:pooler"][0] == "unsupported"
     vit = stage_rows("hf:vit", ["layers.0"])  # transformers has no ViT backbone
     assert vit["values:layers.0"][0] == "unsupported" and "no transformers backbone" in vit["values:layers.0"][2], vit
+
+
+def test_models_without_hidden_states_or_with_fewer_than_their_layers_say_so():
+    pytest.importorskip("transformers")
+    from conformance.zoo.specs import build_model, resolve_model
+
+    def rows(reference: str, layers: list[str]) -> dict[str, tuple[str, str]]:
+        spec = resolve_model(reference)
+        frame = evaluate(build_model(spec=spec, seed=0), layers=layers, strategies=["hf-hidden-states"], checks=["values"],
+                         input_shape=spec.input_shape).fillna({"detail": ""})
+        return {row.layer: (row.status, row.detail) for row in frame.itertuples()}
+
+    detr = rows("hf:detr", ["encoder.layers.0"])["encoder.layers.0"]
+    assert detr[0] == "unsupported" and "holds no hidden_states (it has decoder_hidden_states, encoder_hidden_states)" in detr[1], detr
+    last = rows("hf:mobilenet_v2", ["layer.15"])["layer.15"]  # MobileNetV2 has 16 layers and 16 hidden states: no room for its embeddings'
+    assert last[0] == "error" and "hidden_states has 16 entries" in last[1], last
