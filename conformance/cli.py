@@ -491,17 +491,13 @@ def _command_baseline(args: argparse.Namespace) -> int:
 
 
 def _command_diff(args: argparse.Namespace) -> int:
-    from conformance.evidence.diff import diff, load_side, markdown, parse_fail_on
+    from conformance.evidence.diff import diff, load_side, markdown, parse_fail_on, plain_text
 
     thresholds = [parse_fail_on(text) for text in args.fail_on]
     result = diff(load_side(args.base), load_side(args.new), fail_on=thresholds)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if result.changes.empty:
-        print("no change")
-    else:
-        print(result.changes.to_string(index=False, max_colwidth=80))
-    print(f"\n{len(result.regressions)} regression(s), {len(result.changes)} change(s)")
+    print(plain_text(result))
     if args.markdown:
         args.markdown.write_text(markdown(result, base=str(args.base), new=str(args.new)))
     return 1 if len(result.regressions) else 0

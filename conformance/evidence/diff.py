@@ -33,7 +33,7 @@ from conformance.core.errors import ConformanceError
 from conformance.evidence.reports import markdown_table
 from conformance.evidence.results import BENCH_CSV, RESULTS_CSV, _json_rows, load_bench, load_results, read_document, read_metadata, write_document
 
-__all__ = ["Diff", "Threshold", "diff", "load_side", "markdown", "parse_fail_on", "save_baseline"]
+__all__ = ["Diff", "Threshold", "diff", "load_side", "markdown", "parse_fail_on", "plain_text", "save_baseline"]
 
 BASELINE_FORMAT = "feature-conformance-baseline/1"
 _CELL = ["model", "strategy", "layer", "check"]
@@ -210,6 +210,12 @@ def diff(base: Side, new: Side, *, fail_on: Sequence[Threshold] = ()) -> Diff:
     order = {kind: i for i, kind in enumerate(["regressed", "new_failure", "shape_or_dtype", "cost", "diagnosis", "drift", "fixed", "status", "only_in_new", "only_in_base"])}
     frame = frame.assign(_order=frame["kind"].map(order), _bad=~frame["regression"]).sort_values(["_bad", "_order", *_CELL], kind="stable")
     return Diff(frame.drop(columns=["_order", "_bad"]).reset_index(drop=True), warnings)
+
+
+def plain_text(result: Diff) -> str:
+    """The changes as a table (or "no change") and the count of regressions and changes."""
+    body = "no change" if result.changes.empty else result.changes.to_string(index=False, max_colwidth=80)
+    return f"{body}\n\n{len(result.regressions)} regression(s), {len(result.changes)} change(s)"
 
 
 def markdown(result: Diff, *, base: str, new: str) -> str:

@@ -40,7 +40,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from conformance.core.errors import ConformanceError
-from conformance.evidence.diff import Diff, diff, load_side, markdown, save_baseline
+from conformance.evidence.diff import Diff, diff, load_side, markdown, parse_fail_on, plain_text, save_baseline
 from conformance.evidence.manifest import ManifestDiff, diff_manifests, load_manifest
 from conformance.evidence.reports import markdown_table
 from conformance.evidence.results import write_document
@@ -340,7 +340,7 @@ def _moved(out: Path) -> list[tuple[str, str, str]]:
     return [(name, before.get(name, "-"), after.get(name, "-")) for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
 
 
-def _per_strategy(conformance: Diff, before: pd.DataFrame, after: pd.DataFrame, costs: Diff | None,
+def _per_strategy(conformance: Diff, before: pd.DataFrame, after: pd.DataFrame,
                   cost_rows: tuple[pd.DataFrame, pd.DataFrame] | None) -> pd.DataFrame:
     """One row per strategy: verdicts on both sides, the changes by kind, and the overhead ratio."""
     strategies = list(dict.fromkeys([*before["strategy"], *after["strategy"]]))
@@ -390,8 +390,7 @@ def _manifest_summary(result: ManifestDiff | None) -> str:
 
 
 def _readme(plan: UpgradePlan, *, conformance: Diff, per_strategy: pd.DataFrame, costs: Diff | None, manifest: ManifestDiff | None,
-            moved: list[tuple[str, str, str]], metadata: dict) -> str:
-    regressions = len(conformance.regressions) + (len(costs.regressions) if costs is not None else 0)
+            moved: list[tuple[str, str, str]], regressions: int, metadata: dict) -> str:
     title = ", ".join(f"{name} {a} -> {b}" for name, a, b in moved if name in {t.split("==")[0].lower() for t in plan.targets}) or \
         ", ".join(f"{name} {a} -> {b}" for name, a, b in moved[:4]) or "no package moved"
     changes = conformance.changes
@@ -434,15 +433,11 @@ def _readme(plan: UpgradePlan, *, conformance: Diff, per_strategy: pd.DataFrame,
 
 
 def _diff_text(result: Diff) -> str:
-    body = "no change" if result.changes.empty else result.changes.to_string(index=False, max_colwidth=80)
-    warnings = "".join(f"warning: {warning}\n" for warning in result.warnings)
-    return f"{warnings}{body}\n\n{len(result.regressions)} regression(s), {len(result.changes)} change(s)\n"
+    return "".join(f"warning: {warning}\n" for warning in result.warnings) + plain_text(result) + "\n"
 
 
 def upgrade(plan: UpgradePlan, *, resume: bool, overwrite: bool, log: Callable[[str], None]) -> int:
     """Run both sides and write the report; ``conformance diff``'s exit code."""
-    from conformance.evidence.diff import parse_fail_on
-
     thresholds = [parse_fail_on(text) for text in plan.fail_on]
     _prepare_out(plan, resume=resume, overwrite=overwrite)
     for side in _SIDES:
@@ -464,14 +459,13 @@ def upgrade(plan: UpgradePlan, *, resume: bool, overwrite: bool, log: Callable[[
         manifest = diff_manifests(load_manifest(out / "before" / "manifest.json.gz"), load_manifest(out / "after" / "manifest.json.gz"))
         table = pd.DataFrame(manifest.changes).to_string(index=False, max_colwidth=90) if manifest.changes else ""
         (out / "manifest.txt").write_text("\n".join([*manifest.notes, table, f"{len(manifest.changes)} difference(s)"]).strip() + "\n")
-    per_strategy = _per_strategy(conformance, sides["before"].results, sides["after"].results, costs, cost_rows)
-    readme = _readme(plan, conformance=conformance, per_strategy=per_strategy, costs=costs, manifest=manifest,
-                     moved=_moved(out), metadata=sides["after"].metadata)
-    (out / "README.md").write_text(readme)
-    summary = {"regressions": len(conformance.regressions) + (len(costs.regressions) if costs is not None else 0),
-               "changes": len(conformance.changes), "moved": _moved(out)}
-    write_document(out / "summary.json", summary)
+    per_strategy = _per_strategy(conformance, sides["before"].results, sides["after"].results, cost_rows)
+    moved = _moved(out)
+    regressions = len(conformance.regressions) + (len(costs.regressions) if costs is not None else 0)
+    (out / "README.md").write_text(_readme(plan, conformance=conformance, per_strategy=per_strategy, costs=costs, manifest=manifest,
+                                           moved=moved, regressions=regressions, metadata=sides["after"].metadata))
+    write_document(out / "summary.json", {"regressions": regressions, "changes": len(conformance.changes), "moved": moved})
     print(per_strategy.to_string(index=False))
-    moved = ", ".join(f"{name} {a} -> {b}" for name, a, b in summary["moved"]) or "no package moved"
-    print(f"\n{moved}\n{summary['regressions']} regression(s), {summary['changes']} change(s); the report: {out / 'README.md'}")
-    return 1 if summary["regressions"] else 0
+    packages = ", ".join(f"{name} {a} -> {b}" for name, a, b in moved) or "no package moved"
+    print(f"\n{packages}\n{regressions} regression(s), {len(conformance.changes)} change(s); the report: {out / 'README.md'}")
+    return 1 if regressions else 0
