@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from conformance.core.errors import ConformanceError
-
 __all__ = ["EXCLUDED", "SMALL_CONFIGS", "hf_input_shape", "hf_model_types", "small_config"]
 
 #: Transformer-like sizes, set where a config has the field: 2 layers of width 32 on 64x64 images.
@@ -84,14 +82,7 @@ def small_config(model_type: str) -> Any:
     the config class itself so that the fields it derives (``stage_names``) follow them."""
     from transformers import AutoConfig
 
-    try:
-        default = AutoConfig.for_model(model_type)
-    except ValueError:
-        import difflib
-
-        close = difflib.get_close_matches(model_type, hf_model_types(), n=3, cutoff=0.6)
-        raise ConformanceError(f"unknown model 'hf:{model_type}'", hint=f"did you mean {', '.join(f'hf:{n}' for n in close)}?" if close
-                               else "'conformance list models --zoo hf-families' prints the types") from None
+    default = AutoConfig.for_model(model_type)  # ValueError for a type transformers does not know
     overrides = _fitting(default, SMALL_CONFIGS.get(model_type, _VIT))
     for inner in ("backbone_config", "vision_config"):
         nested = getattr(default, inner, None)

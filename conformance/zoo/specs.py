@@ -247,13 +247,16 @@ def _hf_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
         raise ConformanceError(f"hf:{name} needs transformers", hint="pip install 'feature-conformance[hf]'") from None
     import copy
 
-    from conformance.zoo.hf import hf_input_shape, small_config
+    from conformance.zoo.hf import hf_input_shape, hf_model_types, small_config
 
     model_class = getattr(transformers, name, None) if name[:1].isupper() else None
     if name[:1].isupper() and not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
         raise _unknown_model(f"hf:{name}", [f"hf:{n}" for n in dir(transformers) if n.endswith(("Model", "Backbone"))])
     model_type = model_class.config_class.model_type if model_class else name
-    config = small_config(model_type)
+    try:
+        config = small_config(model_type)
+    except ValueError:
+        raise _unknown_model(f"hf:{model_type}", [f"hf:{n}" for n in hf_model_types()]) from None
 
     def factory() -> nn.Module:
         fresh = copy.deepcopy(config)
