@@ -1,12 +1,14 @@
 """``hf-backbone``: a transformers ``*Backbone`` with ``out_features``, loaded with the model's weights.
 
 What users write to get stage features from a Hugging Face vision model, the role timm's
-``features_only`` plays: the type's backbone class (``Dinov2Backbone``, ``ConvNextBackbone``;
-``AutoBackbone`` picks the same) built from the model's config with ``out_features`` set to the
-stages asked for, the model's ``state_dict`` loaded into it (under the backbone's prefix where it
-has one; ``strict=False``: a backbone's own
-extra modules, such as ConvNeXt's per-stage norms, keep their initial values, as they do for a
-user who loads a model checkpoint), and ``backbone(x).feature_maps``.
+``features_only`` plays: the type's backbone class (``Dinov2Backbone``, ``ConvNextBackbone``:
+what ``AutoBackbone`` picks) loaded with ``from_pretrained`` from the model's own checkpoint
+(``save_pretrained`` to a temporary directory) with ``out_features`` set to the stages asked for,
+and ``backbone(x).feature_maps``. The backbone's own modules that a model checkpoint lacks (the
+per-stage ``hidden_states_norms`` of ConvNeXt, Swin and Hiera; Pixio's ``layernorm``) are newly
+initialised, as they are for every user who loads a model checkpoint into a backbone.
+(``AutoBackbone.from_pretrained`` itself refuses a local directory in transformers 5.23: it asks
+the Hub whether the path is a repository id.)
 
 A requested module is the stage it stands for as users read the model (``stem`` the embeddings,
 ``stageN`` the encoder's ``N``-th layer: :func:`~strategies.hf_hidden_states.hidden_state_modules`);
@@ -16,7 +18,7 @@ DINOv2's ``apply_layernorm``, ``reshape_hidden_states``) is what the checks meas
 
 from __future__ import annotations
 
-import copy
+import tempfile
 from typing import Any, Mapping, Sequence
 
 from torch import nn
@@ -37,18 +39,24 @@ class _BackboneExtractor(Extractor):
         return Extraction(features=dict(zip(self.names, output["feature_maps"])))
 
 
-def _model_weights(backbone: nn.Module, model: nn.Module) -> dict[str, Any]:
-    """The model's tensors under the backbone's names: the same name, or the name under the
-    backbone's own prefix (``SwinBackbone`` holds the model's modules as ``swin.*``), as
-    ``from_pretrained`` maps a model checkpoint's keys to its base model prefix."""
-    weights = model.state_dict()
-    mapped = {}
-    for key in backbone.state_dict():
-        rest = key.partition(".")[2]
-        source = key if key in weights else rest if rest in weights else None
-        if source is not None:
-            mapped[key] = weights[source]
-    return mapped
+def _from_model_checkpoint(backbone_class: type, model: nn.Module, out_features: list[str]) -> nn.Module:
+    """``backbone_class.from_pretrained`` on the model's own checkpoint (``save_pretrained`` to a
+    temporary directory), as users load a backbone from a model's weights: the backbone's own
+    modules that the checkpoint lacks (ConvNeXt's ``hidden_states_norms``) are newly initialised,
+    and transformers' loading report and progress bars are not printed."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix="hf-backbone-") as directory:
+            model.save_pretrained(directory)
+            return backbone_class.from_pretrained(directory, out_features=out_features)
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 class HfBackbone(Strategy):
@@ -75,10 +83,8 @@ class HfBackbone(Strategy):
         if repeated_modules(modules):
             raise Unsupported("a backbone returns one feature map per stage", layers=repeated_modules(modules))
         order = sorted(modules, key=lambda name: indices[modules[name]])
-        backbone_config = copy.deepcopy(config)
-        backbone_config.out_features = [stages[indices[modules[name]]] for name in order]
-        backbone = getattr(transformers, MODEL_FOR_BACKBONE_MAPPING_NAMES[model_type])(backbone_config)
-        backbone.load_state_dict(_model_weights(backbone, model), strict=False)
+        backbone_class = getattr(transformers, MODEL_FOR_BACKBONE_MAPPING_NAMES[model_type])
+        backbone = _from_model_checkpoint(backbone_class, model, [stages[indices[modules[name]]] for name in order])
         parameter = next(model.parameters(), None)
         if parameter is not None:
             backbone.to(parameter.device)

@@ -7,11 +7,12 @@ maps a requested module to its index by that reading of the model's structure:
 
 * the embeddings: the first child named ``embeddings``/``embedder`` of the model (or of its
   ``vision_model``);
-* the encoder's layers: the ``nn.ModuleList`` child of its ``encoder`` (``layer``, ``layers``,
-  ``stages``), or of the model itself where it has no ``encoder`` (ViT in transformers 5), one
-  hidden state per element after the embeddings';
-* the final norm: a child ``layernorm``, ``post_layernorm`` or ``norm`` after the encoder (or the
-  layers), answered with ``last_hidden_state``.
+* the encoder's layers: the ``nn.ModuleList`` child of its ``encoder`` (or of the child whose
+  class is an ``...Encoder``: DINOv3's ``model``; ``layer``, ``layers``, ``stages``), or of the
+  model itself where it has no encoder (ViT in transformers 5), one hidden state per element
+  after the embeddings';
+* the final norm: a child ``layernorm``, ``layer_norm``, ``post_layernorm`` or ``norm`` after the
+  encoder (or the layers), answered with ``last_hidden_state``.
 
 Whether ``hidden_states[i]`` really is that module's output is what the checks measure, per model
 type; the adapter does not assume it is right, it does what users do. Any other module cannot be
@@ -29,7 +30,7 @@ from .base import Arguments, Extraction, Extractor, Strategy, Tap, Unsupported, 
 __all__ = ["HfHiddenStates", "hidden_state_modules"]
 
 _EMBEDDINGS = ("embeddings", "embedder")
-_FINAL_NORMS = ("layernorm", "post_layernorm", "norm")
+_FINAL_NORMS = ("layernorm", "layer_norm", "post_layernorm", "norm")
 
 
 def _base(model: nn.Module) -> tuple[str, nn.Module]:
@@ -47,14 +48,16 @@ def hidden_state_modules(model: nn.Module) -> tuple[dict[str, int], str | None]:
     embeddings = next((name for name in children if name in _EMBEDDINGS), None)
     if embeddings:
         indices[f"{prefix}{embeddings}"] = 0
-    encoder = children.get("encoder")
-    container = (f"{prefix}encoder.", encoder) if encoder is not None else (prefix, base)
+    encoder_name = "encoder" if "encoder" in children else next(
+        (name for name, child in children.items() if type(child).__name__.endswith("Encoder")), None)
+    encoder = children.get(encoder_name) if encoder_name else None
+    container = (f"{prefix}{encoder_name}.", encoder) if encoder is not None else (prefix, base)
     layers = next(((name, child) for name, child in container[1].named_children() if isinstance(child, nn.ModuleList)), None)
     if layers:
         for index in range(len(layers[1])):
             indices[f"{container[0]}{layers[0]}.{index}"] = index + 1
     names = list(children)
-    last = "encoder" if encoder is not None else layers[0] if layers else None
+    last = encoder_name if encoder is not None else layers[0] if layers else None
     after = names[names.index(last) + 1:] if last in children else []
     final = next((name for name in after if name in _FINAL_NORMS), None)
     return indices, (f"{prefix}{final}" if final else None)

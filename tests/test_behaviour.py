@@ -360,3 +360,26 @@ def test_where_the_whole_request_fails_under_a_condition_a_strategy_gets_the_tru
     assert _probe(layers=["a"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute) == {"a": 1}
     with pytest.raises(ModelRejects, match="b fails in train mode"):
         _probe(layers=["a", "b"], requested=["a", "b"], memo=memo).oracle_for_layers("train_mode", compute)
+
+
+class FailsInTrainMode(torch.nn.Module):
+    """Runs in eval mode only, as DPT's small random configs do (a concatenation of mismatched sizes in train mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.second = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("sizes of tensors must match")
+        return self.second(self.first(x))
+
+
+def test_mode_graphs_skips_a_model_that_fails_in_train_mode_itself():
+    got = rows_for(FailsInTrainMode(), strategies=["hooks"], checks=["mode_graphs", "train_mode"])
+    assert got[("hooks", "mode_graphs", "*")][:2] == ("skipped", "model_rejects"), got
+    assert "sizes of tensors must match" in got[("hooks", "mode_graphs", "*")][2]
+    # control: the same model running in both modes is judged
+    assert rows_for(pitfalls.TrainOnlyBranch(), strategies=["fx"], checks=["mode_graphs"], layers=["first", "aux", "second"])[("fx", "mode_graphs", "*")][0] == "pass"
+

@@ -86,6 +86,7 @@ def test_replaying_the_children_reproduces_ilgs_crash():
     rows = _rows("flatten_between", ["features", "fc"], ["ilg"]).set_index(["layer", "check"])
     assert tuple(rows.loc[("fc", "values"), ["status", "diagnosis"]]) == ("error", "children_not_chained")
     assert "mat1 and mat2 shapes cannot be multiplied" in rows.loc[("fc", "values"), "detail"]
+    assert "the model is no plain chain of its children" in rows.loc[("fc", "values"), "detail"]
     assert rows.loc[("features", "values"), "status"] == "pass"
 
 
@@ -93,6 +94,7 @@ def test_the_control_another_crash_on_a_model_that_is_no_chain_is_not_the_replay
     register("always_raises", _strategy(_always_raises))
     rows = _rows("flatten_between", ["fc"], ["always_raises"]).set_index(["layer", "check"])
     assert rows.loc[("fc", "values"), "diagnosis"] == "call_failed"
+    assert "plain chain" not in rows.loc[("fc", "values"), "detail"]  # the replay is no cause of another strategy's error
 
 
 def test_an_fx_trace_error_names_the_line_of_the_model():

@@ -19,7 +19,7 @@ class HiddenStatesModel(nn.Module):
     ``forward(x, output_hidden_states=...)`` returns a dict. ``normed_first`` plants CLIP's
     pitfall: ``hidden_states[0]`` is the embeddings after ``pre_norm``, not the embeddings."""
 
-    def __init__(self, *, normed_first: bool = False) -> None:
+    def __init__(self, *, normed_first: bool = False, asked_changes_output: bool = False) -> None:
         super().__init__()
         self.config = SimpleNamespace(output_hidden_states=False)
         self.embeddings = nn.Linear(8, 8)
@@ -28,6 +28,7 @@ class HiddenStatesModel(nn.Module):
         self.encoder.layer = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
         self.layernorm = nn.LayerNorm(8)
         self.normed_first = normed_first
+        self.asked_changes_output = asked_changes_output  # planted: asking for hidden states changes last_hidden_state
 
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False) -> dict:
         hidden = self.embeddings(x)
@@ -37,7 +38,9 @@ class HiddenStatesModel(nn.Module):
         for layer in self.encoder.layer:
             hidden = layer(hidden)
             states.append(hidden)
-        return {"last_hidden_state": self.layernorm(hidden), "hidden_states": tuple(states) if output_hidden_states else None}
+        last = self.layernorm(hidden) + (1.0 if output_hidden_states and self.asked_changes_output else 0.0)
+        # as a ModelOutput: a field that is None is left out
+        return {"last_hidden_state": last, **({"hidden_states": tuple(states)} if output_hidden_states else {})}
 
 
 LAYERS = ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"]
@@ -60,6 +63,18 @@ def test_a_normalised_first_hidden_state_is_named_by_the_module_that_produced_it
     assert all(planted[layer][0] == "pass" for layer in LAYERS[1:]), planted
     # control: the same model giving the embeddings' own output passes every layer
     assert all(status == "pass" for status, _, _ in values(HiddenStatesModel()).values())
+
+
+def test_the_returned_output_is_judged_on_the_plain_calls_fields():
+    def model_output(model: nn.Module) -> tuple[str, str, str]:
+        rows = evaluate(model, layers=LAYERS, strategies=["hf-hidden-states"], checks=["model_output"], input_shape=(2, 4, 8))
+        row = rows.fillna({"diagnosis": ""}).iloc[0]
+        return row.status, row.diagnosis, row.detail
+
+    status, _, detail = model_output(HiddenStatesModel())
+    assert status == "pass" and "it adds hidden_states" in detail, detail
+    # planted: the output asked for with hidden states has another last_hidden_state
+    assert model_output(HiddenStatesModel(asked_changes_output=True))[:2] == ("fail", "output_changed")
 
 
 def test_other_modules_and_other_models_cannot_be_requested():
@@ -105,8 +120,10 @@ def test_a_backbone_holds_the_models_weights_and_its_stages_are_judged():
     pytest.importorskip("transformers")
     resnet = stage_rows("hf:resnet", ["embedder", "encoder.stages.0", "encoder.stages.3"])
     assert all(status == "pass" for status, _, _ in resnet.values()), resnet  # ResNetBackbone returns the stages as they are
-    # Swin's backbone holds the model's modules under its own prefix: the weights are still the model's
-    assert stage_rows("hf:swin", ["encoder.layers.0"])["weights:*"][0] == "pass"
+    # Swin's backbone holds the model's modules under its own prefix, loaded from the model's checkpoint,
+    # and per-stage norms of its own that the checkpoint lacks: only those are not the model's
+    status, diagnosis, detail = stage_rows("hf:swin", ["encoder.layers.0"])["weights:*"]
+    assert (status, diagnosis) == ("fail", "weights_differ") and "hidden_states_norms" in detail and "swin." not in detail, detail
     # negative control: DINOv2's backbone normalises and reshapes each stage (apply_layernorm,
     # reshape_hidden_states): its feature maps are not the layers' outputs, and values says so
     dinov2 = stage_rows("hf:dinov2", ["encoder.layer.0", "encoder.layer.1"])

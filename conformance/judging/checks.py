@@ -171,6 +171,15 @@ def check_keys(ctx: CheckContext) -> list[CheckResult]:
     return [CheckResult("keys", ALL_LAYERS, "fail", diagnosis, detail)]
 
 
+def _common_fields(returned: Any, plain: Any) -> tuple[Any, Any, list[str]]:
+    """``returned`` and ``plain`` as dicts of ``plain``'s fields where ``returned`` is a mapping
+    holding all of them and more (a transformers ``ModelOutput`` of a call with
+    ``output_hidden_states=True``), and the fields it adds; else both as they are."""
+    if not (isinstance(returned, Mapping) and isinstance(plain, Mapping)) or not set(plain) < set(returned):
+        return returned, plain, []
+    return {key: returned[key] for key in plain}, dict(plain), [str(key) for key in returned if key not in plain]
+
+
 def check_model_output(ctx: CheckContext) -> list[CheckResult]:
     """The model's output is unchanged while attached, and equals the plain output where returned."""
     if "" in ctx.truth.unsteady:
@@ -180,11 +189,14 @@ def check_model_output(ctx: CheckContext) -> list[CheckResult]:
     attached = compare(ctx.attached_output, ctx.truth.output)
     if not attached.close:
         problems.append(f"the model called while attached differs ({attached.detail or f'max abs err {attached.max_abs_err:.3g}'})")
+    added: list[str] = []
     if ctx.returned_output is not None:
-        returned = compare(ctx.returned_output, ctx.truth.output)
+        returned_output, plain_output, added = _common_fields(ctx.returned_output, ctx.truth.output)
+        returned = compare(returned_output, plain_output)
         if not returned.close:
             problems.append(f"the returned output differs ({returned.detail or f'max abs err {returned.max_abs_err:.3g}'})")
-    detail = "; ".join(problems) or ("output returned and equal" if ctx.returned_output is not None else "no output returned; model unaffected")
+    equal = "output returned and equal" + (f" in the plain call's fields (it adds {', '.join(added)})" if added else "")
+    detail = "; ".join(problems) or (equal if ctx.returned_output is not None else "no output returned; model unaffected")
     return [CheckResult("model_output", ALL_LAYERS, "fail" if problems else "pass", "output_changed" if problems else "", detail,
                         max_abs_err=attached.max_abs_err, scale=attached.scale)]
 

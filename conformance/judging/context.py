@@ -15,7 +15,7 @@ import torch
 from conformance.truth.nodes import Node
 from conformance.truth.oracle import OracleCapture
 
-__all__ = ["ALL_LAYERS", "STATUSES", "CheckContext", "CheckResult", "nondeterministic"]
+__all__ = ["ALL_LAYERS", "STATUSES", "CheckContext", "CheckResult", "StrategyPass", "nondeterministic"]
 
 ALL_LAYERS = "*"  # the layer of a request-wide row
 STATUSES = ("pass", "fail", "error", "unsupported", "skipped")
@@ -33,6 +33,14 @@ class CheckResult:
     max_abs_err: float | None = None
     scale: float | None = None  # RMS of the true value: max_abs_err / scale is the error in the feature's units
     bitwise: bool | None = None
+
+
+@dataclass
+class StrategyPass:
+    """What a strategy's own modules did in one pass of it, for the diagnoses."""
+
+    norm_calls: list[tuple[str, str, list[tuple[Any, Any]]]] = field(default_factory=list)  # (name, class, each call's input and output)
+    inputs: dict[str, Any] = field(default_factory=dict)  # a model path: the first input of the strategy's module standing for it
 
 
 @dataclass
@@ -58,6 +66,8 @@ class CheckContext:
     repeat_features: Mapping[str, Any] = field(default_factory=dict)  # the third call, on the previous input again
     measure_model_changes: Callable[[], list[str]] = lambda: []  # costs a forward: run when first read
     # What the diagnoses measure, each run only when a failure needs it:
+    strategy_pass: Callable[[], StrategyPass] = lambda: StrategyPass()  # what the strategy's own modules did in a pass of it
+    model_inputs: Callable[[tuple[str, ...]], dict[str, Any]] = lambda paths: {}  # the first input of the model's modules, by path
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)

@@ -31,6 +31,13 @@ dead_code_eliminated    the model without the in-place ops or functions kept who
 kwargs_dropped          the model with one module called without its keyword arguments      ``kwargs_and_tuples``
                         (a change whose meta-device run gives another shape is not run)
 children_not_chained    the top-level children replayed in registration order              ``functional_between``
+post_processed          a norm the strategy holds, run in its pass on the true value (or    ``normed_stages``
+                        one tensor of the tuple, its tokens maybe reordered), as it is or
+                        laid out as above (a transformers backbone's ``hidden_states_norms``)
+post_processed          the same norm run on another module's output, another node's value, ``normed_stages``
++wrong_layer,           or the layer's value when the model runs with the input the
++wrong_node,            strategy's own forward gives one of the layer's ancestors
++own_forward
 wrong_layer             the output of another module ("matches module 'conv'")              ``kwargs_and_tuples``
 wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
 partial_output          one element of the tuple or list the module returns, where no node  ``sized_patches``
@@ -57,19 +64,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten
 
 from strategies.base import tensor_tree
 
-from conformance.core.compare import is_close
+from conformance.core.compare import bitwise_equal, is_close
 
 if TYPE_CHECKING:
-    from conformance.judging.context import CheckContext
+    from conformance.judging.context import CheckContext, StrategyPass
 
-__all__ = ["UNEXPLAINED", "diagnose", "graph_ops"]
+__all__ = ["UNEXPLAINED", "diagnose", "graph_ops", "norm_modules"]
 
 UNEXPLAINED = "unexplained"
 _MAX_TOKENS = 1 << 16  # token sequences longer than this are not searched for a permutation
@@ -86,6 +93,14 @@ def graph_ops(module: Any) -> list[str] | None:
         return None
     return [node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             for graph in graphs for node in graph.nodes if node.op in ("call_function", "call_method")]
+
+
+def norm_modules(module: Any) -> list[tuple[str, torch.nn.Module]]:
+    """The normalisation layers (``LayerNorm``, ``GroupNorm``, ``BatchNorm2d``, a library's own
+    ``...LayerNorm``) of the module a strategy runs, by name, in registration order."""
+    if not isinstance(module, torch.nn.Module):
+        return []
+    return [(name, child) for name, child in module.named_modules() if name and "Norm" in type(child).__name__]
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -107,11 +122,19 @@ def _token_order(value: Any, truth: Any) -> torch.Tensor | None:
     (N, C, H, W) holds them, L = H * W, measured on the first image; None if there is no such one."""
     if not (isinstance(value, torch.Tensor) and isinstance(truth, torch.Tensor) and value.dim() == 4 and truth.dim() == 3):
         return None
-    batch, channels, height, width = value.shape
-    if truth.shape != (batch, height * width, channels) or not truth.is_floating_point() or truth.shape[1] > _MAX_TOKENS:
+    return _token_permutation(value.flatten(2).transpose(1, 2), truth)
+
+
+def _token_permutation(tokens: Any, truth: Any) -> torch.Tensor | None:
+    """The permutation ``order`` with ``tokens`` (N, L, C) = ``truth[:, order]`` on the first image
+    (nearest tokens; the caller checks every image); None where the shapes differ or no
+    permutation is found."""
+    if not (isinstance(tokens, torch.Tensor) and isinstance(truth, torch.Tensor) and tokens.dim() == 3 and tokens.shape == truth.shape):
         return None
-    tokens, reference = value[0].flatten(1).t().float(), truth[0].float()
-    order = torch.cat([torch.cdist(chunk, reference).argmin(dim=1) for chunk in tokens.split(1024)])
+    if not truth.is_floating_point() or truth.shape[1] > _MAX_TOKENS:
+        return None
+    reference = truth[0].float()
+    order = torch.cat([torch.cdist(chunk, reference).argmin(dim=1) for chunk in tokens[0].float().split(1024)])
     if torch.unique(order).numel() != order.numel():
         return None
     return order
@@ -126,26 +149,108 @@ def _permutations(value: Any, truth: Any) -> list[tuple[int, ...]]:
     return [dims for dims in itertools.permutations(range(truth.dim())) if dims[0] == 0 and truth.permute(dims).shape == value.shape]
 
 
-def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
-    """A different shape holding the true values in another layout: the tokens the module
-    returns (or one element of the list of token sequences it returns, CrossViT's branches),
-    as they are or in another order (Hiera's unrolled tokens), laid out as an NCHW map (the true
-    tensor with its dimensions permuted: :func:`permuted`)."""
-    truth = ctx.truth.layers[layer].value
+def _layout(value: Any, truth: Any) -> str | None:
+    """How ``value`` holds ``truth``'s tokens as an NCHW map, in words: the tokens (or one
+    element of the list of token sequences ``truth`` is, CrossViT's branches), prefix tokens
+    dropped, or in another order (Hiera's unrolled tokens); None where no such layout gives it."""
     token_map = _as_token_map(value, truth)
     if token_map is not None and _close(value, token_map):
-        return "reformatted", "the true tokens, prefix tokens dropped, laid out as an NCHW map"
+        return "the true tokens, prefix tokens dropped, laid out as an NCHW map"
     if isinstance(truth, (list, tuple)):
         for index, element in enumerate(truth):
             token_map = _as_token_map(value, element)
             if token_map is not None and _close(value, token_map):
-                return "reformatted", (f"element {index} of the {len(truth)} token sequences the module returns, prefix tokens "
-                                       "dropped, laid out as an NCHW map")
+                return f"element {index} of the {len(truth)} token sequences the module returns, prefix tokens dropped, laid out as an NCHW map"
     order = _token_order(value, truth)
     if order is not None and _close(value, truth[:, order].transpose(1, 2).reshape(value.shape)):
-        return "reformatted", (f"the true tokens in another order (one permutation of the {len(order)} tokens, the same for every "
-                               "image), laid out as an NCHW map")
+        return f"the true tokens in another order (one permutation of the {len(order)} tokens, the same for every image), laid out as an NCHW map"
     return None
+
+
+def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """A different shape holding the true values in another layout (:func:`_layout`; the true
+    tensor with its dimensions permuted: :func:`permuted`)."""
+    layout = _layout(value, ctx.truth.layers[layer].value)
+    return ("reformatted", layout) if layout else None
+
+
+def post_processed(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """A norm the strategy holds ran in the strategy's pass, and its output, as it is or laid out
+    as :func:`_layout` lays tokens out, is the value: a transformers backbone normalises each stage
+    with norms of its own (ConvNeXt's and Swin's ``hidden_states_norms``) or with the model's final
+    norm (DINOv2's ``layernorm``). What the norm ran on names the rest:
+
+    * the true value, or one tensor of the tuple the module returns (its tokens maybe in another
+      order, one permutation for every image): ``post_processed``;
+    * another module's output (``+wrong_layer``) or another node's value (``+wrong_node``);
+    * the layer's value when the model runs with the input the strategy's own forward gives one of
+      the layer's modules or their ancestors (Hiera's backbone gives its encoder the embeddings
+      without the unrolling the model's forward does between them): ``+own_forward``.
+
+    A norm run on anything else explains nothing. Measured in a pass of the strategy with its
+    modules' calls recorded, so it is tried after every mechanism the model's own records reproduce."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    strategy_pass = ctx.strategy_pass()
+    calls = [(name, kind, seen, output) for name, kind, recorded in strategy_pass.norm_calls for seen, output in recorded
+             if isinstance(seen, torch.Tensor)]
+    # bit for bit first: where two norms ran on nearly the same values (a stage that barely changes
+    # its input at init), the one whose output the strategy returned is the one that gives it exactly
+    calls.sort(key=lambda call: not bitwise_equal(value, call[3]))
+    for name, kind, seen, output in calls:
+        layout = _as_it_is(value, output) or _layout(value, output)
+        if not layout:
+            continue
+        how = f"through the strategy's own {kind} {name!r}, {layout.replace('the true tokens', 'its tokens')}"
+        found = _part_of(seen, ctx.truth.layers[layer].value, "the true value")
+        if found:
+            return "post_processed", f"{found} {how}"
+        modules = [module for module in ctx.locate(seen) if module != layer]
+        if modules:
+            return "post_processed+wrong_layer", f"the output of module {', '.join(repr(m) for m in modules[:3])} {how}"
+        nodes = [node for node in ctx.locate_nodes(seen) if node != layer]
+        if nodes:
+            return "post_processed+wrong_node", f"the value of node {', '.join(repr(n) for n in nodes[:3])} {how}"
+        for module, given, changed in _other_inputs(ctx, strategy_pass, layer):
+            found = _part_of(seen, changed, "the layer's value")
+            if found:
+                return "post_processed+own_forward", (f"{found} when the model's {module!r} is given what the strategy's own forward gives it "
+                                                      f"({given}, where the model's forward gives it another value) {how}")
+    return None
+
+
+def _part_of(seen: torch.Tensor, truth: Any, whole: str) -> str | None:
+    """Where ``seen`` is ``truth`` or one tensor of the tuple it is, maybe with its tokens in another
+    order (one permutation for every image), in words; else None."""
+    parts = [(whole, truth)] + ([(f"element {index} of the {len(truth)} the module returns", item)
+                                 for index, item in enumerate(truth)] if isinstance(truth, (list, tuple)) else [])
+    for what, part in parts:
+        if _close(seen, part):
+            return what
+        order = _token_permutation(seen, part)
+        if order is not None and _close(seen, part[:, order]):
+            return f"{what}, its tokens in another order (one permutation for every image)"
+    return None
+
+
+def _other_inputs(ctx: CheckContext, strategy_pass: StrategyPass, layer: str) -> Iterator[tuple[str, str, Any]]:
+    """The requested modules and their ancestors that the strategy's own forward gives another first
+    input than the model's forward does, in the order the model calls them (the first is where the
+    two forwards part): each one's path, what that input is (a module's output, where one of the
+    model's is), and the layer's value in the model run with that input."""
+    model_inputs = ctx.model_inputs(tuple(strategy_pass.inputs))
+    for path, own in model_inputs.items():
+        given = strategy_pass.inputs.get(path)
+        if own is None or given is None or _close(given, own):
+            continue
+        changed = (ctx.counterfactual(replace_input=(path, given)) or {}).get(layer)
+        if changed is not None:
+            sources = ctx.locate(given) if isinstance(given, torch.Tensor) else []
+            yield path, (f"the output of module {sources[0]!r}" if sources else "a value no module of the model returns"), changed
+
+
+def _as_it_is(value: Any, other: torch.Tensor) -> str | None:
+    return "as it is" if isinstance(value, torch.Tensor) and other.shape == value.shape and _close(value, other) else None
 
 
 def permuted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
@@ -373,7 +478,7 @@ def another_node(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 #: The mechanisms, most specific first.
 MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
     reformatted, permuted, container_changed, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
-    children_not_chained, another_module, another_node, partial_output,
+    children_not_chained, another_module, another_node, partial_output, post_processed,
 )
 
 

@@ -27,19 +27,19 @@ import torch
 from torch import nn
 
 from strategies import StrategyUnavailable, Unsupported, get_strategy
-from strategies.base import call_model
+from strategies.base import call_model, clone_tree
 
 from conformance.judging.behaviour import BEHAVIOUR_CHECKS, Probe, reductions
 from conformance.judging.causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
 from conformance.judging.checks import CHECKS, model_changes, snapshot, tensor_digest, tensor_digests
-from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult
+from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, StrategyPass
 from conformance.core.compare import bitwise_equal, compare, is_close
 from conformance.core.errors import ConformanceError
 from conformance.core.fxtraces import TraceCache, reusing_fx_traces
 from conformance.truth.layers import resolve_layers
-from conformance.judging.diagnoses import graph_ops
+from conformance.judging.diagnoses import graph_ops, norm_modules
 from conformance.truth.nodes import Node, record
-from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, locate, locate_nodes, replay_children
+from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, locate, locate_nodes, module_inputs, replay_children
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
 from conformance.core.rng import PinnedExtractor, pass_rng
 from conformance.core.timing import Timings, deep_copy
@@ -216,6 +216,50 @@ class _ModelRun:
         return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 
+    def strategy_pass(self, strategy_name: str, layers: list[str], module: nn.Module) -> StrategyPass:
+        """A pass of the strategy, attached anew to a copy of the model, on the input, recording
+        what its own modules did: each norm's calls (input and output, cloned) and the first input
+        of its modules that stand for the requested modules and their ancestors (the same path, or
+        the path under one prefix of its own: ``swin.encoder``); nothing where ``module`` holds no norm."""
+        if not norm_modules(module):
+            return StrategyPass()
+
+        def measure() -> StrategyPass:
+            extractor = PinnedExtractor(get_strategy(strategy_name).attach(deep_copy(self.model), layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
+            norms = dict(norm_modules(extractor.module))
+            calls: dict[str, list[tuple[Any, Any]]] = {name: [] for name in norms}
+            inputs: dict[str, Any] = {}
+            handles = [norm.register_forward_hook(lambda norm, args, output, name=name: calls[name].append(
+                (args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None,
+                 output.detach().clone() if isinstance(output, torch.Tensor) else None))) for name, norm in norms.items()]
+            def keep(path: str, args: tuple) -> None:  # returns None: a pre-hook's return value replaces the arguments
+                if path not in inputs:
+                    inputs[path] = clone_tree(args[0]) if args else None
+
+            for path, own in _counterparts(extractor.module, self._module_ancestors(layers)).items():
+                handles.append(own.register_forward_pre_hook(lambda m, args, path=path: keep(path, args)))
+            try:
+                with torch.no_grad():
+                    extractor(self.input)
+            finally:
+                for handle in handles:
+                    handle.remove()
+                extractor.close()
+            return StrategyPass([(name, type(norms[name]).__name__, [(seen, out) for seen, out in recorded if out is not None])
+                                 for name, recorded in calls.items() if recorded], inputs)
+
+        return self._memo(("strategy_pass", strategy_name, tuple(layers)), measure)
+
+    def _module_ancestors(self, layers: Sequence[str]) -> list[str]:
+        """The requested modules of the model and every module above them, outermost first."""
+        modules = dict(self.model.named_modules())
+        paths = [".".join(layer.split(".")[:depth]) for layer in layers if layer in modules for depth in range(1, layer.count(".") + 2)]
+        return sorted(dict.fromkeys(paths), key=lambda path: (path.count("."), paths.index(path)))
+
+    def model_inputs(self, paths: tuple[str, ...]) -> dict[str, Any]:
+        """The first input of each of the model's modules ``paths`` in a pass of a copy, on the input."""
+        return self._memo(("model_inputs", paths), lambda: module_inputs(deep_copy(self.model), self.input, modules=list(paths)))
+
     def attempt(self, strategy_name: str, layers: list[str]) -> _Attempt:
         """One request on a fresh deep copy of the model (``_request``), holding nothing of
         the copy once it failed: an exception's traceback keeps the frames it unwound alive,
@@ -282,6 +326,7 @@ class _ModelRun:
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
             graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes,
+            strategy_pass=functools.partial(self.strategy_pass, strategy_name, list(layers), extractor.module), model_inputs=self.model_inputs,
             counterfactual=self.counterfactual, locate_nodes=functools.partial(self.locate_nodes, along=wrong),
         )
         return _Attempt(layers, context=context)
@@ -444,11 +489,23 @@ class _ModelRun:
                 for row in _run_check(check, attempt)
             ]
         rows = _rows_for(attempt.layers, checks, attempt.status, attempt.diagnosis, attempt.detail, per_layer=per_layer, request_wide=request_wide)
-        if attempt.status == "error" and self.truth.chain_break is not None:
+        if attempt.diagnosis == "children_not_chained" and self.truth.chain_break is not None:
             for row in rows:
                 if row.layer != ALL_LAYERS and self.truth.after_chain_break(row.layer):
                     row.detail = f"{row.detail}; the model is no plain chain of its children: {self.truth.chain_break.reason}"
         return rows
+
+
+def _counterparts(module: nn.Module, paths: Sequence[str]) -> dict[str, nn.Module]:
+    """The modules of a strategy's ``module`` that stand for the model's ``paths``: the same path,
+    or the path under one name of its own (a backbone's ``swin.encoder`` for ``encoder``)."""
+    own = dict(module.named_modules())
+    found = {}
+    for path in paths:
+        matches = [name for name in own if name == path or (name.endswith(f".{path}") and name.count(".") == path.count(".") + 1)]
+        if len(matches) == 1:
+            found[path] = own[matches[0]]
+    return found
 
 
 def _aliases(model: nn.Module, layers: Sequence[str]) -> dict[str, list[str]]:

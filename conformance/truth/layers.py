@@ -5,8 +5,9 @@ A module path (``layer1``, ``features.3``) means the output of that module's for
 (its last call when it runs more than once). Any other name is looked up among the nodes
 of the eager forward pass, named as torchvision names FX nodes (:mod:`.nodes`): a call of
 a module (``layer1.0.relu_1``: call 2) or an op in a module's code (``layer1.0.add``).
-``@stages`` is timm's ``feature_info`` for timm models, a curated list for the torchvision
-families that have natural stages, and, for families built on one container
+``@stages`` is timm's ``feature_info`` for timm models, the modules ``hidden_states`` and
+``last_hidden_state`` stand for in ``hf:`` models (the embeddings, the encoder's layers, the final
+norm), a curated list for the torchvision families that have natural stages, and, for families built on one container
 (``features``, ``layers``), the last child of the container at each spatial resolution,
 found by a shape probe on the meta device. ``@nodes`` is every node with a tensor value,
 in the order the eval-mode forward pass runs them; there a module's node means the call
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from strategies.base import Tap
+from strategies.hf_hidden_states import hidden_state_modules
 
 from conformance.core.errors import ConformanceError
 from conformance.truth.nodes import Node, NodeTable, record_faithfully
@@ -123,6 +125,9 @@ def stage_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
         # or the model itself (TResNet's ``''``: its space-to-depth stem is a function of the features wrapper) are left out
         modules = {name for name, _ in model.named_modules() if name}
         return [info["module"] for info in feature_info if info["module"] in modules]
+    if spec.source == "hf":
+        indices, final = hidden_state_modules(model)
+        return [*indices, *([final] if final else [])] or _children(model)
     stem = name_stem(spec.name.removeprefix("quantized_")) if spec.source == "torchvision" else None
     if stem in _TORCHVISION_STAGES:  # a classifier, or its quantized version
         return _TORCHVISION_STAGES[stem](model)

@@ -34,7 +34,7 @@ from conformance.core.timing import deep_copy, phase
 
 __all__ = [
     "ChainBreak", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "locate", "locate_nodes",
-    "replay_children",
+    "module_inputs", "replay_children",
 ]
 
 
@@ -443,11 +443,14 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
 
 
 def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),
-                   drop_keywords: Sequence[str] = (), tracer_kwargs: Mapping[str, Any] | None = None,
+                   drop_keywords: Sequence[str] = (), replace_input: tuple[str, Any] | None = None,
+                   tracer_kwargs: Mapping[str, Any] | None = None,
                    shapes_only: bool = False, after_pass: bool = False, every_call: bool = False) -> dict[str, Any] | None:
     """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
-    ops, functions FX keeps whole) not run, their first argument passing through, or the module
-    ``drop_keywords`` called with their positional arguments only. Layers that do not run are absent.
+    ops, functions FX keeps whole) not run, their first argument passing through, the module
+    ``drop_keywords`` called with their positional arguments only, or the module
+    ``replace_input[0]`` given ``replace_input[1]`` as its first argument (every call). Layers
+    that do not run are absent.
 
     ``shapes_only``: run on the meta device, which gives the layers' structure and shapes and no
     values, at a fraction of the cost; None where the model does not run there (an op without a
@@ -478,6 +481,9 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
                     seen[tap] = kept
         handles.append(on_output(copy_.get_submodule(tap.module), hook))
     handles += [copy_.get_submodule(module).register_forward_pre_hook(lambda m, a, k: (a, {}), with_kwargs=True) for module in drop_keywords]
+    if replace_input is not None:
+        module, value = replace_input
+        handles.append(copy_.get_submodule(module).register_forward_pre_hook(lambda m, a: (clone_tree(value), *a[1:])))
     ops = [str(tap) for tap in taps if tap.is_op]
     try:
         with torch.no_grad(), pass_rng():
@@ -492,6 +498,26 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
         for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
     return {str(name): clone_tree(value) if after_pass else value for name, value in seen.items()}
+
+
+def module_inputs(model: nn.Module, x: Any, *, modules: Sequence[str], prefix: str = "") -> dict[str, Any]:
+    """The first argument of the first call of each of ``modules`` (paths of the model, found in
+    ``model`` under ``prefix``: a wrapper's name for them), cloned, in a pass of ``model`` itself
+    (the caller passes a copy, or a module it may run); modules that do not run are absent."""
+    seen: dict[str, Any] = {}
+
+    def keep(name: str, args: tuple) -> None:  # returns None: a pre-hook's return value replaces the arguments
+        if name not in seen:
+            seen[name] = clone_tree(args[0]) if args else None
+
+    handles = [model.get_submodule(f"{prefix}{name}").register_forward_pre_hook(lambda m, a, name=name: keep(name, a)) for name in modules]
+    try:
+        with torch.no_grad(), pass_rng():
+            call_model(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 def locate_nodes(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: Callable[[Any, Any], bool],

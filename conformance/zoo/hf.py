@@ -1,5 +1,5 @@
 """Hugging Face ``transformers`` vision models (``hf:TYPE``), built from their configs with small
-sizes and random weights: nothing is downloaded.
+sizes and random weights (norms included: :func:`vary_norms`): nothing is downloaded.
 
 ``TYPE`` is a model type of transformers' image-model auto mapping (``dinov2``, ``convnext``,
 ``siglip_vision_model``); ``hf:ClassName`` names a model class (``hf:Dinov2Model``) and builds it
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["EXCLUDED", "SMALL_CONFIGS", "hf_input_shape", "hf_model_types", "small_config"]
+__all__ = ["EXCLUDED", "SMALL_CONFIGS", "hf_input_shape", "hf_model_types", "small_config", "vary_norms"]
 
 #: Transformer-like sizes, set where a config has the field: 2 layers of width 32 on 64x64 images.
 _VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 8}
@@ -34,7 +34,9 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "swin": _SWIN, "swinv2": _SWIN, "swin2sr": {**_SWIN, "image_size": 32},
     "resnet": _RESNET,
     "regnet": {**_RESNET, "groups_width": 8},
-    "focalnet": {"embed_dim": 16, "depths": [1, 1, 1, 1], "image_size": 64},
+    # hidden_sizes (the stages' widths, embed_dim doubled from stage 2) as the list a checkpoint's config holds:
+    # FocalNetBackbone concatenates it to a list, and the class default is a tuple
+    "focalnet": {"embed_dim": 16, "hidden_sizes": [32, 64, 128, 128], "depths": [1, 1, 1, 1], "image_size": 64},
     "poolformer": {"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1]},
     "timm_wrapper": {"architecture": "resnet10t"},
     "pvt": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 2, 4, 8], "image_size": 64},
@@ -90,6 +92,21 @@ def small_config(model_type: str) -> Any:
             fitting = _fitting(nested, _BACKBONE if inner == "backbone_config" else _VIT)
             overrides[inner] = type(nested)(**{**nested.to_dict(), **fitting})
     return AutoConfig.for_model(model_type, **overrides)
+
+
+def vary_norms(model: Any) -> None:
+    """Draw every norm's affine weight and bias around its initial 1 and 0 (from the global random
+    state), as a trained checkpoint's differ: at init every LayerNorm of one width computes the
+    same function, and no diagnosis could tell which one a strategy ran."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if "Norm" not in type(module).__name__:
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                if name in ("weight", "bias") and parameter.is_floating_point():
+                    parameter.copy_((1.0 if name == "weight" else 0.0) + 0.2 * torch.randn_like(parameter))
 
 
 def hf_input_shape(config: Any) -> tuple[int, ...]:

@@ -247,7 +247,7 @@ def _hf_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
         raise ConformanceError(f"hf:{name} needs transformers", hint="pip install 'feature-conformance[hf]'") from None
     import copy
 
-    from conformance.zoo.hf import hf_input_shape, hf_model_types, small_config
+    from conformance.zoo.hf import hf_input_shape, hf_model_types, small_config, vary_norms
 
     model_class = getattr(transformers, name, None) if name[:1].isupper() else None
     if name[:1].isupper() and not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
@@ -260,7 +260,9 @@ def _hf_spec(name: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
 
     def factory() -> nn.Module:
         fresh = copy.deepcopy(config)
-        return model_class(fresh) if model_class else transformers.AutoModel.from_config(fresh)
+        model = model_class(fresh) if model_class else transformers.AutoModel.from_config(fresh)
+        vary_norms(model)
+        return model
 
     return ModelSpec("hf", name, input_shape or hf_input_shape(config), factory, group=model_type)
 

@@ -133,8 +133,11 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
     """Where the model's train and eval passes run other nodes, a strategy that takes other layers
     in each mode (FX's train_return_nodes and eval_return_nodes) gives the truth in both modes."""
     check = "mode_graphs"
-    tables = probe.oracle(check, lambda: {mode: node_table(probe.model, example=probe.input, tracer_kwargs=probe.tracer_kwargs, train=mode == "train")
-                                          for mode in ("train", "eval")})
+    try:
+        tables = probe.oracle(check, lambda: {mode: node_table(probe.model, example=probe.input, tracer_kwargs=probe.tracer_kwargs, train=mode == "train")
+                                              for mode in ("train", "eval")})
+    except ModelRejects as exc:
+        return [CheckResult(check, ALL_LAYERS, "skipped", "model_rejects", f"the model itself fails in one of the modes: {exc}")]
     if [n.name for n in tables["train"].nodes if n.tensor] == [n.name for n in tables["eval"].nodes if n.tensor]:
         return [CheckResult(check, ALL_LAYERS, "skipped", "", "the model runs the same nodes in train and eval mode")]
     attach_per_mode = getattr(probe.strategy, "attach_per_mode", None)
