@@ -27,7 +27,7 @@ from torch import nn
 
 from .base import Arguments, Extraction, Extractor, Strategy, Tap, Unsupported, module_outputs, repeated_modules
 
-__all__ = ["HfHiddenStates", "hidden_state_modules"]
+__all__ = ["HfHiddenStates", "hidden_state_modules", "read_as"]
 
 _EMBEDDINGS = ("embeddings", "embedder")
 _FINAL_NORMS = ("layernorm", "layer_norm", "post_layernorm", "norm")
@@ -63,6 +63,16 @@ def hidden_state_modules(model: nn.Module) -> tuple[dict[str, int], str | None]:
     return indices, (f"{prefix}{final}" if final else None)
 
 
+def read_as(path: str) -> str | None:
+    """What users read as the output of the module at ``path``, for a path that
+    :func:`hidden_state_modules` maps: ``hidden_states[0]`` (the embeddings), ``hidden_states[i]``
+    (the encoder's ``i - 1``-th layer) or ``last_hidden_state`` (the final norm); else None."""
+    last = path.rpartition(".")[2]
+    if last.isdigit():
+        return f"hidden_states[{int(last) + 1}]"
+    return "hidden_states[0]" if last in _EMBEDDINGS else "last_hidden_state" if last in _FINAL_NORMS else None
+
+
 class _HiddenStatesExtractor(Extractor):
     def __init__(self, model: nn.Module, wanted: Mapping[str, int | None]) -> None:
         self.module = model
@@ -74,11 +84,12 @@ class _HiddenStatesExtractor(Extractor):
         if hidden is None and any(index is not None for index in self.wanted.values()):
             fields = ", ".join(key for key in output.keys() if "hidden_states" in key) if hasattr(output, "keys") else type(output).__name__
             raise Unsupported(f"{type(output).__name__} holds no hidden_states" + (f" (it has {fields})" if fields else ""))
-        features = {}
-        for name, index in self.wanted.items():
-            if index is not None and index >= len(hidden):
-                raise IndexError(f"hidden_states has {len(hidden)} entries, fewer than the model's layers: {name} would be hidden_states[{index}]")
-            features[name] = output["last_hidden_state"] if index is None else hidden[index]
+        beyond = {name: index for name, index in self.wanted.items() if index is not None and index >= len(hidden)}
+        if beyond:
+            raise Unsupported(f"hidden_states has {len(hidden)} entries, fewer than the embeddings and the layers it is read for",
+                              layers=list(beyond), reasons={name: f"hidden_states has {len(hidden)} entries: {name} would be hidden_states[{index}]"
+                                                            for name, index in beyond.items()})
+        features = {name: output["last_hidden_state"] if index is None else hidden[index] for name, index in self.wanted.items()}
         return Extraction(features=features, output=output)
 
 

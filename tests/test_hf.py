@@ -137,7 +137,7 @@ def test_a_backbone_takes_only_its_stages_of_a_type_that_has_one():
     assert vit["values:layers.0"][0] == "unsupported" and "no transformers backbone" in vit["values:layers.0"][2], vit
 
 
-def test_models_without_hidden_states_or_with_fewer_than_their_layers_say_so():
+def test_models_without_hidden_states_or_with_fewer_than_their_layers_are_unsupported_with_the_reason():
     pytest.importorskip("transformers")
     from conformance.zoo.specs import build_model, resolve_model
 
@@ -149,5 +149,7 @@ def test_models_without_hidden_states_or_with_fewer_than_their_layers_say_so():
 
     detr = rows("hf:detr", ["encoder.layers.0"])["encoder.layers.0"]
     assert detr[0] == "unsupported" and "holds no hidden_states (it has decoder_hidden_states, encoder_hidden_states)" in detr[1], detr
-    last = rows("hf:mobilenet_v2", ["layer.15"])["layer.15"]  # MobileNetV2 has 16 layers and 16 hidden states: no room for its embeddings'
-    assert last[0] == "error" and "hidden_states has 16 entries" in last[1], last
+    # MobileNetV2 has 16 layers and 16 hidden states: no room for its embeddings'; the layers within are judged
+    mobilenet = rows("hf:mobilenet_v2", ["layer.14", "layer.15"])
+    assert mobilenet["layer.15"][0] == "unsupported" and "hidden_states has 16 entries: layer.15 would be hidden_states[16]" in mobilenet["layer.15"][1], mobilenet
+    assert mobilenet["layer.14"][0] == "fail", mobilenet  # hidden_states[15] is layer.15's output (wrong_layer)

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from conformance.evidence.reports import capability_matrix, cell_models, failing_models, headline
+from conformance.evidence.reports import capability_matrix, cell_models, failing_models, headline, hf_readings
 from conformance.evidence.results import summary_table
 
 
@@ -60,3 +60,23 @@ def test_strategies_come_in_the_registry_order_whatever_order_the_units_were_wri
     assert list(summary_table(rows).index) == ["stash", "hooks", "fx", "plugin"]
     assert list(failing_models(rows)["strategy"]) == ["stash", "hooks"]
     assert list(capability_matrix(rows.iloc[::-1]).columns) == ["stash", "hooks", "fx", "plugin"]
+
+
+def test_the_hugging_face_table_says_what_each_hidden_state_and_stage_holds_in_index_order():
+    rows = frame([
+        ("hf:m", "hf-hidden-states", "layernorm", "values", "fail", "wrong_layer", "matches module 'encoder.layer.1'"),
+        ("hf:m", "hf-hidden-states", "encoder.layer.0", "values", "pass", "", ""),
+        ("hf:m", "hf-backbone", "encoder.layer.0", "values", "fail", "post_processed",
+         "shape (2, 8, 4, 4), expected (2, 17, 8); the true value through the strategy's own LayerNorm 'layernorm'"),
+        ("hf:m", "hf-hidden-states", "embeddings", "values", "pass", "", ""),
+        ("hf:m", "hooks", "embeddings", "values", "pass", "", ""),  # another strategy: not in the table
+        ("hf:m", "hf-hidden-states", "pooler", "values", "unsupported", "", "no hidden state"),  # no reading: left out
+    ])
+    table = hf_readings(rows)
+    assert table["read as"].tolist() == ["hidden_states[0]", "hidden_states[1]", "last_hidden_state"]
+    assert table["module"].tolist() == ["embeddings", "encoder.layer.0", "layernorm"]
+    assert table["hidden_states gives"].tolist() == ["the module's output", "the module's output", "fail wrong_layer: matches module 'encoder.layer.1'"]
+    assert table["out_features"].tolist() == ["stem", "stage1", ""]
+    assert table["backbone gives"].tolist() == ["", "fail post_processed: the true value through the strategy's own LayerNorm 'layernorm'", ""]
+    assert hf_readings(ROWS).empty  # no Hugging Face strategy ran
+

@@ -265,6 +265,24 @@ def test_the_hf_zoo_builds_one_small_model_per_image_model_type_and_runs_it():
             assert isinstance(model(x), ModelOutput), reference
 
 
+def test_hf_stages_are_the_modules_hidden_states_stand_for_and_norms_differ():
+    pytest.importorskip("transformers")
+    from conformance.truth.layers import stage_layers
+
+    def stages(reference: str) -> list[str]:
+        spec = resolve_model(reference)
+        return stage_layers(build_model(spec=spec, seed=0), spec)
+
+    assert stages("hf:dinov2") == ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"]
+    assert stages("hf:dinov3_vit") == ["embeddings", "model.layer.0", "model.layer.1", "norm"]  # its encoder is a child named model
+    assert stages("hf:detr")[0] == "encoder.layers.0"  # the encoder, not the DetrConvEncoder backbone before it
+    assert stages("hf:timm_wrapper") == [f"timm_model.{name}" for name in ("act1", "layer1", "layer2", "layer3", "layer4")]
+    # norms drawn at random: no two LayerNorms of one width compute the same function, as at init
+    dinov2 = build_model(spec=resolve_model("hf:dinov2"), seed=0)
+    weights = [module.weight for module in dinov2.modules() if isinstance(module, torch.nn.LayerNorm)]
+    assert len(weights) > 2 and not any(torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1:])
+
+
 def test_hf_references_name_a_type_or_a_class_and_bad_ones_get_a_hint():
     pytest.importorskip("transformers")
     by_class = resolve_model("hf:Dinov2Model")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from conformance.evidence.bench import FLOOR, FORWARD, REFERENCES
 from conformance.core.errors import ConformanceError
-from conformance.evidence.reports import answers, capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, headline, markdown_table, model_verdicts
+from conformance.evidence.reports import answers, capability_matrix, cell_text, cost_tables, failing_models, family_table, findings, headline, hf_readings, markdown_table, model_verdicts
 from conformance.evidence.results import BENCH_CSV, BENCH_JSON, RESULTS_CSV, RESULTS_JSON, RUN_JSON, SAMPLES_CSV, load_bench, load_results, read_metadata, strategy_order
 
 __all__ = ["Sources", "load_sources", "write_report"]
@@ -135,6 +135,15 @@ def _document(sources: Sources, plots: dict[str, Image], command: str) -> tuple[
         sections.append(Section("Value conformance by model family", [
             "Layers whose features equal the oracle's true activation, over layers judged.", family_table(frame).rename_axis(columns=None).reset_index(),
         ]))
+        readings = hf_readings(frame)
+        if not readings.empty:
+            sections.append(Section("Hugging Face: what hidden_states and out_features hold", [
+                "Per model and module: the entry users read as its output (`hidden_states[0]` the embeddings', `hidden_states[i]` the "
+                "encoder's `i`-th layer's, `last_hidden_state` the final norm's; the backbone's `out_features` stage of the same index), "
+                "and what `hf-hidden-states` and `hf-backbone` measured it to be: the module's output, or what the diagnosis "
+                "reproduced (`strategy == 'hf-hidden-states' and check == 'values'`).",
+                readings,
+            ]))
     if not bench.empty:
         blocks: list[Block] = [
             "Latency per call under `torch.no_grad()`, interleaved with the plain forward `(forward)`, the "

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from strategies.hf_hidden_states import read_as
+
 from conformance.evidence.bench import REFERENCES
 from conformance.judging.causes import GENERIC_ERRORS
 from conformance.judging.diagnoses import UNEXPLAINED
@@ -33,7 +35,7 @@ from conformance.evidence.results import strategy_order
 
 __all__ = [
     "NEEDS", "Finding", "answers", "capability_matrix", "cell_models", "cell_text", "cost_tables", "failing_models", "family_table", "findings", "headline",
-    "markdown_table", "model_verdicts", "unexplained",
+    "hf_readings", "markdown_table", "model_verdicts", "unexplained",
 ]
 
 #: The status a model takes in a cell when its rows disagree: the first found.
@@ -206,6 +208,42 @@ def family_table(frame: pd.DataFrame, *, check: str = "values") -> pd.DataFrame:
         passed = int((cell["status"] == "pass").sum())
         table.loc[family, strategy] = f"{passed}/{len(cell)} ({passed / len(cell):.0%})"
     return table
+
+
+_HF = {"hf-hidden-states": "hidden_states", "hf-backbone": "backbone"}
+
+
+def _verdict(row: pd.Series | None) -> str:
+    """A values row in a few words: what the strategy's feature is, measured."""
+    if row is None:
+        return ""
+    if row["status"] == "pass":
+        return "the module's output"
+    detail = cell_text(row["detail"])
+    detail = detail.split("; ", 1)[1] if detail.startswith(("shape ", "got ")) and "; " in detail else detail
+    return f"{row['status']}{' ' + row['diagnosis'] if cell_text(row['diagnosis']) else ''}: {detail[:160]}"
+
+
+def hf_readings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per Hugging Face model and module: what ``hidden_states[i]`` / ``last_hidden_state`` and the
+    backbone's ``out_features`` stage read for it are, from the ``values`` rows of ``hf-hidden-states``
+    and ``hf-backbone`` (empty where neither ran)."""
+    rows = frame[frame["strategy"].isin(list(_HF)) & (frame["check"] == "values")]
+    table = []
+    for (model, layer), group in rows.groupby(["model", "layer"], sort=False):
+        reading = read_as(str(layer))
+        if reading is None:
+            continue
+        by_strategy = {strategy: row for strategy, row in zip(group["strategy"], (r for _, r in group.iterrows()))}
+        index = reading.removeprefix("hidden_states[").removesuffix("]")
+        table.append({
+            "model": model, "module": layer, "read as": reading, "hidden_states gives": _verdict(by_strategy.get("hf-hidden-states")),
+            "out_features": ("stem" if index == "0" else f"stage{index}") if index.isdigit() else "",
+            "backbone gives": _verdict(by_strategy.get("hf-backbone")) if index.isdigit() else "",
+        })
+    order = lambda reading: int(reading[14:-1]) if reading.startswith("hidden_states[") else 1 << 30  # noqa: E731
+    table.sort(key=lambda entry: (entry["model"], order(entry["read as"])))
+    return pd.DataFrame(table, columns=["model", "module", "read as", "hidden_states gives", "out_features", "backbone gives"])
 
 
 @dataclass(frozen=True)

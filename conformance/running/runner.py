@@ -294,8 +294,9 @@ class _ModelRun:
                 repeat_features = snapshot(extractor(self.previous_input).features, reuse=first_features)
         except CellTimeout:
             raise
-        except Unsupported as exc:  # the strategy cannot pass this model's input, whichever layers are asked for
-            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=list(layers))
+        except Unsupported as exc:  # the strategy cannot pass this model's input: for the layers it names, else whichever are asked for
+            return _Attempt(layers, status="unsupported", detail=str(exc), unsupported_layers=exc.layers or list(layers),
+                            reasons={layer: exc.reason_for(layer) for layer in exc.layers or ()})
         except Exception as exc:
             failed = _Attempt(layers, status="error", diagnosis="call_failed", detail=f"{type(exc).__name__}: {exc}", exception=exc)
             with self.timings.phase("diagnoses"):

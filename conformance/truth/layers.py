@@ -7,7 +7,7 @@ of the eager forward pass, named as torchvision names FX nodes (:mod:`.nodes`): 
 a module (``layer1.0.relu_1``: call 2) or an op in a module's code (``layer1.0.add``).
 ``@stages`` is timm's ``feature_info`` for timm models, the modules ``hidden_states`` and
 ``last_hidden_state`` stand for in ``hf:`` models (the embeddings, the encoder's layers, the final
-norm), a curated list for the torchvision families that have natural stages, and, for families built on one container
+norm; a wrapped timm model's ``feature_info``), a curated list for the torchvision families that have natural stages, and, for families built on one container
 (``features``, ``layers``), the last child of the container at each spatial resolution,
 found by a shape probe on the meta device. ``@nodes`` is every node with a tensor value,
 in the order the eval-mode forward pass runs them; there a module's node means the call
@@ -127,7 +127,11 @@ def stage_layers(model: nn.Module, spec: ModelSpec) -> list[str]:
         return [info["module"] for info in feature_info if info["module"] in modules]
     if spec.source == "hf":
         indices, final = hidden_state_modules(model)
-        return [*indices, *([final] if final else [])] or _children(model)
+        if indices or final:
+            return [*indices, *([final] if final else [])]
+        # a wrapper of a timm model (TimmWrapperModel's timm_model, whose forward_features it calls): the timm model's stages
+        wrapped = [(name, child) for name, child in model.named_children() if getattr(child, "feature_info", None)]
+        return [f"{name}.{info['module']}" for name, child in wrapped for info in child.feature_info] or _children(model)
     stem = name_stem(spec.name.removeprefix("quantized_")) if spec.source == "torchvision" else None
     if stem in _TORCHVISION_STAGES:  # a classifier, or its quantized version
         return _TORCHVISION_STAGES[stem](model)
