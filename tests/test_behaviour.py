@@ -383,3 +383,70 @@ def test_mode_graphs_skips_a_model_that_fails_in_train_mode_itself():
     # control: the same model running in both modes is judged
     assert rows_for(pitfalls.TrainOnlyBranch(), strategies=["fx"], checks=["mode_graphs"], layers=["first", "aux", "second"])[("fx", "mode_graphs", "*")][0] == "pass"
 
+
+class RunOrderOnly(Strategy):
+    """nnsight's constraints, planted on hooks: every requested module must run, in the order the
+    model runs them."""
+
+    def attach(self, model, *, layers, tracer_kwargs=None):
+        inner, names = get_strategy("hooks+clone").attach(model, layers=layers), [str(layer) for layer in layers]
+
+        class _Extractor(Extractor):
+            module = inner.module
+
+            def extract_with(self, module, x):
+                ran: list[str] = []
+                handles = [module.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: ran.append(name)) for name in names]
+                try:
+                    extraction = inner.extract_with(module, x)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                if any(name not in ran for name in names):
+                    raise RuntimeError("a requested module never ran")
+                if list(dict.fromkeys(ran)) != names:
+                    raise RuntimeError("requested out of the order the model runs them")
+                return extraction
+
+            def close(self):
+                inner.close()
+
+        return _Extractor()
+
+
+class WithSize(torch.nn.Module):
+    """Returns a map and its ``torch.Size``: more than tensors (a DETR encoder's ModelOutput, in short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+        h = self.conv(x)
+        return h, h.shape[-2:]
+
+
+class SizeBetween(torch.nn.Module):
+    """``b`` returns more than tensors, ``never`` never runs: a request of all four fails as a whole,
+    and ``b`` is requested alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = WithSize()
+        self.c = torch.nn.Conv2d(4, 4, 1)
+        self.never = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.b(self.a(x))
+        return self.c(h)
+
+
+def test_the_behaviour_checks_act_on_the_working_layers_in_the_order_the_model_runs_them(register):
+    """The request that works is the layers without the suspects plus the suspects that work alone;
+    a strategy that takes them in run order only gets them in run order."""
+    register("run-order-only", RunOrderOnly)
+    got = rows_for(SizeBetween(), strategies=["run-order-only"], checks=["values", "train_mode"], layers=["a", "never", "c", "b"])
+    assert statuses(got, "run-order-only", "values") == {"a": ("pass", ""), "b": ("pass", ""), "c": ("pass", ""), "never": ("error", "not_called")}, got
+    assert statuses(got, "run-order-only", "train_mode") == {"a": ("pass", ""), "b": ("pass", ""), "c": ("pass", ""), "never": ("error", "not_called")}, got
+

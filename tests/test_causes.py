@@ -207,3 +207,59 @@ def test_a_strategy_failing_on_every_layer_is_explained_where_its_error_names_a_
     row = _rows("sized_patches", ["patch_embed"], ["captum"]).set_index(["layer", "check"]).loc[("patch_embed", "values")]
     assert (row.status, row.diagnosis) == ("error", "non_tensor_output")
     assert "the error names its torch.Size" in row.detail
+
+
+class OnlyAContainer(torch.nn.Module):
+    """One child, a ModuleList whose blocks the model calls one by one (Segformer's ``stages``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class MaskedEmbeddings(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.conv(x) if mask is None else self.conv(x) * mask
+
+
+class SecondArgument(torch.nn.Module):
+    """The model calls its first child with a second positional argument (VideoMAE's
+    ``embeddings(pixel_values, bool_masked_pos)``); ``passes_it=False``: the control, a plain chain."""
+
+    def __init__(self, *, passes_it: bool = True) -> None:
+        super().__init__()
+        self.embeddings = MaskedEmbeddings() if passes_it else torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Conv2d(4, 4, 1)
+        self.passes_it = passes_it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embeddings(x, None) if self.passes_it else self.embeddings(x))
+
+
+def _ilg(model, layers):
+    rows = evaluate(model, layers=layers, strategies=["ilg"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE).fillna("")
+    return {row.layer: (row.status, row.diagnosis, row.detail) for row in rows.itertuples()}
+
+
+def test_a_child_the_model_never_calls_is_where_the_replay_parts_from_the_model():
+    status, diagnosis, detail = _ilg(OnlyAContainer(), ["stages"])["stages"]
+    assert (status, diagnosis) == ("error", "children_not_chained") and "the model does not call its child 'stages'" in detail, detail
+
+
+def test_a_child_called_with_more_arguments_than_a_replay_passes_is_where_they_part():
+    got = _ilg(SecondArgument(), ["embeddings", "head"])
+    status, diagnosis, detail = got["embeddings"]
+    assert (status, diagnosis) == ("error", "children_not_chained"), got
+    assert "the model calls 'embeddings' with 2 positional arguments, a replay with 1" in detail, detail
+    # control: the same chain called with one argument replays as the model runs it
+    assert {status for status, _, _ in _ilg(SecondArgument(passes_it=False), ["embeddings", "head"]).values()} == {"pass"}
+

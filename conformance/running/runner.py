@@ -372,6 +372,8 @@ class _ModelRun:
                 working_layers = [*(retried.layers if retried else ()), *(a.layers[0] for a in alone if a.extracted)]
                 if behaviour_checks and alone and working_layers and (working is combined or working_layers != working.layers):
                     working = self.attempt(strategy_name, working_layers)
+                    if working.context is None and self.truth.run_order(working_layers) != working_layers:  # nnsight: in run order only
+                        working = self.attempt(strategy_name, self.truth.run_order(working_layers))
         except CellTimeout as exc:
             return _rows_for(self.layers, self.config.checks, "error", "timeout", str(exc))
         with self.timings.phase("checks"):

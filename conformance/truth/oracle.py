@@ -25,7 +25,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from strategies.base import Tap, call_model, clone_tree, input_device, map_tensors
+from strategies.base import Arguments, Tap, call_model, clone_tree, input_device, map_tensors
 
 from conformance.core.compare import bitwise_equal, compare
 from conformance.truth.nodes import record, record_faithfully, unrecorded
@@ -89,13 +89,20 @@ class OracleCapture:
         return sorted(layers, key=lambda layer: (self.layers[layer].finished < 0, self.layers[layer].finished))
 
 
-def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], outputs: dict[str, Any]) -> ChainBreak | None:
+def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], outputs: dict[str, Any], *,
+                 arities: dict[str, int], model_arity: int) -> ChainBreak | None:
+    """Where a replay of the top-level children in registration order, each given the one output of
+    the one before (the first the model's input), parts from the model's own forward; None where
+    it does not."""
     for position, (expected, ran) in enumerate(zip(names, order)):
         if expected != ran:
             return ChainBreak(
                 child=expected,
                 reason=f"top-level children run as {', '.join(order)}; registration order is {', '.join(names)}",
             )
+        if arities.get(ran, 1) > (model_arity if position == 0 else 1):
+            return ChainBreak(child=ran, reason=f"the model calls {ran!r} with {arities[ran]} positional arguments, a replay with "
+                                                f"{model_arity if position == 0 else 1}")
         if position == 0:
             continue
         previous = names[position - 1]
@@ -108,6 +115,8 @@ def _chain_break(names: list[str], order: list[str], inputs: dict[str, Any], out
             return ChainBreak(child=ran, reason=f"the input of {ran!r} is not the output of {previous!r}: code runs between them")
     if len(order) > len(names):
         return ChainBreak(child=names[-1], reason=f"top-level children run as {', '.join(order)}")
+    if len(order) < len(names):  # a child never called (a ModuleList whose elements the model calls): a replay calls it
+        return ChainBreak(child=names[len(order)], reason=f"the model does not call its child {names[len(order)]!r}")
     return None
 
 
@@ -290,10 +299,12 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
     order: list[str] = []
     child_inputs: dict[str, Any] = {}
     child_outputs: dict[str, Any] = {}
+    child_arities: dict[str, int] = {}
     for name, child in copy_.named_children():
         def pre_hook(module: nn.Module, args: Any, name: str = name) -> None:
             order.append(name)
             child_inputs.setdefault(name, clone_tree(args[0]) if args else None)
+            child_arities.setdefault(name, len(args))
 
         def post_hook(module: nn.Module, kwargs: Any, output: Any, name: str = name) -> None:
             child_outputs.setdefault(name, clone_tree(output))
@@ -322,7 +333,8 @@ def capture(model: nn.Module, x: Any, *, layers: Sequence[str], on_copy: bool = 
         layers={str(tap): truth for tap, truth in truths.items()},
         output=output,
         children=children,
-        chain_break=_chain_break(children, order, child_inputs, child_outputs),
+        chain_break=_chain_break(children, order, child_inputs, child_outputs, arities=child_arities,
+                                 model_arity=len(x) if isinstance(x, Arguments) else 1),
         keyword_calls=list(keyword_calls),
     )
 
