@@ -155,16 +155,22 @@ def _layout(value: Any, truth: Any) -> str | None:
     dropped, or in another order (Hiera's unrolled tokens); None where no such layout gives it."""
     token_map = _as_token_map(value, truth)
     if token_map is not None and _close(value, token_map):
-        return "the true tokens, prefix tokens dropped, laid out as an NCHW map"
+        return f"the true tokens, {_dropped(value, truth)}laid out as an NCHW map"
     if isinstance(truth, (list, tuple)):
         for index, element in enumerate(truth):
             token_map = _as_token_map(value, element)
             if token_map is not None and _close(value, token_map):
-                return f"element {index} of the {len(truth)} token sequences the module returns, prefix tokens dropped, laid out as an NCHW map"
+                return f"element {index} of the {len(truth)} token sequences the module returns, {_dropped(value, element)}laid out as an NCHW map"
     order = _token_order(value, truth)
     if order is not None and _close(value, truth[:, order].transpose(1, 2).reshape(value.shape)):
         return f"the true tokens in another order (one permutation of the {len(order)} tokens, the same for every image), laid out as an NCHW map"
     return None
+
+
+def _dropped(value: torch.Tensor, tokens: torch.Tensor) -> str:
+    """The prefix tokens (class, registers) an NCHW ``value`` leaves out of ``tokens``, in words."""
+    count = tokens.shape[1] - value.shape[2] * value.shape[3]
+    return f"{count} prefix token{'s' if count > 1 else ''} dropped, " if count else ""
 
 
 def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
@@ -236,8 +242,8 @@ def _part_of(seen: torch.Tensor, truth: Any, whole: str) -> str | None:
 def _other_inputs(ctx: CheckContext, strategy_pass: StrategyPass, layer: str) -> Iterator[tuple[str, str, Any]]:
     """The requested modules and their ancestors that the strategy's own forward gives another first
     input than the model's forward does, in the order the model calls them (the first is where the
-    two forwards part): each one's path, what that input is (a module's output, where one of the
-    model's is), and the layer's value in the model run with that input."""
+    two forwards part): each one's path, what that input is (a module's output or a node's value,
+    where one of the model's pass is), and the layer's value in the model run with that input."""
     model_inputs = ctx.model_inputs(tuple(strategy_pass.inputs))
     for path, own in model_inputs.items():
         given = strategy_pass.inputs.get(path)
@@ -245,8 +251,11 @@ def _other_inputs(ctx: CheckContext, strategy_pass: StrategyPass, layer: str) ->
             continue
         changed = (ctx.counterfactual(replace_input=(path, given)) or {}).get(layer)
         if changed is not None:
-            sources = ctx.locate(given) if isinstance(given, torch.Tensor) else []
-            yield path, (f"the output of module {sources[0]!r}" if sources else "a value no module of the model returns"), changed
+            modules = ctx.locate(given) if isinstance(given, torch.Tensor) else []
+            nodes = ctx.locate_nodes(given) if isinstance(given, torch.Tensor) and not modules else []
+            given_is = (f"the output of module {modules[0]!r}" if modules else f"the value of node {nodes[0]!r}" if nodes
+                        else "a value no module or node of the model's pass has")
+            yield path, given_is, changed
 
 
 def _as_it_is(value: Any, other: torch.Tensor) -> str | None:
