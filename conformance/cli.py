@@ -606,8 +606,8 @@ def _command_list(args: argparse.Namespace) -> int:
             print(reference)
     elif args.what == "strategies":
         for name, status in available_strategies().items():
-            core = "" if name in CORE_STRATEGIES else "  (variant)"
-            print(f"{name:22s} {status}{core}")
+            kind = "" if name in CORE_STRATEGIES else "  (variant)" if "+" in name else "  (another library's)"
+            print(f"{name:22s} {status}{kind}")
     elif args.what == "checks":
         for name in ALL_CHECKS:
             profiles = ", ".join(profile for profile, names in PROFILES.items() if name in names and profile != "all")

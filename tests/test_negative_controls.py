@@ -523,3 +523,23 @@ def test_a_forward_hook_left_for_every_module_is_caught_by_the_output(register):
             handle.remove()
     row = rows.iloc[0]
     assert (row.status, row.diagnosis) == ("fail", "model_changed") and row.detail.startswith("the output differs"), row.to_dict()
+
+
+def test_a_zoo_model_whose_constructor_fails_is_rows_with_the_reason_not_the_end_of_the_run():
+    """Counting a zoo model's parameters builds it (a DiNAT without natten raises there): that is a
+    row per strategy naming the error; the control, a model that builds, is judged."""
+    from conformance.core.timing import Timings
+    from conformance.running.runner import RunConfig, model_units
+    from conformance.zoo.specs import ModelSpec
+
+    def needs_a_missing_package() -> nn.Module:
+        raise ImportError("DinatModel requires the natten library")
+
+    broken = ModelSpec("hf", "dinat", pitfalls.INPUT_SHAPE, needs_a_missing_package)
+    working = ModelSpec("hf", "plain", pitfalls.INPUT_SHAPE, pitfalls.Plain)
+    config = RunConfig(models=[broken, working], layers=LAYERS, strategies=["hooks"], checks=["values"])
+    [(_, rows)] = list(model_units(broken, ["hooks"], config, Timings()))
+    assert {(row.status, row.diagnosis) for row in rows} == {("error", "model_build_failed")}
+    assert "natten" in rows[0].detail
+    [(_, rows)] = list(model_units(working, ["hooks"], config, Timings()))
+    assert {row.status for row in rows} == {"pass"}

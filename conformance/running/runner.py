@@ -575,7 +575,14 @@ def model_units(
         for strategy_name in strategies:
             yield strategy_name, _rows_for([ALL_LAYERS], config.checks, status, diagnosis, detail)
 
-    if not config.include_big and spec.is_big:
+    try:
+        big = not config.include_big and spec.is_big  # counting the parameters builds the model (on the meta device)
+    except ConformanceError:
+        raise
+    except Exception as exc:  # a constructor that fails (a missing package: DiNAT's natten)
+        yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
+        return
+    if big:
         yield from everywhere("skipped", "big_model", f"{spec.param_count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
         return
     try:
