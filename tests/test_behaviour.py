@@ -164,6 +164,40 @@ def test_a_strategy_that_draws_from_the_rng_is_named_rng_shifted_in_train_mode(r
     assert set(statuses(got, "hooks+clone", "train_mode").values()) == {("pass", "")}
 
 
+class _DrawsAndShifts(_DrawsBeforeForward):
+    """Draws, and adds a random offset in every mode: no RNG state explains its values."""
+
+    def attach(self, model, *, layers, tracer_kwargs=None):
+        drawing = super().attach(model, layers=layers, tracer_kwargs=tracer_kwargs)
+        inner = drawing.extract_with
+
+        class Shifting(Extractor):
+            module = drawing.module
+
+            def extract_with(self, module, x):
+                extraction = inner(module, x)
+                return Extraction({k: v + torch.rand(1).item() for k, v in extraction.features.items()}, extraction.output)
+
+            def close(self):
+                drawing.close()
+
+        return Shifting()
+
+
+def test_a_strategy_that_draws_from_the_rng_is_named_rng_shifted_in_eval_mode_where_the_model_draws(register):
+    """A model that samples in eval mode (a VAE, ViT-MAE's masking): the layer after the noise is
+    the model's value when each module call starts from the state the strategy's pass had."""
+    register("planted-draws", _DrawsBeforeForward)
+    register("planted-shifts", _DrawsAndShifts)
+    got = rows_for(pitfalls.NoiseInEval(), strategies=["planted-draws", "planted-shifts", "hooks+clone"], checks=["values"],
+                   layers=["encode", "decode"])
+    assert got[("planted-draws", "values", "encode")][:2] == ("pass", "")  # before the noise
+    status, diagnosis, detail = got[("planted-draws", "values", "decode")]
+    assert (status, diagnosis) == ("fail", "rng_shifted") and "draws from the global RNG" in detail, detail
+    assert got[("planted-shifts", "values", "decode")][:2] == ("fail", "unexplained")  # the negative control
+    assert set(statuses(got, "hooks+clone", "values").values()) == {("pass", "")}
+
+
 def test_torchlens_draws_from_the_rng_during_its_pass():
     pytest.importorskip("torchlens")
     got = rows_for(pitfalls.DropoutBetween(), strategies=["torchlens", "captum"], checks=["train_mode"])

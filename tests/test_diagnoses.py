@@ -264,10 +264,11 @@ def test_the_modules_called_with_keywords_are_noted_by_the_truths_own_pass(monke
     rows = evaluate(model, layers=["block", "head"], strategies=["ilg"], checks=["values"], input_shape=pitfalls.INPUT_SHAPE)
     assert rows.query("layer == 'block'").iloc[0].diagnosis == "kwargs_dropped"
     # the first pass before any copy (zoo.materialise), the truth for the previous input and the
-    # input and the input again (capture_twice), the model called with ILG attached (ILG's own
-    # calls run the children), the counterfactual on the meta device (which stops at the branch)
-    # and for real; ILG leaves the model as it was, so no model-changes pass
-    assert len(calls) == 1 + 3 + 1 + 2, len(calls)
+    # input and the input again (capture_twice), the pass on the meta device that finds whether the
+    # model draws random numbers, the model called with ILG attached (ILG's own calls run the
+    # children), the counterfactual on the meta device (which stops at the branch) and for real;
+    # ILG leaves the model as it was, so no model-changes pass
+    assert len(calls) == 1 + 3 + 1 + 1 + 2, len(calls)
 
 
 class _DefaultKeyword(nn.Module):

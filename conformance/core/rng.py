@@ -15,8 +15,13 @@ import random
 from typing import Any, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["PASS_SEED", "PinnedExtractor", "pass_rng"]
+from strategies.base import call_model, clone_tree, map_tensors
+
+from conformance.core.timing import deep_copy
+
+__all__ = ["PASS_SEED", "PinnedExtractor", "RecordDraws", "ReplayDraws", "draws_random_numbers", "pass_rng"]
 
 #: The seed of the state every pass starts from.
 PASS_SEED = 0
@@ -40,6 +45,70 @@ def pass_rng() -> Iterator[None]:
             random.setstate(python_state)
             if numpy_random is not None:
                 numpy_random.set_state(numpy_state)
+
+
+#: aten ops that draw from a generator (their base names, without a trailing ``_``).
+_RANDOM_OPS = frozenset({"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "bernoulli", "normal",
+                         "uniform", "multinomial", "exponential", "geometric", "cauchy", "log_normal", "random", "native_dropout"})
+
+
+def _draws_random_numbers(func: Any) -> bool:
+    return func.overloadpacket.__name__.rstrip("_") in _RANDOM_OPS
+
+
+class RecordDraws(TorchDispatchMode):
+    """Inside it, the output of every random op (``aten.rand``, ``aten.bernoulli_``, dropout) is kept,
+    in order, cloned: what a pass drew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws: list[tuple[str, Any]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if _draws_random_numbers(func):
+            self.draws.append((str(func), clone_tree(out)))
+        return out
+
+
+class ReplayDraws(TorchDispatchMode):
+    """Inside it, each random op gives the next value ``draws`` holds (what another pass drew,
+    :class:`RecordDraws`) of the same op and shape, in order; draws passed over (the other pass's
+    own: a strategy's ``torch.rand`` before the model's) are not used again. Any other op runs as it is."""
+
+    def __init__(self, draws: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.pending = list(draws)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if _draws_random_numbers(func):
+            match = next((index for index, (name, drawn) in enumerate(self.pending) if name == str(func) and _same_shapes(out, drawn)), None)
+            if match is not None:
+                drawn = self.pending[match][1]
+                del self.pending[:match + 1]
+                return clone_tree(drawn)
+        return out
+
+
+def draws_random_numbers(model: Any, x: Any) -> bool:
+    """Whether a pass of ``model`` on ``x`` runs a random op, found on the meta device (no values,
+    a fraction of a real pass); False where the model cannot run there (quantized ops, a branch on
+    a value): its strategies' calls then run as they are, and ``rng_shifted`` names nothing there."""
+    try:
+        twin = deep_copy(model).to("meta")
+        with torch.no_grad(), RecordDraws() as recorder:
+            call_model(twin, map_tensors(lambda t: t.to("meta"), x))
+    except Exception:  # an op without a meta kernel, a branch on a value
+        return False
+    return bool(recorder.draws)
+
+
+def _same_shapes(a: Any, b: Any) -> bool:
+    leaves_a, spec_a = torch.utils._pytree.tree_flatten(a)
+    leaves_b, spec_b = torch.utils._pytree.tree_flatten(b)
+    return spec_a == spec_b and all(not isinstance(x, torch.Tensor) or (isinstance(y, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype)
+                                    for x, y in zip(leaves_a, leaves_b))
 
 
 def _numpy_random() -> Any:

@@ -68,6 +68,7 @@ class CheckContext:
     # What the diagnoses measure, each run only when a failure needs it:
     strategy_pass: Callable[[], StrategyPass] = lambda: StrategyPass()  # what the strategy's own modules did in a pass of it
     model_inputs: Callable[[tuple[str, ...]], dict[str, Any]] = lambda paths: {}  # the first input of the model's modules, by path
+    random_draws: list[tuple[str, Any]] = field(default_factory=list)  # what random ops drew in the call on the input (models that draw)
     graph_ops: Callable[[], list[str] | None] = lambda: None  # the ops of the traced graph the strategy runs, if it runs one
     droppable_nodes: Callable[[], list[Node]] = lambda: []  # the eager pass's in-place ops and functions FX keeps whole
     counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)

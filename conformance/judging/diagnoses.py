@@ -42,8 +42,8 @@ wrong_layer             the output of another module ("matches module 'conv'")  
 wrong_node              the value of another node of the pass ("matches node 'layer1.add'")  ``two_identical_paths``
 partial_output          one element of the tuple or list the module returns, where no node  ``sized_patches``
                         of the pass is that value (a ``torch.Size``)
-rng_shifted             the train-mode pass, each module call starting from the RNG state it   ``draws_before_forward``
-                        had in the strategy's pass (``behaviour.check_train_mode``)
+rng_shifted             the model's pass (in train mode: ``behaviour.check_train_mode``), each ``draws_before_forward``
+                        module call starting from the RNG state it had in the strategy's pass
 A+inplace_aliasing      mechanism A (children_not_chained, dead_code_eliminated,            ``chain_inplace``,
                         kwargs_dropped) applied, its run's value read as that run left it   ``dead_then_inplace``
 dead_code_eliminated    the value of another node of the pass without the dead ops          fuzz regression
@@ -178,6 +178,22 @@ def reformatted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
     tensor with its dimensions permuted: :func:`permuted`)."""
     layout = _layout(value, ctx.truth.layers[layer].value)
     return ("reformatted", layout) if layout else None
+
+
+def rng_shifted(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
+    """The model's pass gives the value when its random ops give the numbers drawn in the
+    strategy's call (recorded below the strategy, at the aten level, in that very call, on models
+    that draw): the strategy draws from the global RNG before or while the model runs, so the
+    model's random ops (ViT-MAE's masking noise, a VAE's sample) get other numbers."""
+    draws = ctx.random_draws if isinstance(value, torch.Tensor) else []
+    if not draws:
+        return None
+    if _close(value, (ctx.counterfactual(replay_draws=draws) or {}).get(layer)):
+        ops = ", ".join(dict.fromkeys(name for name, _ in draws))
+        return "rng_shifted", (f"the model's pass gives it when its random ops give the numbers drawn in the strategy's call "
+                               f"({len(draws)} draw{'s' if len(draws) > 1 else ''}: {ops}): the strategy draws from the global RNG, "
+                               "so the model's random ops get other numbers")
+    return None
 
 
 def post_processed(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
@@ -487,7 +503,7 @@ def another_node(ctx: CheckContext, layer: str, value: Any) -> Diagnosis:
 #: The mechanisms, most specific first.
 MECHANISMS: tuple[Callable[["CheckContext", str, Any], Diagnosis], ...] = (
     reformatted, permuted, container_changed, reshaped, cast, inplace_aliasing, reused_module, another_layer, stale, dead_code_eliminated, kwargs_dropped,
-    children_not_chained, another_module, another_node, partial_output, post_processed,
+    children_not_chained, another_module, another_node, partial_output, rng_shifted, post_processed,
 )
 
 

@@ -41,7 +41,7 @@ from conformance.judging.diagnoses import graph_ops, norm_modules
 from conformance.truth.nodes import Node, record
 from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, locate, locate_nodes, module_inputs, replay_children
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
-from conformance.core.rng import PinnedExtractor, pass_rng
+from conformance.core.rng import PinnedExtractor, RecordDraws, draws_random_numbers, pass_rng
 from conformance.core.timing import Timings, deep_copy
 from conformance.zoo.specs import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model, has_lazy_state, materialise
 
@@ -150,6 +150,7 @@ class _ModelRun:
             self.model_digests = tensor_digests(model)
         self.model_state = model.state_dict()  # the model's own tensors, not copies
         self.aliases = _aliases(model, layers)
+        self.draws_random = draws_random_numbers(model, self.input)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
@@ -213,17 +214,15 @@ class _ModelRun:
         return self._memo(("droppable",), compute)
 
     def counterfactual(self, **change: Any) -> dict[str, Any] | None:
-        return self._memo(("counterfactual", *sorted(change.items())), lambda: counterfactual(
+        key = tuple(sorted((name, id(value) if isinstance(value, (dict, list)) else value) for name, value in change.items()))  # by identity
+        return self._memo(("counterfactual", *key), lambda: counterfactual(
             self.model, self.input, layers=self.layers, tracer_kwargs=self.spec.tracer_kwargs, **change))
 
-    def strategy_pass(self, strategy_name: str, layers: list[str], module: nn.Module) -> StrategyPass:
+    def strategy_pass(self, strategy_name: str, layers: list[str]) -> StrategyPass:
         """A pass of the strategy, attached anew to a copy of the model, on the input, recording
-        what its own modules did: each norm's calls (input and output, cloned) and the first input
-        of its modules that stand for the requested modules and their ancestors (the same path, or
-        the path under one prefix of its own: ``swin.encoder``); nothing where ``module`` holds no norm."""
-        if not norm_modules(module):
-            return StrategyPass()
-
+        what its own modules did: each norm's calls (input and output, cloned), the first input of
+        its modules that stand for the requested modules and their ancestors (the same path, or the
+        path under one prefix of its own: ``swin.encoder``)."""
         def measure() -> StrategyPass:
             extractor = PinnedExtractor(get_strategy(strategy_name).attach(deep_copy(self.model), layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
             norms = dict(norm_modules(extractor.module))
@@ -232,6 +231,7 @@ class _ModelRun:
             handles = [norm.register_forward_hook(lambda norm, args, output, name=name: calls[name].append(
                 (args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None,
                  output.detach().clone() if isinstance(output, torch.Tensor) else None))) for name, norm in norms.items()]
+
             def keep(path: str, args: tuple) -> None:  # returns None: a pre-hook's return value replaces the arguments
                 if path not in inputs:
                     inputs[path] = clone_tree(args[0]) if args else None
@@ -248,7 +248,13 @@ class _ModelRun:
             return StrategyPass([(name, type(norms[name]).__name__, [(seen, out) for seen, out in recorded if out is not None])
                                  for name, recorded in calls.items() if recorded], inputs)
 
-        return self._memo(("strategy_pass", strategy_name, tuple(layers)), measure)
+        def measured() -> StrategyPass:
+            try:
+                return measure()
+            except Exception:  # a pass that fails instrumented (or at all) measures nothing: its diagnoses name nothing
+                return StrategyPass()
+
+        return self._memo(("strategy_pass", strategy_name, tuple(layers)), measured)
 
     def _module_ancestors(self, layers: Sequence[str]) -> list[str]:
         """The requested modules of the model and every module above them, outermost first."""
@@ -288,7 +294,9 @@ class _ModelRun:
                     attached_output = call_model(model, self.input)
                 first = extractor(self.previous_input)
                 first_features = snapshot(first.features)
-                second = extractor(self.input)
+                draws = RecordDraws() if self.draws_random else contextlib.nullcontext()
+                with draws:  # what the model's random ops got in this very call: a strategy's draws may differ from call to call
+                    second = extractor(self.input)
                 features = snapshot(second.features)
                 first_after_next = snapshot(first.features, reuse=first_features)
                 repeat_features = snapshot(extractor(self.previous_input).features, reuse=first_features)
@@ -327,7 +335,8 @@ class _ModelRun:
             first_features=first_features, first_after_next=first_after_next,
             same_container=second.features is first.features, repeat_features=repeat_features, measure_model_changes=changes,
             graph_ops=lambda: graph_ops(extractor.module), droppable_nodes=self.droppable_nodes,
-            strategy_pass=functools.partial(self.strategy_pass, strategy_name, list(layers), extractor.module), model_inputs=self.model_inputs,
+            strategy_pass=functools.partial(self.strategy_pass, strategy_name, list(layers)), model_inputs=self.model_inputs,
+            random_draws=draws.draws if isinstance(draws, RecordDraws) else [],
             counterfactual=self.counterfactual, locate_nodes=functools.partial(self.locate_nodes, along=wrong),
         )
         return _Attempt(layers, context=context)

@@ -16,6 +16,8 @@ cannot have changed what the model computes.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import inspect
 import weakref
@@ -29,7 +31,7 @@ from strategies.base import Arguments, Tap, call_model, clone_tree, input_device
 
 from conformance.core.compare import bitwise_equal, compare
 from conformance.truth.nodes import record, record_faithfully, unrecorded
-from conformance.core.rng import pass_rng
+from conformance.core.rng import ReplayDraws, pass_rng
 from conformance.core.timing import deep_copy, phase
 
 __all__ = [
@@ -456,13 +458,14 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
 
 def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_nodes: Collection[str] = (),
                    drop_keywords: Sequence[str] = (), replace_input: tuple[str, Any] | None = None,
-                   tracer_kwargs: Mapping[str, Any] | None = None,
+                   replay_draws: list[tuple[str, Any]] | None = None, tracer_kwargs: Mapping[str, Any] | None = None,
                    shapes_only: bool = False, after_pass: bool = False, every_call: bool = False) -> dict[str, Any] | None:
     """The layers' values when the model runs with one change: the nodes ``skip_nodes`` (in-place
     ops, functions FX keeps whole) not run, their first argument passing through, the module
     ``drop_keywords`` called with their positional arguments only, or the module
-    ``replace_input[0]`` given ``replace_input[1]`` as its first argument (every call). Layers
-    that do not run are absent.
+    ``replace_input[0]`` given ``replace_input[1]`` as its first argument (every call), or its
+    random ops giving the numbers ``replay_draws`` holds (what a strategy's pass drew:
+    :class:`~conformance.core.rng.ReplayDraws`). Layers that do not run are absent.
 
     ``shapes_only``: run on the meta device, which gives the layers' structure and shapes and no
     values, at a fraction of the cost; None where the model does not run there (an op without a
@@ -498,7 +501,7 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
         handles.append(copy_.get_submodule(module).register_forward_pre_hook(lambda m, a: (clone_tree(value), *a[1:])))
     ops = [str(tap) for tap in taps if tap.is_op]
     try:
-        with torch.no_grad(), pass_rng():
+        with torch.no_grad(), pass_rng(), ReplayDraws(replay_draws) if replay_draws else contextlib.nullcontext():
             if ops or skip_nodes:
                 table = record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs, skip=frozenset(skip_nodes).__contains__ if skip_nodes else None)
                 seen.update(table.after_forward if after_pass else table.values)
