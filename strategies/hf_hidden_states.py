@@ -8,9 +8,9 @@ maps a requested module to its index by that reading of the model's structure:
 * the embeddings: the first child named ``embeddings``/``embedder`` of the model (or of its
   ``vision_model``);
 * the encoder's layers: the ``nn.ModuleList`` child of its ``encoder`` (or of the child whose
-  class is an ``...Encoder``: DINOv3's ``model``; ``layer``, ``layers``, ``stages``), or of the
-  model itself where it has no encoder (ViT in transformers 5), one hidden state per element
-  after the embeddings';
+  class is an ``...Encoder``: DINOv3's ``model``; ``layer``, ``layers``, ``stages``, ``block``; not
+  the ``patch_embeddings`` list before PoolFormer's blocks), or of the model itself where it has
+  no encoder (ViT in transformers 5), one hidden state per element after the embeddings';
 * the final norm: a child ``layernorm``, ``layer_norm``, ``post_layernorm`` or ``norm`` after the
   encoder (or the layers), answered with ``last_hidden_state``.
 
@@ -52,7 +52,9 @@ def hidden_state_modules(model: nn.Module) -> tuple[dict[str, int], str | None]:
         (name for name, child in children.items() if type(child).__name__.endswith("Encoder")), None)
     encoder = children.get(encoder_name) if encoder_name else None
     container = (f"{prefix}{encoder_name}.", encoder) if encoder is not None else (prefix, base)
-    layers = next(((name, child) for name, child in container[1].named_children() if isinstance(child, nn.ModuleList)), None)
+    lists = [(name, child) for name, child in container[1].named_children() if isinstance(child, nn.ModuleList)]
+    # the stages, not the patch embeddings before each (PoolFormer's, PVT's and GLPN's encoder.patch_embeddings)
+    layers = next((item for item in lists if "embed" not in item[0]), lists[0] if lists else None)
     if layers:
         for index in range(len(layers[1])):
             indices[f"{container[0]}{layers[0]}.{index}"] = index + 1

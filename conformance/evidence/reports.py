@@ -219,8 +219,11 @@ def _verdict(row: pd.Series | None) -> str:
         return ""
     if row["status"] == "pass":
         return "the module's output"
-    detail = cell_text(row["detail"])
-    detail = detail.split("; ", 1)[1] if detail.startswith(("shape ", "got ")) and "; " in detail else detail
+    parts = [part for part in cell_text(row["detail"]).split("; ")
+             if not part.startswith(("requested alone", "requested without", "requested in", "shape ", "got "))]  # how it was requested, what differs
+    detail = "; ".join(parts)
+    if row["status"] == "unsupported":
+        return f"unsupported: {detail.split(': ', 1)[0]}"
     return f"{row['status']}{' ' + row['diagnosis'] if cell_text(row['diagnosis']) else ''}: {detail[:160]}"
 
 
