@@ -56,8 +56,10 @@ def hidden_state_modules(model: nn.Module) -> tuple[dict[str, int], str | None]:
     # the stages, not the patch embeddings before each (PoolFormer's, PVT's and GLPN's encoder.patch_embeddings)
     layers = next((item for item in lists if "embed" not in item[0]), lists[0] if lists else None)
     if layers:
-        for index in range(len(layers[1])):
-            indices[f"{container[0]}{layers[0]}.{index}"] = index + 1
+        for index, stage in enumerate(layers[1]):
+            # a stage that is itself a list of blocks never runs as a module: its last block's output stands for it
+            last = f".{len(stage) - 1}" if isinstance(stage, nn.ModuleList) and len(stage) else ""
+            indices[f"{container[0]}{layers[0]}.{index}{last}"] = index + 1
     names = list(children)
     last = encoder_name if encoder is not None else layers[0] if layers else None
     after = names[names.index(last) + 1:] if last in children else []
@@ -69,9 +71,10 @@ def read_as(path: str) -> str | None:
     """What users read as the output of the module at ``path``, for a path that
     :func:`hidden_state_modules` maps: ``hidden_states[0]`` (the embeddings), ``hidden_states[i]``
     (the encoder's ``i - 1``-th layer) or ``last_hidden_state`` (the final norm); else None."""
+    numbers = [part for part in path.split(".") if part.isdigit()]  # the stage's index: encoder.layer.3, encoder.block.2.0
+    if numbers:
+        return f"hidden_states[{int(numbers[0]) + 1}]"
     last = path.rpartition(".")[2]
-    if last.isdigit():
-        return f"hidden_states[{int(last) + 1}]"
     return "hidden_states[0]" if last in _EMBEDDINGS else "last_hidden_state" if last in _FINAL_NORMS else None
 
 

@@ -71,12 +71,14 @@ def test_the_hugging_face_table_says_what_each_hidden_state_and_stage_holds_in_i
         ("hf:m", "hf-hidden-states", "embeddings", "values", "pass", "", ""),
         ("hf:m", "hooks", "embeddings", "values", "pass", "", ""),  # another strategy: not in the table
         ("hf:m", "hf-hidden-states", "pooler", "values", "unsupported", "", "no hidden state"),  # no reading: left out
+        ("hf:p", "hf-hidden-states", "encoder.block.1.0", "values", "pass", "", ""),  # a stage that is a list of blocks
     ])
     table = hf_readings(rows)
-    assert table["read as"].tolist() == ["hidden_states[0]", "hidden_states[1]", "last_hidden_state"]
-    assert table["module"].tolist() == ["embeddings", "encoder.layer.0", "layernorm"]
-    assert table["hidden_states gives"].tolist() == ["the module's output", "the module's output", "fail wrong_layer: matches module 'encoder.layer.1'"]
-    assert table["out_features"].tolist() == ["stem", "stage1", ""]
-    assert table["backbone gives"].tolist() == ["", "fail post_processed: the true value through the strategy's own LayerNorm 'layernorm'", ""]
+    assert table["read as"].tolist() == ["hidden_states[0]", "hidden_states[1]", "last_hidden_state", "hidden_states[2]"]
+    assert table["module"].tolist() == ["embeddings", "encoder.layer.0", "layernorm", "encoder.block.1.0"]
+    assert table["hidden_states gives"].tolist() == ["the module's output", "the module's output", "fail wrong_layer: matches module 'encoder.layer.1'",
+                                                     "the module's output"]
+    assert table["out_features"].tolist() == ["stem", "stage1", "", "stage2"]
+    assert table["backbone gives"].tolist() == ["", "fail post_processed: the true value through the strategy's own LayerNorm 'layernorm'", "", ""]
     assert hf_readings(ROWS).empty  # no Hugging Face strategy ran
 

@@ -276,7 +276,8 @@ def test_hf_stages_are_the_modules_hidden_states_stand_for_and_norms_differ():
     assert stages("hf:dinov2") == ["embeddings", "encoder.layer.0", "encoder.layer.1", "layernorm"]
     assert stages("hf:dinov3_vit") == ["embeddings", "model.layer.0", "model.layer.1", "norm"]  # its encoder is a child named model
     assert stages("hf:detr")[0] == "encoder.layers.0"  # the encoder, not the DetrConvEncoder backbone before it
-    assert stages("hf:poolformer")[0] == "encoder.block.0"  # the blocks, not the patch embeddings listed before them
+    # the blocks, not the patch embeddings listed before them; a stage that is a list of blocks: its last block
+    assert stages("hf:poolformer")[0] == "encoder.block.0.0"
     assert stages("hf:timm_wrapper") == [f"timm_model.{name}" for name in ("act1", "layer1", "layer2", "layer3", "layer4")]
     # norms drawn at random: no two LayerNorms of one width compute the same function, as at init
     dinov2 = build_model(spec=resolve_model("hf:dinov2"), seed=0)
