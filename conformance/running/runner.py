@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from strategies import StrategyUnavailable, Unsupported, get_strategy
-from strategies.base import call_model, clone_tree
+from strategies.base import call_model
 
 from conformance.judging.behaviour import BEHAVIOUR_CHECKS, Probe, reductions
 from conformance.judging.causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
@@ -39,7 +39,7 @@ from conformance.core.fxtraces import TraceCache, reusing_fx_traces
 from conformance.truth.layers import resolve_layers
 from conformance.judging.diagnoses import graph_ops, norm_modules
 from conformance.truth.nodes import Node, record
-from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, locate, locate_nodes, module_inputs, replay_children
+from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, keep_first_inputs, locate, locate_nodes, module_inputs, replay_children
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
 from conformance.core.rng import PinnedExtractor, RecordDraws, draws_random_numbers, pass_rng
 from conformance.core.timing import Timings, deep_copy
@@ -231,13 +231,7 @@ class _ModelRun:
             handles = [norm.register_forward_hook(lambda norm, args, output, name=name: calls[name].append(
                 (args[0].detach().clone() if args and isinstance(args[0], torch.Tensor) else None,
                  output.detach().clone() if isinstance(output, torch.Tensor) else None))) for name, norm in norms.items()]
-
-            def keep(path: str, args: tuple) -> None:  # returns None: a pre-hook's return value replaces the arguments
-                if path not in inputs:
-                    inputs[path] = clone_tree(args[0]) if args else None
-
-            for path, own in _counterparts(extractor.module, self._module_ancestors(layers)).items():
-                handles.append(own.register_forward_pre_hook(lambda m, args, path=path: keep(path, args)))
+            handles += keep_first_inputs(_counterparts(extractor.module, self._module_ancestors(layers)), inputs)
             try:
                 with torch.no_grad():
                     extractor(self.input)
@@ -257,10 +251,9 @@ class _ModelRun:
         return self._memo(("strategy_pass", strategy_name, tuple(layers)), measured)
 
     def _module_ancestors(self, layers: Sequence[str]) -> list[str]:
-        """The requested modules of the model and every module above them, outermost first."""
+        """The requested modules of the model and every module above them."""
         modules = dict(self.model.named_modules())
-        paths = [".".join(layer.split(".")[:depth]) for layer in layers if layer in modules for depth in range(1, layer.count(".") + 2)]
-        return sorted(dict.fromkeys(paths), key=lambda path: (path.count("."), paths.index(path)))
+        return list(dict.fromkeys(".".join(layer.split(".")[:depth]) for layer in layers if layer in modules for depth in range(1, layer.count(".") + 2)))
 
     def model_inputs(self, paths: tuple[str, ...]) -> dict[str, Any]:
         """The first input of each of the model's modules ``paths`` in a pass of a copy, on the input."""

@@ -35,8 +35,8 @@ from conformance.core.rng import ReplayDraws, pass_rng
 from conformance.core.timing import deep_copy, phase
 
 __all__ = [
-    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "locate", "locate_nodes",
-    "module_inputs", "replay_children",
+    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "keep_first_inputs", "locate",
+    "locate_nodes", "module_inputs", "replay_children",
 ]
 
 
@@ -515,17 +515,21 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
     return {str(name): clone_tree(value) if after_pass else value for name, value in seen.items()}
 
 
-def module_inputs(model: nn.Module, x: Any, *, modules: Sequence[str], prefix: str = "") -> dict[str, Any]:
-    """The first argument of the first call of each of ``modules`` (paths of the model, found in
-    ``model`` under ``prefix``: a wrapper's name for them), cloned, in a pass of ``model`` itself
-    (the caller passes a copy, or a module it may run); modules that do not run are absent."""
-    seen: dict[str, Any] = {}
-
+def keep_first_inputs(modules: Mapping[str, nn.Module], into: dict[str, Any]) -> list[Any]:
+    """Pre-hooks that keep in ``into``, by name, the first argument of each module's first call,
+    cloned; the handles, for the caller to remove."""
     def keep(name: str, args: tuple) -> None:  # returns None: a pre-hook's return value replaces the arguments
-        if name not in seen:
-            seen[name] = clone_tree(args[0]) if args else None
+        if name not in into:
+            into[name] = clone_tree(args[0]) if args else None
 
-    handles = [model.get_submodule(f"{prefix}{name}").register_forward_pre_hook(lambda m, a, name=name: keep(name, a)) for name in modules]
+    return [module.register_forward_pre_hook(lambda m, args, name=name: keep(name, args)) for name, module in modules.items()]
+
+
+def module_inputs(model: nn.Module, x: Any, *, modules: Sequence[str]) -> dict[str, Any]:
+    """The first argument of the first call of each of ``modules`` (paths of ``model``), cloned, in a
+    pass of ``model`` itself (the caller passes a copy); modules that do not run are absent."""
+    seen: dict[str, Any] = {}
+    handles = keep_first_inputs({name: model.get_submodule(name) for name in modules}, seen)
     try:
         with torch.no_grad(), pass_rng():
             call_model(model, x)
