@@ -9,19 +9,26 @@ that a copy reuses the pages of the copy before it (VGG-11: about 50 ms);
 :func:`release_freed_memory` gives the free pages back between models (``malloc_trim``,
 after a garbage collection).
 
-Only ``conformance run`` and its worker processes set it: ``conformance bench`` reads the
+:func:`imports_kept_out_of_collection` spares Python's cyclic garbage collector the objects
+alive when a model's work starts (the imported modules of torch, torchvision and timm: about a
+million objects), which each full collection would otherwise walk again; FX graphs and model
+copies make a run trigger dozens of them per model.
+
+Only ``conformance run`` and its worker processes set them: ``conformance bench`` reads the
 resident set size for its memory metrics, and a user's process (``assert_conforms``, the
 pytest plugin) is left as it is. Where the C library is not glibc, both do nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
+from typing import Iterator
 
-__all__ = ["release_freed_memory", "reuse_freed_memory"]
+__all__ = ["imports_kept_out_of_collection", "release_freed_memory", "reuse_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -56,3 +63,15 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def imports_kept_out_of_collection() -> Iterator[None]:
+    """Inside, the objects alive on entry are left out of the cyclic garbage collector's passes
+    (``gc.freeze``); on leaving they are put back, so whatever of them became garbage is
+    collected with the rest."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

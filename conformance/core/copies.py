@@ -7,8 +7,9 @@ empty hook dictionaries. :func:`copy_model` takes the steps that machinery takes
 whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its subclasses
 do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
 and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and sets are made
-fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, and the
-parameter and buffer dictionaries are copied entry by entry. A class with its own
+fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
+parameter and buffer dictionaries are copied entry by entry, and a parameter (``nn.Parameter``
+itself) is made as its ``__deepcopy__`` makes it. A class with its own
 ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, quantized and
 scripted modules), a state that is not a dict, and every value that is not a module go to
 ``copy.deepcopy`` with the same memo. A quantized module's own ``__deepcopy__`` unpacks its
@@ -36,6 +37,9 @@ _generic_classes: dict[type, bool] = {}
 #: Values ``copy.deepcopy`` returns as they are (and tuples of them).
 _ATOMIC = frozenset({bool, int, float, complex, str, bytes, type(None), type, torch.dtype})
 
+#: Containers an empty one of which is copied as a new empty one.
+_EMPTY_CONTAINERS = (dict, OrderedDict, set)
+
 
 def _copied_generically(cls: type) -> bool:
     """Whether ``copy.deepcopy`` of a ``cls`` instance takes the generic path: a module class
@@ -53,8 +57,9 @@ def _copied_generically(cls: type) -> bool:
 def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     """What ``copy.deepcopy(model, memo)`` returns, sooner for modules."""
     memo = {} if memo is None else memo
-    if id(model) in memo:
-        return memo[id(model)]
+    found = memo.get(id(model))
+    if found is not None:
+        return found
     cls = type(model)
     state = model.__getstate__() if _copied_generically(cls) and "__deepcopy__" not in vars(model) else None
     if type(state) is not dict:
@@ -63,15 +68,30 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     memo[id(model)] = twin
     for key, value in state.items():
         kind = type(value)
-        if kind in _ATOMIC or (kind is tuple and all(type(item) in _ATOMIC for item in value)):
+        if kind in _ATOMIC:
             continue  # what copy.deepcopy returns for these is the object itself
-        if key == "_modules" and kind is dict:
-            state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
-        elif kind in (dict, OrderedDict, set) and not value:
+        if kind in _EMPTY_CONTAINERS and not value:
             state[key] = kind()
-        elif key in ("_parameters", "_buffers") and kind is dict:
+        elif key == "_modules" and kind is dict:
+            state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
+        elif key == "_parameters" and kind is dict:
+            state[key] = {name: _copy_parameter(tensor, memo) for name, tensor in value.items()}
+        elif key == "_buffers" and kind is dict:
             state[key] = {name: None if tensor is None else copy.deepcopy(tensor, memo) for name, tensor in value.items()}
+        elif kind is tuple and all(type(item) in _ATOMIC for item in value):
+            continue
         else:
             state[key] = copy.deepcopy(value, memo)
     twin.__setstate__(state)
     return twin
+
+
+def _copy_parameter(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
+    """``copy.deepcopy(tensor, memo)``; for an ``nn.Parameter`` (the class itself), the steps its
+    ``__deepcopy__`` takes, without ``copy.deepcopy``'s dispatch."""
+    if tensor is None or type(tensor) is not nn.Parameter:
+        return None if tensor is None else copy.deepcopy(tensor, memo)
+    found = memo.get(id(tensor))
+    if found is None:
+        found = memo[id(tensor)] = nn.Parameter(tensor.data.clone(memory_format=torch.preserve_format), tensor.requires_grad)
+    return found

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-from conformance.core.allocator import release_freed_memory, reuse_freed_memory
+from conformance.core.allocator import imports_kept_out_of_collection, release_freed_memory, reuse_freed_memory
 from conformance.core.errors import ConformanceError
 from conformance.zoo.specs import ModelSpec
 
@@ -66,8 +66,9 @@ class SerialExecutor:
 
         for task in tasks:
             before = timings.snapshot()
-            for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
-                yield task, strategy_name, results
+            with imports_kept_out_of_collection():
+                for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
+                    yield task, strategy_name, results
             release_freed_memory()
             after = timings.snapshot()
             timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
@@ -121,7 +122,8 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
     try:
         with timings.phase("model_build"):
             spec = resolve_model(payload.reference, input_shape=payload.input_shape)
-        units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
+        with imports_kept_out_of_collection():
+            units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
     except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
         return {"error": str(exc)}
     finally:
@@ -172,8 +174,10 @@ class _PoolExecutor:
             return None
 
 
-#: What every worker imports: loaded once by the fork server the workers are forked from.
-WORKER_MODULES = ("conformance.running.runner",)
+#: What every worker imports: loaded once by the fork server the workers are forked from (the
+#: model libraries of the built-in zoos too: each worker would otherwise import them for its
+#: first model, seconds that no core can share).
+WORKER_MODULES = ("conformance.running.runner", "torchvision.models.feature_extraction", "timm")
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
