@@ -40,6 +40,11 @@ class Constant(nn.Module):
         return torch.relu(self.conv(x) + torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1))
 
 
+def _generated_from(module: nn.Module) -> str:
+    """Where the generated forward says it comes from (its file name, less FX's counter)."""
+    return type(module).forward.__code__.co_filename.partition(" from ")[2]
+
+
 def _differences(fresh: nn.Module, reused: nn.Module, x: torch.Tensor) -> list[str]:
     """How an extractor built from a reused trace differs from a fresh one."""
     found = []
@@ -47,6 +52,8 @@ def _differences(fresh: nn.Module, reused: nn.Module, x: torch.Tensor) -> list[s
         getattr(fresh, mode)(), getattr(reused, mode)()
         if fresh.code != reused.code:
             found.append(f"{mode} code")
+        if _generated_from(fresh) != _generated_from(reused):
+            found.append(f"{mode} code's origin")
     with torch.no_grad():
         expected, got = fresh(x), reused(x)
     for name, value in expected.items():
@@ -125,3 +132,28 @@ def test_the_tracer_is_restored():
     with reusing_fx_traces():
         assert NodePathTracer.trace is not before
     assert NodePathTracer.trace is before
+
+
+def test_a_source_compiled_before_is_executed_again_and_still_read_back():
+    """The second extractor of one request runs the code object compiled for the first; its source
+    is still found by the file name the code carries (what TorchScript reads to script it)."""
+    import inspect
+
+    model, x = torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32)
+    with reusing_fx_traces() as cache:
+        first = create_feature_extractor(copy_model(model), {"layer1": "layer1"})
+        second = create_feature_extractor(copy_model(model), {"layer1": "layer1"})
+    assert type(first).forward.__code__ is type(second).forward.__code__ and cache.code
+    assert inspect.getsource(type(second).forward).strip() == second.code.strip()
+    scripted = torch.jit.script(second)
+    with torch.no_grad():
+        assert torch.equal(scripted(x)["layer1"], create_feature_extractor(copy_model(model), {"layer1": "layer1"})(x)["layer1"])
+
+
+def test_compiling_is_restored():
+    from torch.fx import graph_module
+
+    before = graph_module._exec_with_source
+    with reusing_fx_traces():
+        assert graph_module._exec_with_source is not before
+    assert graph_module._exec_with_source is before

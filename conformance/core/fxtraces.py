@@ -11,7 +11,11 @@ were traced before returns a copy of that graph, with the tracer left as a fresh
 it (``root``, ``graph``, ``node_to_qualname``); everything after the trace (the return nodes,
 dead-code elimination, the ``GraphModule``, the generated code) is still torchvision's own
 code, run on every call. A graph that reads an attribute the new model lacks (a tensor
-constant the first trace set on its root) is traced afresh. ``tests/test_fxtraces.py``
+constant the first trace set on its root) is traced afresh. Each ``GraphModule`` compiles its
+generated source with ``compile`` (six times per extractor: each mode, before and after the
+return nodes are set); inside, a source compiled before gives the code object compiled then,
+executed in the new module's globals as FX executes it (the generated source is registered
+under its own name all the same). ``tests/test_fxtraces.py``
 proves the extractors equal, bitwise and in generated code, to fresh
 ``create_feature_extractor`` calls. The bench never uses it: costs stay those users pay.
 """
@@ -22,6 +26,7 @@ import contextlib
 import copy
 import operator
 from collections import OrderedDict
+from types import CodeType
 from typing import Any, Hashable, Iterator
 
 from torch import fx, nn
@@ -50,11 +55,13 @@ def structure(model: nn.Module) -> Hashable:
 
 
 def _copy(graph: fx.Graph, qualnames: dict[fx.Node, str]) -> tuple[fx.Graph, OrderedDict]:
-    """A copy of ``graph`` (as ``Graph.__deepcopy__`` makes it) and ``qualnames`` for its nodes."""
+    """A copy of ``graph`` (as ``Graph.__deepcopy__`` makes it, with the traced function's
+    ``_co_fields``, which a fresh trace sets) and ``qualnames`` for its nodes."""
     nodes: dict[fx.Node, fx.Node] = {}
     twin = fx.Graph(tracer_cls=graph._tracer_cls)
     output = twin.graph_copy(graph, val_map=nodes, return_output_node=True)
     twin._codegen = copy.deepcopy(graph._codegen)
+    twin._co_fields = dict(graph._co_fields)  # where the traced forward is: the generated code's file name says it
     if output is not None:
         value, old_output = output
         twin.output(value, type_expr=getattr(old_output, "type", None)).meta = dict(old_output.meta)
@@ -77,6 +84,7 @@ class TraceCache:
 
     def __init__(self) -> None:
         self.graphs: dict[Hashable, tuple[fx.Graph, OrderedDict]] = {}
+        self.code: dict[tuple, CodeType] = {}  # generated source and where from -> its compiled code
         self.hits = 0
         self.misses = 0
 
@@ -89,11 +97,22 @@ def _tracer_options(tracer: Any, concrete_args: Any) -> Hashable:
 @contextlib.contextmanager
 def reusing_fx_traces(cache: TraceCache | None = None) -> Iterator[TraceCache]:
     """Inside, torchvision's ``NodePathTracer.trace`` returns a copy of an earlier trace of the
-    same structure (:func:`structure`) and options; ``cache`` keeps them across uses."""
+    same structure (:func:`structure`) and options, and FX compiles each generated source once;
+    ``cache`` keeps both across uses."""
+    from torch.fx import graph_module
     from torchvision.models.feature_extraction import NodePathTracer
 
     cache = TraceCache() if cache is None else cache
     original = NodePathTracer.trace
+    original_exec = graph_module._exec_with_source
+
+    def exec_with_source(src: str, globals: dict[str, Any], co_fields: dict[str, Any] | None = None) -> None:
+        key = graph_module._loader.cache(src, globals, co_fields)  # the source under a name of its own, as FX registers it
+        known = (src, tuple(sorted((co_fields or {}).items())))  # the code's file name tells where it was generated from
+        code = cache.code.get(known)
+        if code is None:
+            code = cache.code[known] = compile(src, key, "exec", dont_inherit=True)
+        exec(code, globals)
 
     def trace(self: Any, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         if not isinstance(root, nn.Module):
@@ -110,8 +129,8 @@ def reusing_fx_traces(cache: TraceCache | None = None) -> Iterator[TraceCache]:
         cache.graphs[key] = _copy(graph, self.node_to_qualname)
         return graph
 
-    NodePathTracer.trace = trace
+    NodePathTracer.trace, graph_module._exec_with_source = trace, exec_with_source
     try:
         yield cache
     finally:
-        NodePathTracer.trace = original
+        NodePathTracer.trace, graph_module._exec_with_source = original, original_exec

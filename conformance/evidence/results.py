@@ -19,7 +19,7 @@ import csv
 import gzip
 import json
 import math
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -39,6 +39,8 @@ COLUMNS = (
     "run_id", "model", "family", "strategy", "layer", "check", "status", "diagnosis", "detail",
     "max_abs_err", "scale", "bitwise", "device",
 )
+#: A verdict's own columns, read straight off it (``dataclasses.asdict`` copies each value deeply).
+_RESULT_FIELDS = tuple(field.name for field in fields(CheckResult))
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 RUN_JSON = "run.json"
@@ -140,7 +142,7 @@ class ResultsWriter:
         rows = [
             {
                 "run_id": self.metadata["run_id"], "model": model, "family": family, "strategy": strategy,
-                "device": self.metadata["device"], **asdict(result),
+                "device": self.metadata["device"], **{name: getattr(result, name) for name in _RESULT_FIELDS},
             }
             for result in results
         ]

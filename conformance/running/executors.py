@@ -16,7 +16,6 @@ interpreters of their own (:class:`FreshInterpreters`), as Ray's are.
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import os
 import pickle
 import subprocess
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from conformance.core.allocator import imports_kept_out_of_collection, release_freed_memory, reuse_freed_memory
 from conformance.core.errors import ConformanceError
+from conformance.running.workers import WORKER_MODULES, start_worker_server, worker_context
 from conformance.zoo.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -172,32 +172,6 @@ class _PoolExecutor:
             return self._alone(payload)
         except Exception:
             return None
-
-
-#: What every worker imports: loaded once by the fork server the workers are forked from (the
-#: model libraries of the built-in zoos too: each worker would otherwise import them for its
-#: first model, seconds that no core can share).
-WORKER_MODULES = ("conformance.running.runner", "torchvision.models.feature_extraction", "timm")
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Where worker processes come from: forked from a fork server, a process that imported
-    :data:`WORKER_MODULES` and ran nothing else (no tensor op, no thread, no CUDA), so each
-    worker starts clean without importing torch again; spawned where there is no fork server."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
-    return context
-
-
-def start_worker_server() -> None:
-    """Start the fork server now, so that it imports the runner while this process still
-    resolves the models (seconds off every run in processes)."""
-    if worker_context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
 
 
 class FreshInterpreters:
