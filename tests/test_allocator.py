@@ -47,3 +47,23 @@ def test_without_the_setting_freed_memory_goes_back_at_once():
     why every copy of a large model faults in fresh pages."""
     freed, _ = _resident_growth("default")
     assert freed < 16 * MIB
+
+
+def test_a_models_work_leaves_the_objects_before_it_out_of_collection_and_collects_its_own_cycles():
+    import gc
+    import weakref
+
+    from conformance.core.allocator import one_models_memory
+
+    class Node:
+        pass
+
+    before = gc.get_freeze_count()
+    with one_models_memory():
+        assert gc.get_freeze_count() > before
+        cycle = Node()
+        cycle.itself = cycle
+        alive = weakref.ref(cycle)
+        del cycle
+    assert gc.get_freeze_count() == 0
+    assert alive() is None

@@ -1,6 +1,8 @@
 """The executors run the same units as a serial run and write the same rows, in the same order."""
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -94,6 +96,29 @@ def test_jobs_that_are_no_positive_number_are_a_clear_error(text):
 def test_the_worker_server_is_started_early_only_for_runs_that_may_use_processes(options, expected):
     args = _parser().parse_args(["run", "--threads", "2", *options])
     assert _may_use_processes(args) is expected
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], True), (["--model", "a", "--model", "b"], True), (["--model", "a"], False), (["--jobs", "1"], False),
+    (["--jobs=1"], False), (["--executor", "serial", "--jobs", "2"], False), (["--executor=ray"], False),
+    (["--executor", "processes", "--model", "a"], True), (["--model", "a", "--jobs", "2"], True), (["--device", "cuda:0"], False),
+    (["--help"], False),
+])
+def test_the_command_guesses_before_importing_torch_whether_a_run_forks_workers(options, expected, monkeypatch):
+    """The guess of ``conformance.launch`` (before the options are parsed) agrees with the parsed
+    decision on the cases above; another command never starts the fork server."""
+    from conformance import __main__ as launch
+
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
+    assert launch._will_fork_workers(["run", *options]) is expected
+    assert not launch._will_fork_workers(["report", *options])
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 1)
+    assert not launch._will_fork_workers(["run", *options])
+
+
+def test_the_command_imports_no_torch_before_it_starts_the_fork_server():
+    code = "import sys, conformance.__main__, conformance.running.workers; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_a_run_of_several_models_uses_a_process_per_core_by_default(tmp_path):

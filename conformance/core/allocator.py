@@ -9,10 +9,10 @@ that a copy reuses the pages of the copy before it (VGG-11: about 50 ms);
 :func:`release_freed_memory` gives the free pages back between models (``malloc_trim``,
 after a garbage collection).
 
-:func:`imports_kept_out_of_collection` spares Python's cyclic garbage collector the objects
-alive when a model's work starts (the imported modules of torch, torchvision and timm: about a
-million objects), which each full collection would otherwise walk again; FX graphs and model
-copies make a run trigger dozens of them per model.
+:func:`one_models_memory` spares Python's cyclic garbage collector the objects alive when a
+model's work starts (the imported modules of torch, torchvision and timm: about a million
+objects), which each full collection would otherwise walk again (FX graphs and model copies
+make a run trigger dozens of them per model), and releases what the model's work freed.
 
 Only ``conformance run`` and its worker processes set them: ``conformance bench`` reads the
 resident set size for its memory metrics, and a user's process (``assert_conforms``, the
@@ -28,7 +28,7 @@ import functools
 import gc
 from typing import Iterator
 
-__all__ = ["imports_kept_out_of_collection", "release_freed_memory", "reuse_freed_memory"]
+__all__ = ["one_models_memory", "release_freed_memory", "reuse_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -66,12 +66,13 @@ def release_freed_memory() -> None:
 
 
 @contextlib.contextmanager
-def imports_kept_out_of_collection() -> Iterator[None]:
-    """Inside, the objects alive on entry are left out of the cyclic garbage collector's passes
-    (``gc.freeze``); on leaving they are put back, so whatever of them became garbage is
-    collected with the rest."""
+def one_models_memory() -> Iterator[None]:
+    """The work of one model. Inside, the objects alive on entry are left out of the cyclic
+    garbage collector's passes (``gc.freeze``); on leaving, the garbage made inside is collected
+    without walking them again, the free pages go back to the system, and they are put back."""
     gc.freeze()
     try:
         yield
     finally:
+        release_freed_memory()
         gc.unfreeze()

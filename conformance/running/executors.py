@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-from conformance.core.allocator import imports_kept_out_of_collection, release_freed_memory, reuse_freed_memory
+from conformance.core.allocator import one_models_memory, reuse_freed_memory
 from conformance.core.errors import ConformanceError
 from conformance.running.workers import WORKER_MODULES, start_worker_server, worker_context
 from conformance.zoo.specs import ModelSpec
@@ -66,10 +66,9 @@ class SerialExecutor:
 
         for task in tasks:
             before = timings.snapshot()
-            with imports_kept_out_of_collection():
+            with one_models_memory():
                 for strategy_name, results in model_units(task.spec, list(task.strategies), config, timings):
                     yield task, strategy_name, results
-            release_freed_memory()
             after = timings.snapshot()
             timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
@@ -119,15 +118,13 @@ def run_payload(payload: _Payload) -> dict[str, Any]:
 
     make_deterministic(seed=payload.config.seed, threads=payload.threads)
     timings = Timings()
-    try:
-        with timings.phase("model_build"):
-            spec = resolve_model(payload.reference, input_shape=payload.input_shape)
-        with imports_kept_out_of_collection():
+    with one_models_memory():
+        try:
+            with timings.phase("model_build"):
+                spec = resolve_model(payload.reference, input_shape=payload.input_shape)
             units = list(model_units(spec, list(payload.strategies), payload.config, timings, strict_layers=payload.strict_layers))
-    except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
-        return {"error": str(exc)}
-    finally:
-        release_freed_memory()
+        except ConformanceError as exc:  # bad input ends the run, as it does in a serial run
+            return {"error": str(exc)}
     return {"units": units, "seconds": timings.worker_seconds(), "strategy_seconds": dict(timings.by_strategy)}
 
 

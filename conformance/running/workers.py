@@ -1,6 +1,6 @@
 """Where ``--jobs`` worker processes come from: a fork server that imported the runner and the
 model libraries once. Nothing here imports torch, so that the command line can start the
-server before it imports torch itself (:mod:`conformance.launch`): both imports, seconds each,
+server before it imports torch itself (``conformance/__main__.py``): both imports, seconds each,
 then run on two cores at once."""
 
 from __future__ import annotations
