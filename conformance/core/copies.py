@@ -89,7 +89,7 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
 def _copy_parameter(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
     """``copy.deepcopy(tensor, memo)``; for an ``nn.Parameter`` (the class itself), the steps its
     ``__deepcopy__`` takes, without ``copy.deepcopy``'s dispatch."""
-    if tensor is None or type(tensor) is not nn.Parameter:
+    if type(tensor) is not nn.Parameter:
         return None if tensor is None else copy.deepcopy(tensor, memo)
     found = memo.get(id(tensor))
     if found is None:
