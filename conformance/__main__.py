@@ -1,15 +1,17 @@
 """The ``conformance`` command and ``python -m conformance``. A run that will fork worker
 processes starts their fork server first, before torch is imported here, so that the server's
 imports and this process's run at once (:mod:`conformance.running.workers`); then
-:func:`conformance.cli.main` takes over."""
+:func:`conformance.cli.main` takes over. The command ends as soon as its work is done
+(:func:`command`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-__all__ = ["main"]
+__all__ = ["command", "main"]
 
 _SERIAL_OPTIONS = {("--jobs", "1"), ("--executor", "serial"), ("--executor", "ray")}
 
@@ -36,5 +38,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(argv)
 
 
+def command() -> NoReturn:
+    """The console script: :func:`main`, then the exit without the interpreter's teardown.
+
+    Every file the command writes is closed by then; the exit handlers run (the worker
+    processes' shutdown among them) and the standard streams are flushed, as at a normal exit.
+    What is skipped is the freeing of every module and object one by one, which took about
+    1.5 s after a run, with torch, torchvision and timm loaded."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

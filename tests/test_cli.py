@@ -75,6 +75,18 @@ def test_bad_input_through_the_console_script_exits_2_without_a_traceback(tmp_pa
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_the_console_script_ends_without_teardown_yet_with_its_code_and_all_its_output():
+    """``command`` leaves by ``os._exit``: its exit code is still the command's, and what it printed
+    into a pipe (block-buffered) all arrives; a traceback would have been a normal exit."""
+    from strategies import list_strategies
+
+    listing = conformance("list", "strategies", subprocess_=True)
+    assert listing.returncode == 0 and listing.stdout.splitlines()[-1].startswith(list_strategies()[-1])
+    assert len(listing.stdout.splitlines()) == len(list_strategies())
+    bad = conformance("list", "widgets", subprocess_=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
 def test_unknown_layer_suggests_close_names(tmp_path):
     result = conformance("run", "--model", f"{PITFALLS}:plain", "--layers", "secnod", "--out", str(tmp_path))
     assert "did you mean second" in result.stderr

@@ -8,7 +8,7 @@ import timm
 import torch
 import torchvision
 from timm.models import create_feature_extractor as timm_create_feature_extractor
-from torch import nn
+from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from conformance.core import fxtraces
@@ -157,3 +157,55 @@ def test_compiling_is_restored():
     with reusing_fx_traces():
         assert graph_module._exec_with_source is not before
     assert graph_module._exec_with_source is before
+
+
+class Signed(nn.Module):
+    """Two graphs that differ only in a constant's sign: 0.0 and -0.0 are equal, but written apart."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + self.offset
+
+
+def _graphs(*models: nn.Module) -> list[fx.Graph]:
+    """Graphs as ``create_feature_extractor`` leaves them: traced, then cut to some return nodes."""
+    graphs = []
+    for model in models or (torchvision.models.resnet18(), timm.create_model("vit_tiny_patch16_224", img_size=32), Signed(0.0), Signed(-0.0)):
+        for request in _requests(model.eval())[:3]:
+            extractor = create_feature_extractor(model, {node: node for node in request})
+            graphs += [extractor.train_graph, extractor.eval_graph]
+    return graphs
+
+
+def _same_code(expected: fx.graph.PythonCode, got: fx.graph.PythonCode) -> bool:
+    return (expected.src == got.src and expected._lineno_map == got._lineno_map and expected._prologue_start == got._prologue_start
+            and expected.globals.keys() == got.globals.keys() and all(got.globals[name] is value for name, value in expected.globals.items()))
+
+
+def test_generated_python_is_fx_own_for_every_graph():
+    """Each graph's source, written once and then reused, is what FX writes: the same text, line
+    map and globals (the very objects); and the globals handed out are a dict of their own."""
+    graphs = _graphs()
+    expected = [graph.python_code(root_module="self") for graph in graphs]
+    with reusing_fx_traces() as cache:
+        first = [graph.python_code(root_module="self") for graph in graphs]
+        again = [graph.python_code(root_module="self") for graph in graphs]
+    assert len(cache.sources) < len(graphs)  # two graphs' sources are the same code (the same request in train and eval mode)
+    assert all(_same_code(a, b) and _same_code(a, c) for a, b, c in zip(expected, first, again))
+    assert all(b.globals is not c.globals for b, c in zip(first, again))
+
+
+def test_a_key_blind_to_the_sign_of_zero_is_caught(monkeypatch):
+    """The planted fault: floats keyed by value make 0.0 and -0.0 one key, so the second model
+    gets the first one's source; the comparison sees it."""
+    monkeypatch.setattr(fxtraces, "_VALUES", (*fxtraces._VALUES, float))
+    extractors = [create_feature_extractor(Signed(offset), {"add": "add"}) for offset in (0.0, -0.0)]
+    graphs = [graph for extractor in extractors for graph in (extractor.train_graph, extractor.eval_graph)]
+    expected = [graph.python_code(root_module="self") for graph in graphs]
+    assert "-0.0" in expected[2].src and "-0.0" not in expected[0].src
+    with reusing_fx_traces():
+        got = [graph.python_code(root_module="self") for graph in graphs]
+    assert [_same_code(a, b) for a, b in zip(expected, got)] == [True, True, False, False]

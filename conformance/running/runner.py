@@ -36,6 +36,7 @@ from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, S
 from conformance.core.compare import bitwise_equal, compare, is_close
 from conformance.core.errors import ConformanceError
 from conformance.core.fxtraces import TraceCache, reusing_fx_traces
+from conformance.core.jitscans import ScanCache, reusing_script_scans
 from conformance.truth.layers import resolve_layers
 from conformance.judging.diagnoses import graph_ops, norm_modules
 from conformance.truth.nodes import Node, record
@@ -619,8 +620,9 @@ def model_units(
         yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
         return
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
+    scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
     for strategy_name in strategies:
-        with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces):
+        with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans):
             rows = model_run.unit(strategy_name)
         if materialised:
             for row in rows:
