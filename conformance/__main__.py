@@ -2,7 +2,7 @@
 processes starts their fork server first, before torch is imported here, so that the server's
 imports and this process's run at once (:mod:`conformance.running.workers`); then
 :func:`conformance.cli.main` takes over. The command ends as soon as its work is done
-(:func:`command`)."""
+(:func:`command`, the console script)."""
 
 from __future__ import annotations
 
@@ -55,5 +55,5 @@ def command() -> NoReturn:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    command()
+if __name__ == "__main__":  # python -m conformance: the interpreter's own exit, which profilers and tracers wait for
+    sys.exit(main())

@@ -52,6 +52,8 @@ def _differences(original: nn.Module, expected: nn.Module, got: nn.Module) -> li
         other = states[1].get(key)
         if other is None or type(other) is not type(tensor) or other.requires_grad != tensor.requires_grad or not torch.equal(other, tensor):
             found.append(f"tensor {key} differs")
+        elif (other.storage_offset(), other.stride(), other.untyped_storage().nbytes()) != (tensor.storage_offset(), tensor.stride(), tensor.untyped_storage().nbytes()):
+            found.append(f"tensor {key} lies otherwise in its storage")
 
     def sharing(state: dict[str, torch.Tensor], of: Callable[[torch.Tensor], int]) -> list[list[str]]:
         groups: dict[int, list[str]] = {}
@@ -104,7 +106,16 @@ def _sharing_tensors(model: nn.Module) -> nn.Module:
     return twin
 
 
-@pytest.mark.parametrize("copier, difference", [(_without_shared_memo, "shared tensors differ"), (_sharing_tensors, "shares storage with the original")])
+def _cloning_buffers(model: nn.Module) -> nn.Module:
+    """A planted fault: buffers cloned one by one, so a buffer viewing another gets a storage of its own."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        module._buffers = {name: buffer.clone() for name, buffer in module._buffers.items()}
+    return twin
+
+
+@pytest.mark.parametrize("copier, difference", [(_without_shared_memo, "shared tensors differ"), (_sharing_tensors, "shares storage with the original"),
+                                                (_cloning_buffers, "shared storages differ"), (_cloning_buffers, "tensor view lies otherwise in its storage")])
 def test_the_comparison_catches_a_copy_that_unties_or_shares_tensors(copier, difference):
     model = Tied()
     assert difference in _differences(model, copy.deepcopy(model), copier(model))

@@ -8,8 +8,9 @@ whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its
 do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
 and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and sets are made
 fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
-parameter and buffer dictionaries are copied entry by entry, and a parameter (``nn.Parameter``
-itself) is made as its ``__deepcopy__`` makes it. A class with its own
+parameter and buffer dictionaries are copied entry by entry, a parameter (``nn.Parameter``
+itself) is made as its ``__deepcopy__`` makes it, and so is a plain buffer (its storage copied
+once with the memo, so buffers viewing one storage view one copy). A class with its own
 ``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, quantized and
 scripted modules), a state that is not a dict, and every value that is not a module go to
 ``copy.deepcopy`` with the same memo. A quantized module's own ``__deepcopy__`` unpacks its
@@ -77,13 +78,29 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
         elif key == "_parameters" and kind is dict:
             state[key] = {name: _copy_parameter(tensor, memo) for name, tensor in value.items()}
         elif key == "_buffers" and kind is dict:
-            state[key] = {name: None if tensor is None else copy.deepcopy(tensor, memo) for name, tensor in value.items()}
+            state[key] = {name: _copy_buffer(tensor, memo) for name, tensor in value.items()}
         elif kind is tuple and all(type(item) in _ATOMIC for item in value):
             continue
         else:
             state[key] = copy.deepcopy(value, memo)
     twin.__setstate__(state)
     return twin
+
+
+def _copy_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
+    """``copy.deepcopy(tensor, memo)``; for a plain dense tensor on the CPU or CUDA with nothing
+    attached (no gradient, no attributes, not a view into autograd, not conjugated or negated),
+    the steps ``Tensor.__deepcopy__`` takes: its storage deep-copied with the memo (so buffers
+    sharing one share the copy), and a tensor set on it at the same offset, size and stride."""
+    if (type(tensor) is not torch.Tensor or tensor.device.type not in ("cpu", "cuda") or tensor.is_sparse or tensor.is_quantized
+            or not tensor.is_leaf or tensor.requires_grad or tensor.grad is not None or tensor.is_conj() or tensor.is_neg() or tensor.__dict__):
+        return None if tensor is None else copy.deepcopy(tensor, memo)
+    found = memo.get(id(tensor))
+    if found is None:
+        with torch.no_grad():
+            storage = copy.deepcopy(tensor.untyped_storage(), memo)
+            found = memo[id(tensor)] = tensor.new_empty([]).set_(storage, tensor.storage_offset(), tensor.size(), tensor.stride())
+    return found
 
 
 def _copy_parameter(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:

@@ -95,8 +95,9 @@ def reusing_script_scans(cache: ScanCache | None = None) -> Iterator[ScanCache]:
             }
             return found
         cache.hits += 1
-        # TorchScript's own scan, told to pass over the plain functions of the class it looked at before
-        seen = {name for name, function in known.items() if name not in own and _class_function(cls, name) is function}
+        # TorchScript's own scan, told to pass over the names it looked at before that still give the same
+        # function: its answer depends only on the function's qualified name, the class's name and the registry
+        seen = {name for name, function in known.items() if name not in own and getattr(cls, name, None) is function}
         return original_overloads(mod, seen.union(jit_ignored_properties))
 
     _recursive.get_jit_def, _recursive.get_overload_annotations = get_jit_def, get_overload_annotations
