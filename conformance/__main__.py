@@ -28,7 +28,7 @@ def _will_fork_workers(argv: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``conformance`` console script."""
+    """The command: the early fork server where a run will fork workers, then :func:`conformance.cli.main`."""
     if _will_fork_workers(sys.argv[1:] if argv is None else argv):
         from conformance.running.workers import start_worker_server
 

@@ -23,16 +23,6 @@ from conformance.core.copies import copy_model
 from conformance.core.jitscans import reusing_script_scans
 
 
-class Doubling(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-
-class Tripling(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * 3
-
-
 class Overloaded(nn.Module):
     """A method with TorchScript overloads, which the overload scan must find every time."""
 
@@ -50,9 +40,9 @@ class Overloaded(nn.Module):
 
 
 def _fresh_classes() -> tuple[type, type, type]:
-    """New classes with the methods above (TorchScript has compiled none of them yet): a
-    scaling block whose factor is a constant, so each factor is a type of its own, compiled
-    from the one parsed definition; the doubling and the tripling module."""
+    """New classes (TorchScript has compiled none of them yet): a scaling block whose factor is
+    a constant, so each factor is a type of its own, compiled from the one parsed definition;
+    a doubling and a tripling module, whose forwards share a name."""
     class Scaling(nn.Module):
         __constants__ = ["factor"]
 
@@ -64,15 +54,15 @@ def _fresh_classes() -> tuple[type, type, type]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) * self.factor
 
-    class FreshDoubling(nn.Module):
+    class Doubling(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 2
 
-    class FreshTripling(nn.Module):
+    class Tripling(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * 3
 
-    return Scaling, FreshDoubling, FreshTripling
+    return Scaling, Doubling, Tripling
 
 
 def _fresh_model() -> nn.Module:
@@ -83,11 +73,6 @@ def _fresh_model() -> nn.Module:
 
 def halving(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x / 2
-
-
-def _pair(model: nn.Module) -> nn.Module:
-    """Both operands of a comparison: the doubling and tripling modules in one model."""
-    return nn.Sequential(model, Doubling(), Tripling())
 
 
 def _graph(scripted: torch.jit.ScriptModule) -> str:
@@ -112,7 +97,7 @@ def _differences(fresh: torch.jit.ScriptModule, reused: torch.jit.ScriptModule, 
 
 
 def _instance_forward() -> nn.Module:
-    model = Doubling()
+    model = _fresh_classes()[1]()
     model.forward = types.MethodType(halving, model)
     return model
 
@@ -153,10 +138,14 @@ def test_classes_with_methods_of_one_name_are_scanned_apart():
     """Control: a method's definition is keyed by its function. Scripted after the doubling
     module, the tripling one still triples, and a module whose instance sets its own forward
     runs that forward."""
+    def modules() -> list[nn.Module]:
+        _, doubling, tripling = _fresh_classes()
+        return [doubling(), tripling(), _instance_forward()]
+
     x = torch.randn(2, 3)
-    fresh = [torch.jit.script(module) for module in (Doubling(), Tripling(), _instance_forward())]
+    fresh = [torch.jit.script(module) for module in modules()]
     with reusing_script_scans():
-        reused = [torch.jit.script(module) for module in (Doubling(), Tripling(), _instance_forward())]
+        reused = [torch.jit.script(module) for module in modules()]
     assert [_differences(a, b, x) for a, b in zip(fresh, reused)] == [[], [], []]
     assert torch.equal(reused[1](x), x * 3) and torch.equal(reused[2](x), x / 2)
 

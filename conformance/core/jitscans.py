@@ -23,6 +23,9 @@ import contextlib
 import types
 from typing import Any, Hashable, Iterator
 
+from torch import _jit_internal
+from torch.jit import _recursive, frontend
+
 __all__ = ["ScanCache", "reusing_script_scans"]
 
 
@@ -35,21 +38,9 @@ class ScanCache:
         self.hits = 0  # scans answered from the cache
 
 
-def _class_function(cls: type, name: str) -> types.FunctionType | None:
-    """The plain function ``name`` resolves to on ``cls``, or ``None`` for anything else."""
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            value = vars(klass)[name]
-            return value if isinstance(value, types.FunctionType) else None
-    return None
-
-
 def _definition_key(fn: Any, def_name: str, self_name: str | None, is_classmethod: bool) -> Hashable | None:
     """What ``get_jit_def`` reads: the function, the modifier set on it, and the names it compiles
     under; ``None`` where it reads more (MonkeyType's recorded types, a callable that is no function)."""
-    from torch import _jit_internal
-    from torch.jit import frontend
-
     function = getattr(fn, "__func__", fn)
     if frontend.monkeytype_trace or not isinstance(function, types.FunctionType):
         return None
@@ -58,8 +49,6 @@ def _definition_key(fn: Any, def_name: str, self_name: str | None, is_classmetho
 
 def _overloads_key(cls: type) -> Hashable:
     """The class, and how many overloads TorchScript's registry holds (it grows as classes are defined)."""
-    from torch import _jit_internal
-
     return cls, sum(len(overloads) for by_class in _jit_internal._overloaded_methods.values() for overloads in by_class.values())
 
 
@@ -67,8 +56,6 @@ def _overloads_key(cls: type) -> Hashable:
 def reusing_script_scans(cache: ScanCache | None = None) -> Iterator[ScanCache]:
     """Inside, ``torch.jit.script`` parses a method's source once per function and looks for
     overloads once per class and attribute; ``cache`` keeps both across uses."""
-    from torch.jit import _recursive
-
     cache = ScanCache() if cache is None else cache
     original_definition, original_overloads = _recursive.get_jit_def, _recursive.get_overload_annotations
 
@@ -91,12 +78,12 @@ def reusing_script_scans(cache: ScanCache | None = None) -> Iterator[ScanCache]:
             cache.no_overloads[key] = {
                 name: function for name in dir(cls)
                 if name not in own and name not in jit_ignored_properties
-                and (function := _class_function(cls, name)) is not None and function not in overloaded
+                and isinstance(function := getattr(cls, name, None), types.FunctionType) and function not in overloaded
             }
             return found
         cache.hits += 1
-        # TorchScript's own scan, told to pass over the names it looked at before that still give the same
-        # function: its answer depends only on the function's qualified name, the class's name and the registry
+        # TorchScript's own scan, told to pass over the names it found no overloads for that still give the
+        # same function: its answer depends only on the function's qualified name, the class's name and the registry
         seen = {name for name, function in known.items() if name not in own and getattr(cls, name, None) is function}
         return original_overloads(mod, seen.union(jit_ignored_properties))
 
