@@ -170,6 +170,18 @@ class Strategy(ABC):
         ``attach_per_mode(model, *, train_layers, eval_layers, tracer_kwargs)`` as well.
         """
 
+    def refusal(self, model: nn.Module) -> str | None:
+        """Why the strategy serves no request at all on ``model`` (not its kind of model), read
+        from the model without changing it; ``None`` where it may serve one. :meth:`attach`
+        raises it first (:meth:`refuse`), so a harness may ask it of a model it has not copied."""
+        return None
+
+    def refuse(self, model: nn.Module) -> None:
+        """Raise :class:`Unsupported` with :meth:`refusal`'s reason, where it gives one."""
+        reason = self.refusal(model)
+        if reason is not None:
+            raise Unsupported(reason)
+
 
 class Arguments(tuple):
     """The positional arguments of a model that takes more than one input (RAFT's two images).

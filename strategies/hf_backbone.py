@@ -62,17 +62,24 @@ def _from_model_checkpoint(backbone_class: type, model: nn.Module, out_features:
 class HfBackbone(Strategy):
     """The model type's transformers backbone with ``out_features``, holding the model's weights."""
 
-    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+    def refusal(self, model: nn.Module) -> str | None:
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         try:
-            import transformers
             from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
         except ImportError:
-            raise Unsupported("transformers is not installed") from None
+            return "transformers is not installed"
         if model_type not in MODEL_FOR_BACKBONE_MAPPING_NAMES or not getattr(config, "stage_names", None):
-            raise Unsupported(f"no transformers backbone for model type {model_type!r}: AutoBackbone has "
-                              f"{len(MODEL_FOR_BACKBONE_MAPPING_NAMES)} types")
+            return f"no transformers backbone for model type {model_type!r}: AutoBackbone has {len(MODEL_FOR_BACKBONE_MAPPING_NAMES)} types"
+        return None
+
+    def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
+        self.refuse(model)
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING_NAMES
+
+        config = model.config
+        model_type = config.model_type
         modules = module_outputs(layers, seen_by="a transformers backbone")
         indices, _ = hidden_state_modules(model)
         stages = list(config.stage_names)

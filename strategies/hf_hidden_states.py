@@ -101,10 +101,13 @@ class _HiddenStatesExtractor(Extractor):
 class HfHiddenStates(Strategy):
     """``model(x, output_hidden_states=True)``: ``hidden_states[i]`` and ``last_hidden_state``."""
 
+    def refusal(self, model: nn.Module) -> str | None:
+        if not hasattr(getattr(model, "config", None), "output_hidden_states"):
+            return "not a Hugging Face transformers model: output_hidden_states is a transformers model's option"
+        return None
+
     def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
-        config = getattr(model, "config", None)
-        if config is None or not hasattr(config, "output_hidden_states"):
-            raise Unsupported("not a Hugging Face transformers model: output_hidden_states is a transformers model's option")
+        self.refuse(model)
         modules = module_outputs(layers, seen_by="hidden_states")
         indices, final = hidden_state_modules(model)
         known = {**indices, **({final: None} if final else {})}

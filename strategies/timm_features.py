@@ -74,11 +74,14 @@ def feature_info_indices(model: nn.Module, layers: Sequence[Tap], *, seen_by: st
 class TimmFeaturesOnly(Strategy):
     """``timm.create_model(arch, features_only=True, out_indices=...)`` with the model's weights."""
 
+    def refusal(self, model: nn.Module) -> str | None:
+        if not (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or not getattr(model, "feature_info", None):
+            return "not a timm model: timm features_only needs a timm architecture with feature_info"
+        return None
+
     def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
-        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-        feature_info = getattr(model, "feature_info", None)
-        if not arch or not feature_info:
-            raise Unsupported("not a timm model: timm features_only needs a timm architecture with feature_info")
+        self.refuse(model)
+        arch, feature_info = model.pretrained_cfg["architecture"], model.feature_info
         indices = feature_info_indices(model, layers, seen_by="timm features_only", can_take="timm can tap only",
                                        one_per="timm features_only returns one feature per tap")
         out_indices = tuple(indices.values())

@@ -49,10 +49,13 @@ class _IntermediatesExtractor(Extractor):
 class TimmIntermediates(Strategy):
     """``model.forward_intermediates(x, indices=..., intermediates_only=True)`` on a timm model."""
 
+    def refusal(self, model: nn.Module) -> str | None:
+        if not callable(getattr(model, "forward_intermediates", None)) or not getattr(model, "feature_info", None):
+            return "not a timm model with forward_intermediates and feature_info"
+        return None
+
     def attach(self, model: nn.Module, *, layers: Sequence[Tap], tracer_kwargs: Mapping[str, Any] | None = None) -> Extractor:
-        feature_info = getattr(model, "feature_info", None)
-        if not callable(getattr(model, "forward_intermediates", None)) or not feature_info:
-            raise Unsupported("not a timm model with forward_intermediates and feature_info")
+        self.refuse(model)
         index_of = feature_info_indices(model, layers, seen_by="timm forward_intermediates", can_take="forward_intermediates can take only",
                                         one_per="forward_intermediates returns one feature per index")
         indices = sorted(index_of.values())  # timm returns the features in execution order

@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import pitfalls
+from conformance.core import copies
 from conformance.core.copies import _copied_generically, copy_model
 from conformance.judging.behaviour.copies import _scramble
 from conformance.zoo.specs import build_model, resolve_model
@@ -22,7 +23,8 @@ def _hook(module: nn.Module, args: Any, output: Any) -> None:
 
 
 class Tied(nn.Module):
-    """Tied weights, one module under two names, a list holding a module, a buffer viewing another, hooks."""
+    """Tied weights, one module under two names, a list holding a module, buffers viewing another
+    (one with an attribute of its own, which ``Tensor.__deepcopy__`` copies), hooks."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,6 +35,8 @@ class Tied(nn.Module):
         self.kept = [self.head, "label", 3]
         self.register_buffer("base", torch.arange(8.0))
         self.register_buffer("view", self.base[2:6])
+        self.register_buffer("tagged", self.base[4:8])
+        self.tagged.note = "kept"
         self.head.register_forward_hook(_hook)
         self.embed.register_forward_pre_hook(lambda module, args: None)
 
@@ -54,6 +58,8 @@ def _differences(original: nn.Module, expected: nn.Module, got: nn.Module) -> li
             found.append(f"tensor {key} differs")
         elif (other.storage_offset(), other.stride(), other.untyped_storage().nbytes()) != (tensor.storage_offset(), tensor.stride(), tensor.untyped_storage().nbytes()):
             found.append(f"tensor {key} lies otherwise in its storage")
+        elif other._version != tensor._version:
+            found.append(f"tensor {key} has another version count")
 
     def sharing(state: dict[str, torch.Tensor], of: Callable[[torch.Tensor], int]) -> list[list[str]]:
         groups: dict[int, list[str]] = {}
@@ -114,8 +120,25 @@ def _cloning_buffers(model: nn.Module) -> nn.Module:
     return twin
 
 
+def _cloning_unregistered(model: nn.Module) -> nn.Module:
+    """A planted fault: a buffer that fills its storage cloned without entering the storage in the
+    memo, so the buffers viewing it later get a storage of their own."""
+    def clone_buffer(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
+        if type(tensor) is torch.Tensor and not tensor.__dict__ and tensor.is_contiguous() and tensor.storage_offset() == 0:
+            return memo.setdefault(id(tensor), tensor.clone())
+        return copy_buffer(tensor, memo)
+
+    copy_buffer = copies._copy_buffer
+    copies._copy_buffer = clone_buffer
+    try:
+        return copy_model(model)
+    finally:
+        copies._copy_buffer = copy_buffer
+
+
 @pytest.mark.parametrize("copier, difference", [(_without_shared_memo, "shared tensors differ"), (_sharing_tensors, "shares storage with the original"),
-                                                (_cloning_buffers, "shared storages differ"), (_cloning_buffers, "tensor view lies otherwise in its storage")])
+                                                (_cloning_buffers, "shared storages differ"), (_cloning_buffers, "tensor view lies otherwise in its storage"),
+                                                (_cloning_buffers, "tensor base has another version count"), (_cloning_unregistered, "shared storages differ")])
 def test_the_comparison_catches_a_copy_that_unties_or_shares_tensors(copier, difference):
     model = Tied()
     assert difference in _differences(model, copy.deepcopy(model), copier(model))
@@ -161,3 +184,58 @@ def test_scrambling_a_quantized_copy_leaves_the_original_as_it_was(scramble, iso
     assert not torch.equal(twin(x), output)
     unchanged = all(torch.equal(value, before[key]) for key, value in _quantized_state(model).items()) and torch.equal(model(x), output)
     assert unchanged is isolated
+
+
+def _quantized_convs(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.ao.nn.quantized.modules.conv._ConvNd)}
+
+
+def _sharing_quantized_convs(model: nn.Module) -> nn.Module:
+    """A planted fault: the copy holds the original's quantized convolutions themselves."""
+    def share(conv: nn.Module, memo: dict) -> nn.Module:
+        memo[id(conv)] = conv
+        return conv
+
+    copy_packed_conv = copies._copy_packed_conv
+    copies._copy_packed_conv = share
+    try:
+        return copy_model(model)
+    finally:
+        copies._copy_packed_conv = copy_packed_conv
+
+
+def _quantized_copy_differences(model: nn.Module, expected: nn.Module, got: nn.Module, x: torch.Tensor) -> list[str]:
+    """How ``got`` differs from ``expected`` (``copy.deepcopy(model)``) and whether changing its
+    weights (setting, loading, the state-dict check's scramble) reaches ``model``."""
+    found = []
+    before, output = _quantized_state(model), model(x)
+    layout = lambda m: [(name, type(module), sorted(vars(module)), list(module._forward_hooks.values())) for name, module in m.named_modules()]  # noqa: E731
+    if layout(got) != layout(expected):
+        found.append("modules, attributes or hooks differ")
+    if not (torch.equal(got(x), expected(x)) and torch.equal(got(x), output)):
+        found.append("outputs differ")
+    if any(not torch.equal(value, before[key]) for key, value in _quantized_state(got).items()):
+        found.append("state differs")
+    originals = _quantized_convs(model)
+    if not all(conv._packed_params is originals[name]._packed_params for name, conv in _quantized_convs(got).items()):
+        found.append("packed again")
+    got.layer1[0].conv2.set_weight_bias(got.layer1[0].conv1.weight(), None)
+    got.load_state_dict(_quantized_resnet18(1).state_dict())
+    _scramble(got)
+    if any(not torch.equal(value, before[key]) for key, value in _quantized_state(model).items()) or not torch.equal(model(x), output):
+        found.append("changing the copy changed the original")
+    return found
+
+
+@pytest.mark.parametrize("copier, differences", [(copy.deepcopy, ["packed again"]), (copy_model, []),
+                                                 (_sharing_quantized_convs, ["modules, attributes or hooks differ", "changing the copy changed the original"])],
+                         ids=["deepcopy", "copy_model", "control: the convolutions shared"])
+def test_a_quantized_copy_is_what_deepcopy_gives_without_packing_again(copier, differences):
+    """A quantized convolution's copy holds the original's packed weights (its ``__deepcopy__``
+    unpacks and packs them again) and is otherwise what ``copy.deepcopy`` gives: the same
+    modules, attributes, hooks (which that ``__deepcopy__`` drops), state and output; setting,
+    loading or scrambling its weights leaves the original as it was."""
+    model, x = _quantized_resnet18(0), torch.randn(1, 3, 64, 64)
+    model.layer1[0].conv1.register_forward_hook(_hook)
+    model.layer1[0].relu.register_forward_hook(_hook)
+    assert _quantized_copy_differences(model, copy.deepcopy(model), copier(model), x) == differences

@@ -10,13 +10,16 @@ and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and set
 fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
 parameter and buffer dictionaries are copied entry by entry, a parameter (``nn.Parameter``
 itself) is made as its ``__deepcopy__`` makes it, and so is a plain buffer (its storage copied
-once with the memo, so buffers viewing one storage view one copy). A class with its own
-``__deepcopy__``, ``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, quantized and
-scripted modules), a state that is not a dict, and every value that is not a module go to
-``copy.deepcopy`` with the same memo. A quantized module's own ``__deepcopy__`` unpacks its
-weights and packs them again, which is most of a quantized model's copying, and packs them with
-the original's bias tensor, which its state dict returns: a change written into a copy's state
-dict reaches the original, so nothing here writes into one (``tests/test_copies.py``).
+once with the memo, so buffers viewing one storage view one copy). A quantized convolution is
+copied by its own ``__getstate__`` and ``__setstate__``, as its ``__deepcopy__`` copies it, except
+that the copy holds the original's packed-weights object: that ``__deepcopy__`` unpacks the weights
+and packs them again, most of a quantized model's copying, and nothing changes a packed object
+(setting or loading weights packs a new one). A class with its own ``__deepcopy__``,
+``__reduce_ex__``, ``__reduce__`` or new-arguments (GraphModule, other quantized and scripted
+modules), a state that is not a dict, and every value that is not a module go to
+``copy.deepcopy`` with the same memo. A quantized module's copy, by ``copy.deepcopy`` as by this,
+holds the original's bias tensor, which its state dict returns: a change written into a copy's
+state dict reaches the original, so nothing here writes into one (``tests/test_copies.py``).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.modules.conv import _ConvNd as _PackedConv
 
 __all__ = ["copy_model"]
 
 Copied = TypeVar("Copied")
 
 _generic_classes: dict[type, bool] = {}
+_packed_conv_classes: dict[type, bool] = {}
 
 #: Values ``copy.deepcopy`` returns as they are (and tuples of them).
 _ATOMIC = frozenset({bool, int, float, complex, str, bytes, type(None), type, torch.dtype})
@@ -55,6 +60,15 @@ def _copied_generically(cls: type) -> bool:
     return _generic_classes[cls]
 
 
+def _copied_as_packed_conv(cls: type) -> bool:
+    """Whether ``cls`` is a quantized convolution that ``copy.deepcopy`` copies by
+    ``_ConvNd``'s own ``__deepcopy__``, ``__getstate__`` and ``__setstate__``."""
+    if cls not in _packed_conv_classes:
+        _packed_conv_classes[cls] = all(getattr(cls, name, None) is getattr(_PackedConv, name)
+                                        for name in ("__deepcopy__", "__getstate__", "__setstate__", "__reduce_ex__", "__reduce__"))
+    return _packed_conv_classes[cls]
+
+
 def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     """What ``copy.deepcopy(model, memo)`` returns, sooner for modules."""
     memo = {} if memo is None else memo
@@ -62,6 +76,8 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     if found is not None:
         return found
     cls = type(model)
+    if _copied_as_packed_conv(cls) and "__deepcopy__" not in vars(model):
+        return _copy_packed_conv(model, memo)
     state = model.__getstate__() if _copied_generically(cls) and "__deepcopy__" not in vars(model) else None
     if type(state) is not dict:
         return copy.deepcopy(model, memo)
@@ -87,19 +103,49 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     return twin
 
 
+def _copy_packed_conv(conv: _PackedConv, memo: dict[int, Any]) -> _PackedConv:
+    """``conv.__deepcopy__(memo)`` of a quantized convolution without unpacking its weights and
+    packing them again: its own ``__getstate__`` and ``__setstate__`` make the copy, the weights
+    passing between them as the original's packed-weights object, which the copy then holds.
+    Nothing changes such an object: setting or loading weights packs a new one
+    (``tests/test_copies.py``)."""
+    packed = conv._packed_params
+    twin = type(conv).__new__(type(conv))
+    nn.Module.__init__(twin)
+    vars(conv)["_weight_bias"] = lambda: (packed, None)
+    vars(twin)["set_weight_bias"] = lambda weight, bias: setattr(twin, "_packed_params", weight)
+    try:
+        twin.__setstate__(conv.__getstate__())
+    finally:
+        del vars(conv)["_weight_bias"], vars(twin)["set_weight_bias"]
+    memo[id(conv)] = twin
+    return twin
+
+
 def _copy_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
     """``copy.deepcopy(tensor, memo)``; for a plain dense tensor on the CPU or CUDA with nothing
     attached (no gradient, no attributes, not a view into autograd, not conjugated or negated),
     the steps ``Tensor.__deepcopy__`` takes: its storage deep-copied with the memo (so buffers
-    sharing one share the copy), and a tensor set on it at the same offset, size and stride."""
+    sharing one share the copy), and a tensor set on it at the same offset, size and stride. A
+    storage seen first through a tensor that fills it contiguously is copied by cloning that
+    tensor, and entered in the memo under both keys ``copy.deepcopy`` and the storage's own
+    ``__deepcopy__`` use."""
     if (type(tensor) is not torch.Tensor or tensor.device.type not in ("cpu", "cuda") or tensor.is_sparse or tensor.is_quantized
-            or not tensor.is_leaf or tensor.requires_grad or tensor.grad is not None or tensor.is_conj() or tensor.is_neg() or tensor.__dict__):
+            or not tensor.is_leaf or tensor.requires_grad or tensor.grad is not None or tensor.is_conj() or tensor.is_neg()
+            or tensor.is_inference() or tensor.__dict__):
         return None if tensor is None else copy.deepcopy(tensor, memo)
     found = memo.get(id(tensor))
     if found is None:
-        with torch.no_grad():
-            storage = copy.deepcopy(tensor.untyped_storage(), memo)
-            found = memo[id(tensor)] = tensor.new_empty([]).set_(storage, tensor.storage_offset(), tensor.size(), tensor.stride())
+        original = tensor.untyped_storage()
+        storage = memo.get(id(original))
+        if storage is None:
+            if tensor.storage_offset() == 0 and tensor.is_contiguous() and tensor.numel() * tensor.element_size() == original.nbytes():
+                storage = tensor.clone().untyped_storage()
+                memo[id(original)] = memo.setdefault("torch", {})[original._cdata] = storage
+                memo.setdefault(id(memo), []).append(original)  # as copy.deepcopy keeps what it copied alive
+            else:
+                storage = copy.deepcopy(original, memo)
+        found = memo[id(tensor)] = tensor.new_empty([]).set_(storage, tensor.storage_offset(), tensor.size(), tensor.stride())
     return found
 
 

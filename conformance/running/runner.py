@@ -271,6 +271,9 @@ class _ModelRun:
 
     def _request(self, strategy_name: str, layers: list[str]) -> _Attempt:
         strategy = get_strategy(strategy_name)
+        refusal = strategy.refusal(self.model)  # what attach would raise first, asked without a copy
+        if refusal is not None:
+            return _Attempt(layers, status="unsupported", detail=refusal)
         model = deep_copy(self.model)
         try:
             with self.timings.phase("tracing"):
