@@ -12,7 +12,7 @@ from conformance.running.runner import RunConfig, model_units
 from conformance.core.timing import Timings
 from conformance.core.errors import ConformanceError
 from conformance.zoo.lists import list_models
-from conformance.zoo.specs import QUICK_ZOO, TIMM_ZOO, build_model, resolve_model
+from conformance.zoo.specs import BIG_MODEL_PARAMS, QUICK_ZOO, TIMM_ZOO, ModelSpec, build_model, resolve_model
 from strategies import list_strategies
 from strategies.base import Arguments
 
@@ -155,6 +155,35 @@ def test_zoo_lists():
 def test_big_models_are_measured_on_the_meta_device():
     assert resolve_model("torchvision:vit_h_14").is_big
     assert not resolve_model("torchvision:resnet18").is_big
+
+
+class _TensorsAtBuild(torch.nn.Module):
+    """A constructor that computes with tensors, so it cannot run on the meta device (as RegNet's
+    and the quantized models' cannot), with ``size`` parameters."""
+
+    def __init__(self, size: int, builds: list[str]) -> None:
+        super().__init__()
+        if torch.empty(0).is_meta:
+            raise NotImplementedError("Cannot copy out of meta tensor")
+        builds.append("cpu")
+        self.weight = torch.nn.Parameter(torch.ones(1) if size == 1 else torch.empty(size))
+        self.head = torch.nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x * self.weight[0])
+
+
+@pytest.mark.parametrize("size, status", [(BIG_MODEL_PARAMS + 1, "skipped"), (1, "pass")])
+def test_a_model_the_meta_device_cannot_build_is_built_once_and_counted(size, status):
+    builds: list[str] = []
+    spec = ModelSpec("torchvision", "tensors_at_build", (1, 4), lambda: _TensorsAtBuild(size, builds))
+    assert spec.param_count is None and not spec.is_big
+    config = RunConfig(models=[spec, spec], layers=["head"], strategies=["hooks"], checks=["values"])
+    rows = [row for _, results in model_units(spec, ["hooks"], config, Timings()) for row in results]
+    assert builds == ["cpu"]
+    assert {row.status for row in rows} == {status}
+    if status == "skipped":
+        assert {row.diagnosis for row in rows} == {"big_model"} and f"{(BIG_MODEL_PARAMS + 1) / 1e6:.0f}M parameters" in rows[0].detail
 
 
 def test_model_build_is_seeded():

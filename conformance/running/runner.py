@@ -581,6 +581,9 @@ def model_units(
         for strategy_name in strategies:
             yield strategy_name, _rows_for([ALL_LAYERS], config.checks, status, diagnosis, detail)
 
+    def too_big(count: int) -> Iterator[tuple[str, list[CheckResult]]]:
+        yield from everywhere("skipped", "big_model", f"{count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
+
     try:
         big = not config.include_big and spec.is_big  # counting the parameters builds the model (on the meta device)
     except ConformanceError:
@@ -589,7 +592,7 @@ def model_units(
         yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
         return
     if big:
-        yield from everywhere("skipped", "big_model", f"{spec.param_count / 1e6:.0f}M parameters (> {BIG_MODEL_PARAMS / 1e6:.0f}M); pass --include-big to run it")
+        yield from too_big(spec.param_count or 0)
         return
     try:
         with timings.phase("model_build"):
@@ -599,6 +602,11 @@ def model_units(
     except Exception as exc:
         yield from everywhere("error", "model_build_failed", f"{type(exc).__name__}: {exc}")
         return
+    if not config.include_big and spec.source != "user" and spec.param_count is None:  # the meta device could not build it
+        count = sum(parameter.numel() for parameter in model.parameters())
+        if count > BIG_MODEL_PARAMS:
+            yield from too_big(count)
+            return
     try:
         with timings.phase("model_build"):
             materialised = materialise(model, spec.inputs(seed=config.seed, device=config.device)[1])

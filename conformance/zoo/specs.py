@@ -139,18 +139,20 @@ class ModelSpec:
         return name_stem(self.name)
 
     @cached_property
-    def param_count(self) -> int:
-        """Parameters, counted on the meta device where the constructor allows it, else on the CPU."""
+    def param_count(self) -> int | None:
+        """Parameters, counted on the meta device; ``None`` where the constructor cannot run there
+        (it computes with tensors: RegNet, quantized models), whose count is the built model's."""
         try:
             with torch.device("meta"):
                 model = self.factory()
-        except (NotImplementedError, RuntimeError):  # constructors that compute with tensors (RegNet)
-            model = self.factory()
+        except (NotImplementedError, RuntimeError):
+            return None
         return sum(p.numel() for p in model.parameters())
 
     @property
     def is_big(self) -> bool:
-        return self.source != "user" and self.param_count > BIG_MODEL_PARAMS
+        """More parameters than :data:`BIG_MODEL_PARAMS`, as far as the meta device tells (:attr:`param_count`)."""
+        return self.source != "user" and (self.param_count or 0) > BIG_MODEL_PARAMS
 
 
 def name_stem(name: str) -> str:
