@@ -120,20 +120,27 @@ def _cloning_buffers(model: nn.Module) -> nn.Module:
     return twin
 
 
+def _copied_with(model: nn.Module, **steps: Callable[[Any, dict], Any]) -> nn.Module:
+    """``copy_model(model)`` with some of its steps (``_copy_buffer=...``) replaced: a planted fault."""
+    kept = {name: getattr(copies, name) for name in steps}
+    for name, step in steps.items():
+        setattr(copies, name, step)
+    try:
+        return copy_model(model)
+    finally:
+        for name, step in kept.items():
+            setattr(copies, name, step)
+
+
 def _cloning_unregistered(model: nn.Module) -> nn.Module:
     """A planted fault: a buffer that fills its storage cloned without entering the storage in the
     memo, so the buffers viewing it later get a storage of their own."""
     def clone_buffer(tensor: torch.Tensor, memo: dict) -> torch.Tensor:
         if type(tensor) is torch.Tensor and not tensor.__dict__ and tensor.is_contiguous() and tensor.storage_offset() == 0:
             return memo.setdefault(id(tensor), tensor.clone())
-        return copy_buffer(tensor, memo)
+        return copy.deepcopy(tensor, memo)
 
-    copy_buffer = copies._copy_buffer
-    copies._copy_buffer = clone_buffer
-    try:
-        return copy_model(model)
-    finally:
-        copies._copy_buffer = copy_buffer
+    return _copied_with(model, _copy_buffer=clone_buffer)
 
 
 @pytest.mark.parametrize("copier, difference", [(_without_shared_memo, "shared tensors differ"), (_sharing_tensors, "shares storage with the original"),
@@ -196,12 +203,7 @@ def _sharing_quantized_convs(model: nn.Module) -> nn.Module:
         memo[id(conv)] = conv
         return conv
 
-    copy_packed_conv = copies._copy_packed_conv
-    copies._copy_packed_conv = share
-    try:
-        return copy_model(model)
-    finally:
-        copies._copy_packed_conv = copy_packed_conv
+    return _copied_with(model, _copy_packed_conv=share)
 
 
 def _quantized_copy_differences(model: nn.Module, expected: nn.Module, got: nn.Module, x: torch.Tensor) -> list[str]:
