@@ -76,9 +76,11 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
     if found is not None:
         return found
     cls = type(model)
-    if _copied_as_packed_conv(cls) and "__deepcopy__" not in vars(model):
+    own_deepcopy = "__deepcopy__" in vars(model)
+    generic = not own_deepcopy and _copied_generically(cls)
+    if not generic and not own_deepcopy and _copied_as_packed_conv(cls):  # asked only outside the common case
         return _copy_packed_conv(model, memo)
-    state = model.__getstate__() if _copied_generically(cls) and "__deepcopy__" not in vars(model) else None
+    state = model.__getstate__() if generic else None
     if type(state) is not dict:
         return copy.deepcopy(model, memo)
     twin = cls.__new__(cls)
