@@ -484,3 +484,14 @@ def test_the_behaviour_checks_act_on_the_working_layers_in_the_order_the_model_r
     assert statuses(got, "run-order-only", "values") == {"a": ("pass", ""), "b": ("pass", ""), "c": ("pass", ""), "never": ("error", "not_called")}, got
     assert statuses(got, "run-order-only", "train_mode") == {"a": ("pass", ""), "b": ("pass", ""), "c": ("pass", ""), "never": ("error", "not_called")}, got
 
+
+
+def test_gradients_are_close_when_bitwise_equal_or_within_tolerance_and_not_otherwise():
+    from conformance.judging.behaviour.autograd import _gradient_close
+
+    expected = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    assert _gradient_close(expected.clone(), expected)
+    assert _gradient_close(expected * (1 + 1e-6), expected)
+    assert not _gradient_close(expected * 1.01, expected)  # control: a wrong gradient
+    assert not _gradient_close(expected.double(), expected + 1)  # control: another dtype, and wrong
+    assert not _gradient_close(torch.full_like(expected, float("nan")), torch.full_like(expected, float("nan")))

@@ -13,9 +13,12 @@ from torch import nn
 
 import pitfalls
 from conformance.core import copies
-from conformance.core.copies import _copied_generically, copy_model
+from conformance.running import runner
+from conformance.running.runner import evaluate
+from conformance.core.copies import SharedParameters, _copied_generically, copy_model
 from conformance.judging.behaviour.copies import _scramble
 from conformance.zoo.specs import build_model, resolve_model
+from faults import corrupted, unchanged
 
 
 def _hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -241,3 +244,95 @@ def test_a_quantized_copy_is_what_deepcopy_gives_without_packing_again(copier, d
     model.layer1[0].conv1.register_forward_hook(_hook)
     model.layer1[0].relu.register_forward_hook(_hook)
     assert _quantized_copy_differences(model, copy.deepcopy(model), copier(model), x) == differences
+
+
+# -- copies that share one set of parameters ----------------------------------------------
+
+
+@pytest.mark.parametrize("name, build, shape", _models(), ids=[name for name, *_ in _models()])
+def test_a_copy_holding_the_shared_parameters_is_what_deepcopy_gives_on_the_same_bytes(name, build, shape):
+    model = build().eval()
+    shared = SharedParameters(model)
+    got, other = copy_model(model, shared.memo()), copy_model(model, shared.memo())
+    assert _differences(model, copy.deepcopy(model), got) == []
+    mine, theirs = list(got.parameters()), list(other.parameters())
+    assert all(a is not b and a.data_ptr() == b.data_ptr() for a, b in zip(mine, theirs) if type(a) is nn.Parameter)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(got(x), model(x))
+    assert shared.intact()
+
+
+def _first_parameter(model: nn.Module) -> nn.Parameter:
+    return next(model.parameters())
+
+
+def _add_in_place(model: nn.Module) -> None:
+    with torch.no_grad():
+        _first_parameter(model).add_(1)
+
+
+def _add_through_data(model: nn.Module) -> None:
+    _first_parameter(model).data.add_(1)
+
+
+def _add_through_numpy(model: nn.Module) -> None:
+    _first_parameter(model).detach().numpy()[...] += 1
+
+
+def _add_and_take_back(model: nn.Module) -> None:
+    with torch.no_grad():
+        _first_parameter(model).add_(1).sub_(1)
+
+
+def _load_other_weights(model: nn.Module) -> None:
+    model.load_state_dict(pitfalls.InplaceAfterTap().state_dict())
+
+
+def _uses(model: nn.Module) -> None:
+    """What strategies and checks do to a copy, none of it a write into a weight."""
+    x = torch.randn(*pitfalls.INPUT_SHAPE)
+    model.train()(x).sum().backward()  # batch statistics into the copy's own buffers, gradients into its own parameters
+    model.eval()
+    copy.deepcopy(model)(x)
+    model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    _first_parameter(model).requires_grad_(False)
+
+
+@pytest.mark.parametrize("act, intact", [(_uses, True), (_add_in_place, False), (_add_through_data, False), (_add_through_numpy, False),
+                                         (_add_and_take_back, False), (_load_other_weights, False)],
+                         ids=["uses", "in place", "through .data", "through NumPy", "in place and back", "load_state_dict"])
+def test_shared_parameters_are_intact_until_something_writes_into_them(act, intact):
+    model = pitfalls.InplaceAfterTap().eval()
+    shared = SharedParameters(model)
+    copy_ = copy_model(model, shared.memo())
+    act(copy_)
+    assert shared.intact() is intact
+    assert _first_parameter(model).grad is None and torch.equal(model.bn.running_mean, torch.zeros(4))  # gradients and statistics stay the copy's
+
+
+def _doubles_its_weights_behind_autograd(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        parameter.data.mul_(2)
+
+
+def _rows_after_a_strategy_that_writes_weights(register) -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    register("writes-weights", corrupted(unchanged, on_attach=_doubles_its_weights_behind_autograd))
+    torch.manual_seed(0)
+    rows = evaluate(pitfalls.Plain(), layers=["first", "second"], strategies=["writes-weights", "hooks"],
+                    checks=["values", "model_untouched", "train_mode", "gradients", "set_independence", "state_dict"], input_shape=pitfalls.INPUT_SHAPE)
+    return {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+
+
+def test_a_unit_that_writes_into_the_shared_weights_is_taken_again_on_copies_of_their_own(register, monkeypatch):
+    shared = _rows_after_a_strategy_that_writes_weights(register)
+    assert shared[("writes-weights", "model_untouched", "*")][:2] == ("fail", "model_changed")
+    assert all(row[:2] == ("pass", "") for key, row in shared.items() if key[0] == "hooks"), shared
+    monkeypatch.setattr(runner, "SharedParameters", lambda model: None)  # every copy with parameters of its own, as before sharing
+    assert _rows_after_a_strategy_that_writes_weights(register) == shared
+
+
+def test_control_a_unit_that_wrote_into_the_shared_weights_and_was_not_taken_again_misleads_the_next(register, monkeypatch):
+    monkeypatch.setattr(SharedParameters, "intact", lambda self: True)
+    got = _rows_after_a_strategy_that_writes_weights(register)
+    assert got[("hooks", "values", "first")][:2] == ("fail", "unexplained"), got[("hooks", "values", "first")]

@@ -57,7 +57,8 @@ def _rows_and_copies(monkeypatch: pytest.MonkeyPatch, *, asked: bool) -> tuple[l
     if not asked:
         monkeypatch.setattr(runner, "get_strategy", lambda name: _Unasked(get_strategy(name)))
     copies = []
-    monkeypatch.setattr(runner, "deep_copy", lambda model: copies.append(1) or copy_model(model))
+    for kind in ("deep_copy", "strategy_copy"):
+        monkeypatch.setattr(runner, kind, lambda model: copies.append(1) or copy_model(model))
     rows = evaluate(_models()["torchvision:squeezenet1_1"], layers=["features", "classifier"], strategies=["hf-hidden-states", "timm", "hooks"],
                     checks=["values", "shapes"], input_shape=(1, 3, 64, 64))
     return sorted(rows[["strategy", "layer", "check", "status", "diagnosis", "detail"]].itertuples(index=False)), len(copies)

@@ -20,6 +20,14 @@ modules), a state that is not a dict, and every value that is not a module go to
 ``copy.deepcopy`` with the same memo. A quantized module's copy, by ``copy.deepcopy`` as by this,
 holds the original's bias tensor, which its state dict returns: a change written into a copy's
 state dict reaches the original, so nothing here writes into one (``tests/test_copies.py``).
+
+:class:`SharedParameters` is one more copy of a model's parameters, made once, that the copies
+strategies attach to hold instead of each their own (``copy_model(model, shared.memo())``): new
+``nn.Parameter`` objects over the same bytes, so each copy has its own gradients, flags and
+``requires_grad``, and copying no longer moves every weight. Nothing a strategy is asked to do
+writes into weights, and what does is seen: :meth:`SharedParameters.intact` says whether the shared
+bytes still equal the model's and whether any in-place op ran on them (the copies share their
+version counters), and the runner takes a unit again on copies of their own where not.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ import torch
 from torch import nn
 from torch.ao.nn.quantized.modules.conv import _ConvNd as _PackedConv
 
-__all__ = ["copy_model"]
+from conformance.core.compare import bitwise_equal
+
+__all__ = ["SharedParameters", "copy_model"]
 
 Copied = TypeVar("Copied")
 
@@ -160,3 +170,25 @@ def _copy_parameter(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.
     if found is None:
         found = memo[id(tensor)] = nn.Parameter(tensor.data.clone(memory_format=torch.preserve_format), tensor.requires_grad)
     return found
+
+
+class SharedParameters:
+    """One copy of ``model``'s parameters (those of the class ``nn.Parameter`` itself) for many
+    copies of the model to hold, and the measure of whether anything wrote into it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._pairs = [(parameter, parameter.detach().clone(memory_format=torch.preserve_format))
+                       for parameter in model.parameters() if type(parameter) is nn.Parameter]
+        self._versions = [tensor._version for _, tensor in self._pairs]
+
+    def memo(self) -> dict[int, Any]:
+        """A memo for :func:`copy_model` of the model: each parameter a new ``nn.Parameter`` over the
+        shared tensor (its version counter shared too), with the model's parameter's ``requires_grad``."""
+        return {id(parameter): nn.Parameter(tensor.detach(), parameter.requires_grad) for parameter, tensor in self._pairs}
+
+    def intact(self) -> bool:
+        """Whether no in-place op ran on the shared tensors and their bytes equal the model's
+        parameters' (a write behind autograd's back, through ``.data`` or NumPy, shows there)."""
+        return (all(tensor._version == version for (_, tensor), version in zip(self._pairs, self._versions))
+                and all(bitwise_equal(tensor, parameter) for parameter, tensor in self._pairs))

@@ -58,9 +58,13 @@ def structure(model: nn.Module) -> Hashable:
     for name, module in model.named_modules(remove_duplicate=False):
         tensors = tuple((kind, key, None if value is None else (tuple(value.shape), value.dtype, value.device.type))
                         for kind, table in (("p", module._parameters), ("b", module._buffers)) for key, value in table.items())
-        attributes = tuple(sorted((key, value) for key, value in vars(module).items() if not key.startswith("_") and _plain(value)))
-        functions = tuple(sorted((key, id(value)) for key, value in vars(module).items() if callable(value) and not isinstance(value, nn.Module)))
-        parts.append((name, type(module), module.training, tensors, attributes, functions))
+        attributes, functions = [], []
+        for key, value in vars(module).items():  # one pass over the instance's attributes
+            if not key.startswith("_") and _plain(value):
+                attributes.append((key, value))
+            if callable(value) and not isinstance(value, nn.Module):
+                functions.append((key, id(value)))
+        parts.append((name, type(module), module.training, tensors, tuple(sorted(attributes)), tuple(sorted(functions))))
     return tuple(parts)
 
 

@@ -11,6 +11,7 @@ generator of its own, a counter) is found by the oracle's second pass (``OracleC
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ from strategies.base import call_model, clone_tree, map_tensors
 
 from conformance.core.timing import deep_copy
 
-__all__ = ["PASS_SEED", "PinnedExtractor", "RecordDraws", "ReplayDraws", "draws_random_numbers", "pass_rng"]
+__all__ = ["PASS_SEED", "PinnedExtractor", "RecordDraws", "ReplayDraws", "draws_random_numbers", "pass_rng", "seed_torch"]
 
 #: The seed of the state every pass starts from.
 PASS_SEED = 0
@@ -35,7 +36,7 @@ def pass_rng() -> Iterator[None]:
     numpy_random = _numpy_random()
     numpy_state = numpy_random.get_state() if numpy_random is not None else None
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(PASS_SEED)
+        seed_torch(PASS_SEED)
         random.seed(PASS_SEED)
         if numpy_random is not None:
             numpy_random.seed(PASS_SEED)
@@ -45,6 +46,25 @@ def pass_rng() -> Iterator[None]:
             random.setstate(python_state)
             if numpy_random is not None:
                 numpy_random.set_state(numpy_state)
+
+
+@functools.cache
+def _only_the_cpu() -> bool:
+    """Whether this process has no device but the CPU: no CUDA, XPU, MTIA or MPS device, and no
+    custom backend."""
+    return not (torch.cuda.is_available() or torch.xpu.is_available() or torch.mtia.is_available()
+                or torch.backends.mps.is_available() or torch._C._get_privateuse1_backend_name() != "privateuseone")
+
+
+def seed_torch(seed: int) -> None:
+    """``torch.manual_seed(seed)``. Where there is no device but the CPU, only the CPU's generator is
+    seeded: ``torch.manual_seed`` would also queue a seed for each device that is not initialised,
+    to be set should it ever be, and format the caller's stack for each (about a millisecond a
+    pass here), for devices that cannot be initialised on such a machine."""
+    if _only_the_cpu():
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
 
 
 #: aten ops that draw from a generator (their base names, without a trailing ``_``).

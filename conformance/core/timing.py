@@ -14,9 +14,9 @@ from collections import defaultdict
 from contextvars import ContextVar
 from typing import Iterator, TypeVar
 
-from conformance.core.copies import copy_model
+from conformance.core.copies import SharedParameters, copy_model
 
-__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "phase"]
+__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "phase", "sharing_parameters", "strategy_copy"]
 
 #: Phases that are the harness's own work rather than the models' and the strategies': the
 #: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
@@ -26,6 +26,7 @@ __all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_
 HARNESS_PHASES = ("oracle", "copy", "hashing", "checks", "diagnoses", "rest")
 
 _ACTIVE: ContextVar[Timings | None] = ContextVar("conformance_timings", default=None)
+_SHARED: ContextVar[SharedParameters | None] = ContextVar("conformance_shared_parameters", default=None)
 
 Copied = TypeVar("Copied")
 
@@ -164,4 +165,25 @@ def deep_copy(model: Copied) -> Copied:
     """``copy.deepcopy(model)`` (by :func:`conformance.core.copies.copy_model`), charged to the
     ``copy`` phase of the run being timed."""
     with phase("copy"):
+        return copy_model(model)
+
+
+@contextlib.contextmanager
+def sharing_parameters(shared: SharedParameters | None) -> Iterator[None]:
+    """Inside, :func:`strategy_copy` of ``shared.model`` holds the shared parameters (None: its own)."""
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def strategy_copy(model: Copied) -> Copied:
+    """A deep copy of ``model`` for a strategy to attach to, charged to the ``copy`` phase: holding
+    the parameters :func:`sharing_parameters` shares where they are ``model``'s, else as
+    :func:`deep_copy`. The oracle's copies are never such: its truth never rests on shared bytes."""
+    with phase("copy"):
+        shared = _SHARED.get()
+        if shared is not None and shared.model is model:
+            return copy_model(model, shared.memo())
         return copy_model(model)

@@ -43,7 +43,8 @@ from conformance.truth.nodes import Node, record
 from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, keep_first_inputs, locate, locate_nodes, module_inputs, replay_children
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
 from conformance.core.rng import PinnedExtractor, RecordDraws, draws_random_numbers, pass_rng
-from conformance.core.timing import Timings, deep_copy
+from conformance.core.copies import SharedParameters
+from conformance.core.timing import Timings, deep_copy, sharing_parameters, strategy_copy
 from conformance.zoo.specs import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model, has_lazy_state, materialise
 
 __all__ = ["RunConfig", "crashed_units", "evaluate", "make_deterministic", "model_units"]
@@ -155,6 +156,16 @@ class _ModelRun:
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
 
+    def memo_keys(self) -> tuple[set, set]:
+        """What the oracle and the diagnoses have measured on this model so far."""
+        return set(self.oracle_memo), set(self.diagnosis_memo)
+
+    def forget_all_but(self, keys: tuple[set, set]) -> None:
+        """Forget what was measured since :meth:`memo_keys` gave ``keys``."""
+        for memo, kept in zip((self.oracle_memo, self.diagnosis_memo), keys):
+            for key in set(memo) - kept:
+                del memo[key]
+
     def locate(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list) -> list[str]:
         """Modules of the model whose output, for the input, is ``value`` (within the values
         tolerance; bit for bit where ``exact``), once per value and model: strategies often
@@ -225,7 +236,7 @@ class _ModelRun:
         its modules that stand for the requested modules and their ancestors (the same path, or the
         path under one prefix of its own: ``swin.encoder``)."""
         def measure() -> StrategyPass:
-            extractor = PinnedExtractor(get_strategy(strategy_name).attach(deep_copy(self.model), layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
+            extractor = PinnedExtractor(get_strategy(strategy_name).attach(strategy_copy(self.model), layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
             norms = dict(norm_modules(extractor.module))
             calls: dict[str, list[tuple[Any, Any]]] = {name: [] for name in norms}
             inputs: dict[str, Any] = {}
@@ -274,7 +285,7 @@ class _ModelRun:
         refusal = strategy.refusal(self.model)  # what attach would raise first, asked without a copy
         if refusal is not None:
             return _Attempt(layers, status="unsupported", detail=refusal)
-        model = deep_copy(self.model)
+        model = strategy_copy(self.model)
         try:
             with self.timings.phase("tracing"):
                 extractor = PinnedExtractor(strategy.attach(model, layers=layers, tracer_kwargs=self.spec.tracer_kwargs))
@@ -632,9 +643,19 @@ def model_units(
         return
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
+    with timings.phase("copy"):
+        shared: SharedParameters | None = SharedParameters(model)  # the parameters the strategies' copies hold
     for strategy_name in strategies:
         with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans):
-            rows = model_run.unit(strategy_name)
+            known = model_run.memo_keys()
+            with sharing_parameters(shared):
+                rows = model_run.unit(strategy_name)
+            with timings.phase("copy"):
+                written = shared is not None and not shared.intact()
+            if written:  # the unit wrote into the weights its copies shared: again, each copy with its own, as from now on
+                model_run.forget_all_but(known)
+                shared = None
+                rows = model_run.unit(strategy_name)
         if materialised:
             for row in rows:
                 row.detail = "; ".join(filter(None, [row.detail, materialised]))

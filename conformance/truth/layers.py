@@ -26,6 +26,7 @@ from strategies.base import Tap
 from strategies.hf_hidden_states import hidden_state_modules
 
 from conformance.core.errors import ConformanceError
+from conformance.core.rng import seed_torch
 from conformance.truth.nodes import Node, NodeTable, record_faithfully
 from conformance.core.timing import deep_copy
 from conformance.zoo.specs import ModelSpec, name_stem
@@ -180,10 +181,10 @@ def node_table(model: nn.Module, *, example: torch.Tensor, tracer_kwargs: Mappin
     param = next(copy_.parameters(), None)
     example = example.to(param.device) if param is not None else example
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        seed_torch(0)
         with torch.no_grad():
             output = deep_copy(copy_)(example)
-        return record_faithfully(copy_, example, output=output, before_each=lambda: torch.manual_seed(0), tracer_kwargs=tracer_kwargs)
+        return record_faithfully(copy_, example, output=output, before_each=lambda: seed_torch(0), tracer_kwargs=tracer_kwargs)
 
 
 def runs_in(tap: Tap, table: NodeTable) -> bool:

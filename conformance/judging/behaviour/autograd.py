@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conformance.core.compare import compare, tolerance
-from conformance.core.timing import deep_copy
+from conformance.core.timing import strategy_copy
 from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, GRADIENT_SCALE, ModelRejects, _on_reduced_input, _other_nodes, _per_layer, Probe
 from conformance.judging.checks import tensor_digest
 from conformance.judging.context import CheckResult
@@ -47,7 +47,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
         chosen = {layer: weights[layer] for layer in layers}
         return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
 
-    model = deep_copy(probe.model)
+    model = strategy_copy(probe.model)
     x = probe.input.detach().clone().requires_grad_(True)
     rows: dict[str, CheckResult] = {}
     try:
@@ -164,9 +164,12 @@ def _shared_suffix(a: str, b: str) -> int:
 
 
 def _gradient_close(grad: torch.Tensor, expected: torch.Tensor) -> bool:
-    """Equal up to ``GRADIENT_SCALE`` rtol of the dtype, relative to the largest element."""
+    """Equal up to ``GRADIENT_SCALE`` rtol of the dtype, relative to the largest element (bitwise
+    equal, as a strategy that runs the model's own modules gives it, at once)."""
     if grad.shape != expected.shape:
         return False
+    if grad.dtype == expected.dtype and grad.device == expected.device and torch.equal(grad, expected):
+        return True
     rtol, atol = tolerance(expected.dtype, expected.device)
     scale = expected.abs().max().item() if expected.numel() else 0.0
     return (grad.double() - expected.double()).abs().max().item() <= rtol * GRADIENT_SCALE * scale + atol if grad.numel() else True

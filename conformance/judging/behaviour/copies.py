@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections import OrderedDict
 
 import torch
@@ -80,12 +81,27 @@ def check_deepcopy(probe: Probe) -> list[CheckResult]:
     return rows
 
 
+@functools.cache
+def _uniform_sequence() -> torch.Tensor:
+    """The other weights of the state-dict check: a fixed uniform sequence in [0.5, 1.5), drawn
+    once (drawing new numbers for every weight of every copy cost more than copying the model)."""
+    return torch.rand(2**20, generator=torch.Generator().manual_seed(0)) + 0.5
+
+
+def _other_values(like: torch.Tensor) -> torch.Tensor:
+    """New values of ``like``'s shape, dtype and device, from :func:`_uniform_sequence` (repeated
+    for a larger tensor)."""
+    count, sequence = like.numel(), _uniform_sequence()
+    values = sequence if count <= len(sequence) else sequence.repeat(-(-count // len(sequence)))
+    return values[:count].to(dtype=like.dtype, device=like.device, copy=True).view(like.shape)
+
+
 def _scramble(model: nn.Module) -> nn.Module:
-    """``model`` with other floating-point weights, loaded as new tensors rather than written into
-    its own: a quantized module's state dict returns the bias its packed weights hold, which
-    ``copy.deepcopy`` shares with the original model."""
+    """``model`` with other floating-point weights (:func:`_other_values`), loaded as new tensors
+    rather than written into its own: a quantized module's state dict returns the bias its packed
+    weights hold, which ``copy.deepcopy`` shares with the original model."""
     state = model.state_dict()
-    scrambled = OrderedDict((key, torch.rand_like(value) + 0.5 if isinstance(value, torch.Tensor) and value.is_floating_point() else value)
+    scrambled = OrderedDict((key, _other_values(value) if isinstance(value, torch.Tensor) and value.is_floating_point() else value)
                             for key, value in state.items())
     scrambled._metadata = getattr(state, "_metadata", None)  # the modules' state versions, which quantized modules read
     model.load_state_dict(scrambled)
@@ -111,7 +127,7 @@ def check_state_dict(probe: Probe) -> list[CheckResult]:
     else:
         keys_note = "the same keys as the model's state dict"
     try:
-        with _attached(probe, model=_scramble(deep_copy(probe.model))) as fresh:
+        with _attached(probe, model=_scramble(deep_copy(probe.model))) as fresh:  # parameters of its own: the scramble writes into them
             try:
                 fresh.module.load_state_dict(state)
             except Exception as exc:

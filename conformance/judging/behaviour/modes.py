@@ -13,7 +13,7 @@ from strategies import Tap
 
 from conformance.core.compare import compare
 from conformance.core.rng import PinnedExtractor
-from conformance.core.timing import deep_copy
+from conformance.core.timing import deep_copy, strategy_copy
 from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, _judge, ModelRejects, _on_reduced_input, _other_nodes, _per_layer, Probe
 from conformance.judging.checks import snapshot
 from conformance.judging.context import ALL_LAYERS, CheckResult
@@ -146,7 +146,7 @@ def check_mode_graphs(probe: Probe) -> list[CheckResult]:
     taps = [layer if isinstance(layer, Tap) else Tap(layer) for layer in probe.requested]
     layers = {mode: [tap for tap in taps if runs_in(tap, tables[mode])] for mode in tables}
     try:
-        extractor = PinnedExtractor(attach_per_mode(deep_copy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs))
+        extractor = PinnedExtractor(attach_per_mode(strategy_copy(probe.model), train_layers=layers["train"], eval_layers=layers["eval"], tracer_kwargs=probe.tracer_kwargs))
         extractor.module.train()
         features = {"train": snapshot(extractor(probe.input).features)}
         extractor.module.eval()
@@ -236,15 +236,12 @@ def check_channels_last(probe: Probe) -> list[CheckResult]:
         return _all_layers(check, probe, "skipped", "", "the input is not a 4-d image batch")
     x = probe.input.contiguous(memory_format=torch.channels_last)
 
-    def in_channels_last() -> nn.Module:
-        return deep_copy(probe.model).to(memory_format=torch.channels_last)
-
     try:
-        truth = probe.oracle_for_layers(check, lambda layers: capture(in_channels_last(), x, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))
+        truth = probe.oracle_for_layers(check, lambda layers: capture(deep_copy(probe.model).to(memory_format=torch.channels_last), x, layers=layers, on_copy=False, tracer_kwargs=probe.tracer_kwargs))
     except ModelRejects as exc:
         return _all_layers(check, probe, "skipped", "model_rejects", f"the model itself fails in channels_last: {exc}")
     try:
-        with _attached(probe, model=in_channels_last()) as extractor:
+        with _attached(probe, model=strategy_copy(probe.model).to(memory_format=torch.channels_last)) as extractor:
             raw = extractor(x).features
             formats = {layer: _memory_format(value) for layer, value in raw.items()}
             got = snapshot(raw)

@@ -17,7 +17,7 @@ from strategies import Extractor, Strategy
 
 from conformance.core.compare import compare
 from conformance.core.rng import PinnedExtractor
-from conformance.core.timing import deep_copy
+from conformance.core.timing import strategy_copy
 from conformance.judging.context import ALL_LAYERS, CheckResult, nondeterministic
 from conformance.judging.diagnoses import UNEXPLAINED
 from conformance.truth.oracle import capture, locate_nodes, OracleCapture
@@ -64,8 +64,8 @@ class Probe:
         return [layer for layer in self.layers if layer not in self.untrusted]
 
     def attach(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None) -> Extractor:
-        """The strategy attached to a fresh deep copy of the model (or to ``model``)."""
-        target = deep_copy(self.model) if model is None else model
+        """The strategy attached to a fresh deep copy of the model (:func:`strategy_copy`), or to ``model``."""
+        target = strategy_copy(self.model) if model is None else model
         return PinnedExtractor(self.strategy.attach(target, layers=list(self.layers if layers is None else layers), tracer_kwargs=self.tracer_kwargs))
 
     def on_reduced_input(self) -> Probe:

@@ -10,7 +10,7 @@ import torch
 from strategies import Unsupported
 
 from conformance.core.compare import compare
-from conformance.core.timing import deep_copy
+from conformance.core.timing import strategy_copy
 from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached, _failure, _judge, ModelRejects, _on_reduced_input, _per_layer, Probe
 from conformance.judging.checks import snapshot
 from conformance.judging.context import CheckResult
@@ -30,10 +30,10 @@ def check_set_independence(probe: Probe) -> list[CheckResult]:
         return [CheckResult(check, layer, "skipped", "", "only one layer requested") for layer in probe.layers]
     x, truth = probe.input, probe.truth
     # A strategy measured to leave the model as it found it attaches to one shared copy.
-    shared = deep_copy(probe.model) if probe.leaves_model_untouched else None
+    shared = strategy_copy(probe.model) if probe.leaves_model_untouched else None
 
     def extract(layers: Sequence[str]) -> dict[str, Any]:
-        model = shared if shared is not None else deep_copy(probe.model)
+        model = shared if shared is not None else strategy_copy(probe.model)
         with _attached(probe, layers=layers, model=model) as extractor:
             return snapshot(extractor(x).features)
 

@@ -15,7 +15,7 @@ from torch import nn
 from strategies import Extractor
 
 from conformance.core.compare import compare
-from conformance.core.timing import deep_copy
+from conformance.core.timing import deep_copy, strategy_copy
 from conformance.judging.behaviour.probe import _attached, _failure, GENERATED_CODE_SCALE, Probe, _request_verdict
 from conformance.judging.checks import snapshot
 from conformance.judging.context import ALL_LAYERS, CheckResult
@@ -125,7 +125,7 @@ def check_device_move(probe: Probe) -> list[CheckResult]:
         truth = probe.truth
     else:
         truth = probe.oracle_for_layers(check, lambda layers: capture(deep_copy(probe.model).cuda(), on_gpu, layers=layers, tracer_kwargs=probe.tracer_kwargs))
-    with _attached(probe, model=deep_copy(probe.model).cpu()) as extractor:
+    with _attached(probe, model=strategy_copy(probe.model).cpu()) as extractor:
         extractor.module.to("cuda")
         try:
             got = snapshot(extractor(on_gpu).features)
