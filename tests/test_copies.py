@@ -13,7 +13,6 @@ from torch import nn
 
 import pitfalls
 from conformance.core import copies
-from conformance.running import runner
 from conformance.running.runner import evaluate
 from conformance.core.copies import SharedParameters, _copied_generically, copy_model
 from conformance.judging.behaviour.copies import _scramble
@@ -263,6 +262,18 @@ def test_a_copy_holding_the_shared_parameters_is_what_deepcopy_gives_on_the_same
     assert shared.intact()
 
 
+def test_the_shared_state_is_what_a_copy_holding_the_shared_parameters_holds():
+    model = Tied()
+    shared = SharedParameters(model)
+    state = shared.state(model.state_dict())
+    held = copy_model(model, shared.memo()).state_dict()
+    assert list(state) == list(held)
+    assert all(state[key].data_ptr() == held[key].data_ptr() for key in ("embed.weight", "head.weight", "embed.bias", "head.bias"))
+    assert all(torch.equal(state[key], value) for key, value in model.state_dict().items())
+    # control: the model's own state dict lies elsewhere than the copy's parameters
+    assert model.state_dict()["embed.weight"].data_ptr() != held["embed.weight"].data_ptr()
+
+
 def _first_parameter(model: nn.Module) -> nn.Parameter:
     return next(model.parameters())
 
@@ -328,7 +339,7 @@ def test_a_unit_that_writes_into_the_shared_weights_is_taken_again_on_copies_of_
     shared = _rows_after_a_strategy_that_writes_weights(register)
     assert shared[("writes-weights", "model_untouched", "*")][:2] == ("fail", "model_changed")
     assert all(row[:2] == ("pass", "") for key, row in shared.items() if key[0] == "hooks"), shared
-    monkeypatch.setattr(runner, "SharedParameters", lambda model: None)  # every copy with parameters of its own, as before sharing
+    monkeypatch.setattr(SharedParameters, "memo", lambda self: {})  # every copy with parameters of its own, as before sharing
     assert _rows_after_a_strategy_that_writes_weights(register) == shared
 
 

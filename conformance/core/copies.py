@@ -187,6 +187,16 @@ class SharedParameters:
         shared tensor (its version counter shared too), with the model's parameter's ``requires_grad``."""
         return {id(parameter): nn.Parameter(tensor.detach(), parameter.requires_grad) for parameter, tensor in self._pairs}
 
+    def state(self, model_state: dict[str, Any]) -> dict[str, Any]:
+        """``model_state`` (the model's state dict) with the shared tensor in place of each shared
+        parameter's entry: what a copy holding them holds, found there by its memory."""
+        shared = {id(parameter): tensor for parameter, tensor in self._pairs}
+        state = dict(model_state)
+        for name, parameter in self.model.named_parameters(remove_duplicate=False):
+            if id(parameter) in shared and name in state:
+                state[name] = shared[id(parameter)]
+        return state
+
     def intact(self) -> bool:
         """Whether no in-place op ran on the shared tensors and their bytes equal the model's
         parameters' (a write behind autograd's back, through ``.data`` or NumPy, shows there)."""

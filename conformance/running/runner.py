@@ -155,16 +155,9 @@ class _ModelRun:
         self.draws_random = draws_random_numbers(model, self.input)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
         self.diagnosis_memo: dict = {}  # what the diagnoses measured on this model
-
-    def memo_keys(self) -> tuple[set, set]:
-        """What the oracle and the diagnoses have measured on this model so far."""
-        return set(self.oracle_memo), set(self.diagnosis_memo)
-
-    def forget_all_but(self, keys: tuple[set, set]) -> None:
-        """Forget what was measured since :meth:`memo_keys` gave ``keys``."""
-        for memo, kept in zip((self.oracle_memo, self.diagnosis_memo), keys):
-            for key in set(memo) - kept:
-                del memo[key]
+        with timings.phase("copy"):
+            self.shared: SharedParameters | None = SharedParameters(model)  # the parameters the strategies' copies hold
+            self.copy_reference = self.shared.state(self.model_state)  # a copy's state, found by memory
 
     def locate(self, value: torch.Tensor, *, exact: bool = False, along: Callable[[], list[torch.Tensor]] = list) -> list[str]:
         """Modules of the model whose output, for the input, is ``value`` (within the values
@@ -321,7 +314,7 @@ class _ModelRun:
         finally:
             extractor.close()
         with self.timings.phase("hashing"):  # the copy as the strategy left it, then the tensors of the strategy's module
-            copy_digests = tensor_digests(model, reference=self.model_state, reference_digests=self.model_digests)
+            copy_digests = tensor_digests(model, reference=self.copy_reference, reference_digests=self.model_digests)
             strategy_digests = tensor_digests(extractor.module, reference=model.state_dict(), reference_digests=copy_digests)
 
         def changes() -> list[str]:
@@ -350,6 +343,23 @@ class _ModelRun:
         return _Attempt(layers, context=context)
 
     def unit(self, strategy_name: str) -> list[CheckResult]:
+        """Every row of one (model, strategy) unit (:meth:`_unit`), the strategy's copies holding the
+        shared parameters; where the unit wrote into them, forgotten and taken again on copies with
+        parameters of their own, as every later unit of the model is."""
+        known = set(self.oracle_memo), set(self.diagnosis_memo)
+        with sharing_parameters(self.shared):
+            rows = self._unit(strategy_name)
+        with self.timings.phase("copy"):
+            written = self.shared is not None and not self.shared.intact()
+        if not written:
+            return rows
+        for memo, kept in zip((self.oracle_memo, self.diagnosis_memo), known):
+            for key in set(memo) - kept:
+                del memo[key]
+        self.shared, self.copy_reference = None, self.model_state
+        return self._unit(strategy_name)
+
+    def _unit(self, strategy_name: str) -> list[CheckResult]:
         """Every row of one (model, strategy) unit.
 
         A request the strategy can express for some layers only is narrowed to those (the
@@ -643,19 +653,9 @@ def model_units(
         return
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
-    with timings.phase("copy"):
-        shared: SharedParameters | None = SharedParameters(model)  # the parameters the strategies' copies hold
     for strategy_name in strategies:
         with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans):
-            known = model_run.memo_keys()
-            with sharing_parameters(shared):
-                rows = model_run.unit(strategy_name)
-            with timings.phase("copy"):
-                written = shared is not None and not shared.intact()
-            if written:  # the unit wrote into the weights its copies shared: again, each copy with its own, as from now on
-                model_run.forget_all_but(known)
-                shared = None
-                rows = model_run.unit(strategy_name)
+            rows = model_run.unit(strategy_name)
         if materialised:
             for row in rows:
                 row.detail = "; ".join(filter(None, [row.detail, materialised]))

@@ -89,11 +89,11 @@ def _uniform_sequence() -> torch.Tensor:
 
 
 def _other_values(like: torch.Tensor) -> torch.Tensor:
-    """New values of ``like``'s shape, dtype and device, from :func:`_uniform_sequence` (repeated
+    """New values of ``like``'s shape, strides, dtype and device, from :func:`_uniform_sequence` (repeated
     for a larger tensor)."""
     count, sequence = like.numel(), _uniform_sequence()
     values = sequence if count <= len(sequence) else sequence.repeat(-(-count // len(sequence)))
-    return values[:count].to(dtype=like.dtype, device=like.device, copy=True).view(like.shape)
+    return torch.empty_like(like).copy_(values[:count].view(like.shape))  # laid out as ``like`` is
 
 
 def _scramble(model: nn.Module) -> nn.Module:
