@@ -322,6 +322,17 @@ def test_shared_parameters_are_intact_until_something_writes_into_them(act, inta
     assert _first_parameter(model).grad is None and torch.equal(model.bn.running_mean, torch.zeros(4))  # gradients and statistics stay the copy's
 
 
+def test_shared_parameters_are_measured_again_once_lent_again():
+    model = pitfalls.InplaceAfterTap().eval()
+    shared = SharedParameters(model)
+    first = copy_model(model, shared.memo())
+    assert shared.intact()
+    _add_in_place(first)  # a write through a copy lent before the last measure
+    second = copy_model(model, shared.memo())
+    assert not shared.intact()
+    assert torch.equal(_first_parameter(second), _first_parameter(first))
+
+
 def _doubles_its_weights_behind_autograd(model: nn.Module) -> None:
     for parameter in model.parameters():
         parameter.data.mul_(2)

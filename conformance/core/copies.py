@@ -181,10 +181,12 @@ class SharedParameters:
         self._pairs = [(parameter, parameter.detach().clone(memory_format=torch.preserve_format))
                        for parameter in model.parameters() if type(parameter) is nn.Parameter]
         self._versions = [tensor._version for _, tensor in self._pairs]
+        self._lent = False  # whether a copy was given the shared tensors since intact() last measured them
 
     def memo(self) -> dict[int, Any]:
         """A memo for :func:`copy_model` of the model: each parameter a new ``nn.Parameter`` over the
         shared tensor (its version counter shared too), with the model's parameter's ``requires_grad``."""
+        self._lent = True
         return {id(parameter): nn.Parameter(tensor.detach(), parameter.requires_grad) for parameter, tensor in self._pairs}
 
     def state(self, model_state: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +201,10 @@ class SharedParameters:
 
     def intact(self) -> bool:
         """Whether no in-place op ran on the shared tensors and their bytes equal the model's
-        parameters' (a write behind autograd's back, through ``.data`` or NumPy, shows there)."""
+        parameters' (a write behind autograd's back, through ``.data`` or NumPy, shows there). Measured
+        only where a copy was given them since the last measure: a write needs a copy that holds them."""
+        if not self._lent:
+            return True
+        self._lent = False
         return (all(tensor._version == version for (_, tensor), version in zip(self._pairs, self._versions))
                 and all(bitwise_equal(tensor, parameter) for parameter, tensor in self._pairs))
