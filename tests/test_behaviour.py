@@ -313,6 +313,18 @@ def test_onnx_outputs_carry_graph_features_not_side_effects():
     assert got[("hooks+clone", "onnx", "*")][:2] == ("fail", "not_an_output")
 
 
+def test_the_state_dict_check_gives_every_strategy_other_weights(register):
+    """The scrambled model is made once per model and each strategy loads into a copy of it: a
+    strategy after one that loaded the model's weights still starts from other weights, so its
+    weight outside the state dict is still caught."""
+    corrupt, on_attach, inner, model, layers, check, layer, diagnosis = PLANTED["weight_outside_state_dict"]
+    register("control-first", corrupted(unchanged, inner=inner))
+    register("planted-after", corrupted(corrupt, on_attach=on_attach, inner=inner))
+    got = rows_for(model(), strategies=["control-first", "planted-after"], checks=[check], layers=layers)
+    assert got[("control-first", check, layer)][:2] == ("pass", "")
+    assert got[("planted-after", check, layer)][:2] == ("fail", diagnosis)
+
+
 def test_state_dict_keys_are_compared_with_the_models():
     got = rows_for(pitfalls.Plain(), strategies=["torchextractor", "hooks"], checks=["state_dict"])
     status, _, detail = got[("torchextractor", "state_dict", "*")]

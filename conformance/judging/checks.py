@@ -234,15 +234,18 @@ def _memory(value: Any) -> tuple | None:
     return (value.device, value.dtype, value.data_ptr(), tuple(value.shape), value.stride())
 
 
-def tensor_digests(module: nn.Module, *, reference: Mapping[str, Any] | None = None, reference_digests: Mapping[str, str] | None = None) -> dict[str, str]:
+def tensor_digests(module: nn.Module, *, state: Mapping[str, Any] | None = None, reference: Mapping[str, Any] | None = None,
+                   reference_digests: Mapping[str, str] | None = None) -> dict[str, str]:
     """A content hash of every state-dict tensor, by name, hashed on as many threads as torch
-    computes on (hashlib lets go of the GIL while it hashes).
+    computes on (hashlib lets go of the GIL while it hashes); ``state`` is ``module``'s state dict
+    where the caller has just taken it (a quantized module's unpacks every weight again).
 
     With ``reference`` (a state dict) and its ``reference_digests``, an entry that is one of the
     reference's tensors (the same memory, under any name) or bitwise equal to the reference's
     entry of the same name takes that digest without being hashed again: each weight is hashed
     once per model, and a strategy's module that holds the attached copy's tensors is not read."""
-    state, reference, reference_digests = module.state_dict(), reference or {}, reference_digests or {}
+    state = module.state_dict() if state is None else state
+    reference, reference_digests = reference or {}, reference_digests or {}
     held = {_memory(tensor): name for name, tensor in reference.items() if name in reference_digests and _memory(tensor) is not None}
     known = {}
     for name, value in state.items():

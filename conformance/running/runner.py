@@ -36,6 +36,7 @@ from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, S
 from conformance.core.compare import bitwise_equal, compare, is_close
 from conformance.core.errors import ConformanceError
 from conformance.core.fxtraces import TraceCache, reusing_fx_traces
+from conformance.core.timmbuilds import BuildCache, reusing_timm_builds
 from conformance.core.jitscans import ScanCache, reusing_script_scans
 from conformance.truth.layers import resolve_layers
 from conformance.judging.diagnoses import graph_ops, norm_modules
@@ -314,8 +315,10 @@ class _ModelRun:
         finally:
             extractor.close()
         with self.timings.phase("hashing"):  # the copy as the strategy left it, then the tensors of the strategy's module
-            copy_digests = tensor_digests(model, reference=self.copy_reference, reference_digests=self.model_digests)
-            strategy_digests = tensor_digests(extractor.module, reference=model.state_dict(), reference_digests=copy_digests)
+            copy_state = model.state_dict()
+            copy_digests = tensor_digests(model, state=copy_state, reference=self.copy_reference, reference_digests=self.model_digests)
+            strategy_digests = dict(copy_digests) if extractor.module is model else tensor_digests(  # hooks hold the copy itself
+                extractor.module, reference=copy_state, reference_digests=copy_digests)
 
         def changes() -> list[str]:
             with self.timings.phase("checks"):
@@ -653,8 +656,10 @@ def model_units(
         return
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
+    builds = BuildCache()  # one timm build per architecture and arguments, for timm features_only's checks
     for strategy_name in strategies:
-        with timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans):
+        with (timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans),
+              reusing_timm_builds(builds)):
             rows = model_run.unit(strategy_name)
         if materialised:
             for row in rows:

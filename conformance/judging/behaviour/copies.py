@@ -108,6 +108,15 @@ def _scramble(model: nn.Module) -> nn.Module:
     return model
 
 
+def _scrambled(probe: Probe) -> nn.Module:
+    """The model on other weights (:func:`_scramble`), made once per model and kept unused: each
+    strategy's check attaches to a deep copy of it, which is what a deep copy of the model,
+    scrambled, is (scrambling cost three times what copying does)."""
+    if "scrambled" not in probe.memo:
+        probe.memo["scrambled"] = _scramble(deep_copy(probe.model))
+    return probe.memo["scrambled"]
+
+
 @_on_reduced_input(per_layer=False)
 def check_state_dict(probe: Probe) -> list[CheckResult]:
     """The extractor's state dict loads into a fresh extractor (built on other weights),
@@ -127,7 +136,7 @@ def check_state_dict(probe: Probe) -> list[CheckResult]:
     else:
         keys_note = "the same keys as the model's state dict"
     try:
-        with _attached(probe, model=_scramble(deep_copy(probe.model))) as fresh:  # parameters of its own: the scramble writes into them
+        with _attached(probe, model=deep_copy(_scrambled(probe))) as fresh:  # parameters of its own: the load writes into them
             try:
                 fresh.module.load_state_dict(state)
             except Exception as exc:
