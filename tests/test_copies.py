@@ -93,9 +93,24 @@ def test_a_model_copy_is_what_deepcopy_gives(name, build, shape):
     model = build().eval()
     got = copy_model(model)
     assert _differences(model, copy.deepcopy(model), got) == []
+    assert _differences(got, copy.deepcopy(got), copy_model(got)) == []  # a copy of a copy: the state-dict check's
     x = torch.randn(*shape)
     with torch.no_grad():
         assert torch.equal(got(x), model(x))
+
+
+def test_a_hook_handle_the_model_keeps_refers_to_the_copys_hook_dictionaries():
+    """A handle refers to its module's hook dictionaries, empty ones among them, by weak reference;
+    in the copy, to the copy's, as ``copy.deepcopy`` makes it, so that the copy can be copied again."""
+    model = Tied()
+    model.handle = model.embed.register_forward_hook(_hook)
+    for copier in (copy.deepcopy, copy_model):
+        twin = copier(model)
+        assert twin.handle.hooks_dict_ref() is twin.embed._forward_hooks
+        assert all(ref() is mine for ref, mine in zip(twin.handle.extra_dict_ref, (twin.embed._forward_hooks_with_kwargs, twin.embed._forward_hooks_always_called)))
+        again = copy_model(twin)
+        again.handle.remove()
+        assert not again.embed._forward_hooks and twin.embed._forward_hooks
 
 
 def _without_shared_memo(model: nn.Module, memo: dict | None = None) -> nn.Module:

@@ -4,6 +4,9 @@ once a second build gave them bitwise the same."""
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import timm
 import torch
@@ -92,6 +95,36 @@ def test_tensors_no_load_replaces_are_built_afresh_where_builds_differ(monkeypat
         timm.create_model("resnet10t")
         cache.unproven.clear()
         assert torch.equal(timm.create_model("resnet10t").index, next(iter(cache.builds.values())).index)
+
+
+def test_timms_hook_based_wrapper_is_reused_with_its_hooks() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    arguments = dict(pretrained=False, features_only=True, feature_cls="hook", out_indices=(1, 3))
+    fresh = _loaded(timm.create_model("resnet18", **arguments), model)
+    with reusing_timm_builds() as cache:
+        reused = [_loaded(timm.create_model("resnet18", **arguments), model) for _ in range(3)]
+    assert cache.hits == 2
+    for features in reused:
+        _same_module(features, fresh)
+        _same_outputs(features, fresh, x)
+
+
+def test_a_build_that_cannot_be_copied_is_built_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = timm.models.resnet.ResNet.__init__
+
+    def with_a_lock(self: nn.Module, *args: object, **kwargs: object) -> None:
+        build(self, *args, **kwargs)
+        self.lock = threading.Lock()  # copy.deepcopy cannot copy a lock
+
+    monkeypatch.setattr(timm.models.resnet.ResNet, "__init__", with_a_lock)
+    with pytest.raises(TypeError):
+        copy.deepcopy(timm.create_model("resnet10t"))
+    with reusing_timm_builds() as cache:
+        builds = [timm.create_model("resnet10t") for _ in range(3)]
+    assert cache.hits == 0 and len(cache.fresh) == 1 and not cache.builds
+    assert len({id(model.lock) for model in builds}) == 3
 
 
 def test_what_the_build_depends_on_is_in_the_key() -> None:

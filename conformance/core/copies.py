@@ -7,7 +7,7 @@ empty hook dictionaries. :func:`copy_model` takes the steps that machinery takes
 whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its subclasses
 do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
 and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and sets are made
-fresh, values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
+fresh and entered in the memo (a hook's handle holds the module's hook dictionaries), values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
 parameter and buffer dictionaries are copied entry by entry, a parameter (``nn.Parameter``
 itself) is made as its ``__deepcopy__`` makes it, and so is a plain buffer (its storage copied
 once with the memo, so buffers viewing one storage view one copy). A quantized convolution is
@@ -99,8 +99,11 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
         kind = type(value)
         if kind in _ATOMIC:
             continue  # what copy.deepcopy returns for these is the object itself
-        if kind in _EMPTY_CONTAINERS and not value:
-            state[key] = kind()
+        if kind in _EMPTY_CONTAINERS and not value:  # entered in the memo: a hook's handle refers to the module's own dicts
+            empty = memo.get(id(value))
+            if empty is None:
+                empty = memo[id(value)] = kind()
+            state[key] = empty
         elif key == "_modules" and kind is dict:
             state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
         elif key == "_parameters" and kind is dict:

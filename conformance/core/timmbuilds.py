@@ -11,7 +11,8 @@ at random, and the load that follows replaces every tensor of its state dict.
 Inside :func:`reusing_timm_builds`, a call with the arguments and options of an earlier call
 returns a copy (:func:`~conformance.core.copies.copy_model`, which is what ``copy.deepcopy``
 gives) of what that call built, kept unused since: the same classes, modules, hooks and
-attributes a fresh build has. Tensors that a load does not replace (a non-persistent buffer such
+attributes a fresh build has; a build that cannot be copied (timm's hook-based wrapper holds
+hook handles ``copy.deepcopy`` fails on) is built every time. Tensors that a load does not replace (a non-persistent buffer such
 as a position index, a tensor kept as a plain attribute) are reused only once a second build was
 found to give them bitwise the same; until then, and for good where it did not, each call
 builds afresh. Everything after the build (the load, the device, the mode, the forward pass) is
@@ -121,7 +122,11 @@ def reusing_timm_builds(cache: BuildCache | None = None) -> Iterator[BuildCache]
         if known is None:
             cache.misses += 1
             built = original(*args, **kwargs)
-            cache.builds[key] = copy_model(built)
+            try:
+                cache.builds[key] = copy_model(built)
+            except Exception:  # a build copy.deepcopy cannot copy (timm's hook-based wrapper): built every time
+                cache.fresh.add(key)
+                return built
             if unloaded_tensors(built):
                 cache.unproven.add(key)
             return built
