@@ -100,10 +100,7 @@ def copy_model(model: Copied, memo: dict[int, Any] | None = None) -> Copied:
         if kind in _ATOMIC:
             continue  # what copy.deepcopy returns for these is the object itself
         if kind in _EMPTY_CONTAINERS and not value:  # entered in the memo: a hook's handle refers to the module's own dicts
-            empty = memo.get(id(value))
-            if empty is None:
-                empty = memo[id(value)] = kind()
-            state[key] = empty
+            state[key] = memo.setdefault(id(value), kind())
         elif key == "_modules" and kind is dict:
             state[key] = {name: None if child is None else copy_model(child, memo) for name, child in value.items()}
         elif key == "_parameters" and kind is dict:
