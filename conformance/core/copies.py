@@ -7,8 +7,9 @@ empty hook dictionaries. :func:`copy_model` takes the steps that machinery takes
 whose class reduces the way ``object`` does (as ``nn.Module`` and nearly all its subclasses
 do): a new instance of the class, its ``__getstate__()`` deep-copied with one memo (so shared
 and tied tensors stay shared), then ``__setstate__``. Empty dictionaries and sets are made
-fresh and entered in the memo (a hook's handle holds the module's hook dictionaries), values deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the
-parameter and buffer dictionaries are copied entry by entry, a parameter (``nn.Parameter``
+fresh and entered in the memo (a hook's handle holds the module's hook dictionaries), values
+deepcopy keeps as they are (numbers, strings, tuples of them) are kept, the parameter and
+buffer dictionaries are copied entry by entry, a parameter (``nn.Parameter``
 itself) is made as its ``__deepcopy__`` makes it, and so is a plain buffer (its storage copied
 once with the memo, so buffers viewing one storage view one copy). A quantized convolution is
 copied by its own ``__getstate__`` and ``__setstate__``, as its ``__deepcopy__`` copies it, except
