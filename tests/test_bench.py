@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import costly
-from conformance.evidence.bench import FLOOR, FORWARD, ORACLE, Floor, measure_costs, median_interval, summarise_timing, timing_lock
+from conformance.evidence.bench import FLOOR, FORWARD, ORACLE, Floor, contestant_call, measure_costs, median_interval, summarise_timing, timing_lock
 
 
 def test_median_interval_uses_the_binomial_order_statistics():
@@ -147,14 +147,31 @@ def test_a_strategy_that_cannot_be_measured_is_a_row_with_the_reason(register):
 
 @pytest.mark.zoo
 def test_resnet18_layer1_sanity():
-    """fx and ilg prune after layer1, so they cost the floor and a third of a forward; hooks run the whole model."""
+    """fx and ilg prune after layer1: they run its five convolutions of the twenty and keep its
+    parameters only; hooks run the whole model and hold the last layer1 output. What that costs
+    in time is the benchmarks' to print (``tests/benchmarks``, ``conformance bench``), not a
+    test's to assert: a timing ratio moves with whatever else the machine runs."""
     import torchvision
 
-    rows = measure_costs(torchvision.models.resnet18(), layers=["layer1"], strategies=["fx", "ilg", "hooks"], max_time=10).rows
+    model = torchvision.models.resnet18()
+    convolutions = {name: _convolutions_run(name, model, layers=["layer1"]) for name in ("fx", "ilg", "hooks")}
+    assert convolutions == {"fx": 5, "ilg": 5, "hooks": 20}
+    rows = measure_costs(model, layers=["layer1"], strategies=["fx", "ilg", "hooks"], max_time=2).rows
     value = rows.set_index(["strategy", "metric"])["value"]
     for name in ("fx", "ilg"):
-        assert 0.8 < value[(name, "floor_ratio")] < 1.25, rows
-        assert value[(name, "overhead")] < 0.6, rows
         assert value[(name, "params_retained")] < 0.05  # everything after layer1 is pruned
-    assert 0.85 < value[("hooks", "overhead")] < 1.15, rows
     assert value[("hooks", "retained_memory")] > 2 * 64 * 56 * 56 * 4 * 0.9  # the last layer1 output, held by the hook
+
+
+def _convolutions_run(name: str, model: nn.Module, *, layers: list[str]) -> int:
+    """How many convolutions one call of contestant ``name`` runs."""
+    call, close = contestant_call(name, model, layers=layers)
+    run: list[nn.Module] = []
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: run.append(module) if isinstance(module, nn.Conv2d) else None)
+    try:
+        with torch.no_grad():
+            call(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    finally:
+        handle.remove()
+        close()
+    return len(run)
