@@ -35,7 +35,7 @@ from conformance.core.rng import ReplayDraws, pass_rng
 from conformance.core.timing import deep_copy, phase
 
 __all__ = [
-    "ChainBreak", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "keep_first_inputs", "locate",
+    "ChainBreak", "GradientPass", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "keep_first_inputs", "locate",
     "locate_nodes", "module_inputs", "replay_children",
 ]
 
@@ -413,19 +413,43 @@ def locate(model: nn.Module, x: Any, values: Sequence[torch.Tensor], *, close: C
     return found
 
 
-@phase("oracle")
-def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor],
-              tracer_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The true gradients of ``sum((output of layer * weights[layer]).sum())`` over the
-    layers, for the input and for every parameter by name (those no layer depends on are
-    absent). The model runs in its current mode.
+class GradientPass:
+    """The true gradients of ``sum((output of layer * weights[layer]).sum())``, for the input and
+    for every parameter by name (those no layer depends on are absent), for any weighting of any of
+    ``layers``: one pass of a deep copy of ``model`` (in its current mode) taking every layer, whose
+    graph each weighting's backward then differentiates. Over the same pass, the backward of a sum
+    over some of the layers reaches the nodes and adds the gradients that a pass taking those
+    layers alone gives (``tests/test_oracle.py``). Weightings of op layers (FX node names), which the
+    op-level recorder takes, each have a pass of their own (:func:`gradients`).
 
-    The hooks clone the output, which autograd differentiates through, so a later in-place
-    op cannot change the value a loss is taken from; requested ops come from the op-level
-    recorder in the same pass.
+    The hooks clone the output, which autograd differentiates through, so a later in-place op
+    cannot change the value a loss is taken from. Raises what the pass raises.
     """
-    copy_ = deep_copy(model)
-    taps = _taps(list(weights))
+
+    @phase("oracle")
+    def __init__(self, model: nn.Module, x: torch.Tensor, *, layers: Sequence[str], tracer_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.model, self.tracer_kwargs = model, tracer_kwargs
+        self._input = x
+        self.layers = [str(tap) for tap in _taps(layers) if not tap.is_op]
+        self._copy = deep_copy(model)
+        self._x = x.detach().clone().requires_grad_(True)
+        self._taken = _taken_in_pass(self._copy, self._x, self.layers, tracer_kwargs=tracer_kwargs)
+        self._named = [(name, p) for name, p in self._copy.named_parameters() if p.requires_grad]
+
+    @phase("oracle")
+    def __call__(self, *, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not set(weights) <= set(self.layers):
+            return gradients(self.model, self._input, weights=dict(weights), tracer_kwargs=self.tracer_kwargs)
+        with torch.enable_grad():
+            loss = sum((self._taken[layer] * weight).sum() for layer, weight in weights.items())
+            grads = torch.autograd.grad(loss, [self._x, *(p for _, p in self._named)], allow_unused=True, retain_graph=True)
+        return grads[0], {name: grad for (name, _), grad in zip(self._named, grads[1:]) if grad is not None}
+
+
+def _taken_in_pass(copy_: nn.Module, x: torch.Tensor, layers: Sequence[str], *, tracer_kwargs: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """A pass of ``copy_`` on ``x`` with autograd on, and each layer's output in it, cloned (the
+    call a layer names, else the last): module layers by hooks, op layers by the recorder."""
+    taps = _taps(layers)
     taken: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
     handles = []
@@ -440,19 +464,33 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
                     taken[tap] = out.clone()
         handles.append(on_output(copy_.get_submodule(tap.module), hook))
     ops = [str(tap) for tap in taps if tap.is_op]
-    x = x.detach().clone().requires_grad_(True)
     try:
         with torch.enable_grad(), pass_rng():
             if ops:
                 taken.update(record(copy_, x, wanted=ops, tracer_kwargs=tracer_kwargs).values)
             else:
                 call_model(copy_, x)
-            named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
-            loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
-            grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
     finally:
         for handle in reversed(handles):  # last first: wrappers of one module stack
             handle.remove()
+    return taken
+
+
+@phase("oracle")
+def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Tensor],
+              tracer_kwargs: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The true gradients of ``sum((output of layer * weights[layer]).sum())`` over the
+    layers, for the input and for every parameter by name (those no layer depends on are
+    absent), from a pass of its own (:class:`GradientPass` answers many weightings from one).
+    The model runs in its current mode; requested ops come from the op-level recorder in the same pass.
+    """
+    copy_ = deep_copy(model)
+    x = x.detach().clone().requires_grad_(True)
+    taken = _taken_in_pass(copy_, x, list(weights), tracer_kwargs=tracer_kwargs)
+    with torch.enable_grad():
+        named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
+        loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
+        grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
 
 

@@ -15,7 +15,7 @@ from conformance.judging.behaviour.probe import _all_layers, _at_size, _attached
 from conformance.judging.checks import tensor_digest
 from conformance.judging.context import CheckResult
 from conformance.judging.diagnoses import UNEXPLAINED
-from conformance.truth.oracle import gradients
+from conformance.truth.oracle import GradientPass, gradients
 
 __all__ = ["check_gradients"]
 
@@ -45,7 +45,14 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
 
     def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = {layer: weights[layer] for layer in layers}
-        return probe.oracle(f"{check}:{','.join(layers)}", lambda: gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs))
+        def compute() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            try:
+                shared = _gradient_pass(probe)
+            except ModelRejects:  # the pass of every layer failed: these layers' own pass says whether theirs does
+                return gradients(probe.model, probe.input, weights=chosen, tracer_kwargs=probe.tracer_kwargs)
+            return shared(weights=chosen)
+
+        return probe.oracle(f"{check}:{','.join(layers)}", compute)
 
     model = strategy_copy(probe.model)
     x = probe.input.detach().clone().requires_grad_(True)
@@ -84,6 +91,14 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
         return CheckResult(check, layer, "skipped", "", why)
 
     return _per_layer(check, probe, judge)
+
+
+def _gradient_pass(probe: Probe) -> GradientPass:
+    """The oracle's pass for the gradients of every floating-point layer of the probe's truth, one
+    per model and input, shared by the strategies (raises :class:`ModelRejects` when it fails)."""
+    layers = [layer for layer, truth in probe.truth.layers.items()
+              if isinstance(truth.value, torch.Tensor) and truth.value.is_floating_point()]
+    return probe.oracle(f"gradient pass@{layers}", lambda: GradientPass(probe.model, probe.input, layers=layers, tracer_kwargs=probe.tracer_kwargs))
 
 
 def _gradient_diagnosis(probe: Probe, layer: str, detail: str, *, value: Any) -> tuple[str, str]:
