@@ -54,6 +54,9 @@ _packed_conv_classes: dict[type, bool] = {}
 #: Values ``copy.deepcopy`` returns as they are (and tuples of them).
 _ATOMIC = frozenset({bool, int, float, complex, str, bytes, type(None), type, torch.dtype})
 
+#: Sets tensors' version counters (private to torch: where a release drops it, buffers are set on their copied storage).
+_set_versions = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
+
 #: Containers an empty one of which is copied as a new empty one.
 _EMPTY_CONTAINERS = (dict, OrderedDict, set)
 
@@ -142,7 +145,8 @@ def _copy_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Ten
     sharing one share the copy), and a tensor set on it at the same offset, size and stride. A
     storage seen first through a tensor that fills it contiguously is copied by cloning that
     tensor, and entered in the memo under both keys ``copy.deepcopy`` and the storage's own
-    ``__deepcopy__`` use."""
+    ``__deepcopy__`` use; the clone itself is the copy where its strides are the tensor's (its version
+    counter set to what ``set_`` leaves)."""
     if (type(tensor) is not torch.Tensor or tensor.device.type not in ("cpu", "cuda") or tensor.is_sparse or tensor.is_quantized
             or not tensor.is_leaf or tensor.requires_grad or tensor.grad is not None or tensor.is_conj() or tensor.is_neg()
             or tensor.is_inference() or tensor.__dict__):
@@ -153,9 +157,14 @@ def _copy_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Ten
         storage = memo.get(id(original))
         if storage is None:
             if tensor.storage_offset() == 0 and tensor.is_contiguous() and tensor.numel() * tensor.element_size() == original.nbytes():
-                storage = tensor.clone().untyped_storage()
+                clone = tensor.clone()
+                storage = clone.untyped_storage()
                 memo[id(original)] = memo.setdefault("torch", {})[original._cdata] = storage
                 memo.setdefault(id(memo), []).append(original)  # as copy.deepcopy keeps what it copied alive
+                if _set_versions is not None and clone.stride() == tensor.stride():  # the clone is the tensor set on the new storage
+                    _set_versions((clone,), (1,))  # and counts the one write, set_, that deepcopy's tensor counts
+                    memo[id(tensor)] = clone
+                    return clone
             else:
                 storage = copy.deepcopy(original, memo)
         found = memo[id(tensor)] = tensor.new_empty([]).set_(storage, tensor.storage_offset(), tensor.size(), tensor.stride())
