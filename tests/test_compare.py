@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conformance.core.compare import compare, is_close, tolerance
+from conformance.core.compare import compare, is_close, same_bits, tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -63,3 +63,16 @@ def test_the_quick_verdict_is_the_comparisons_wherever_the_values_differ(dtype):
     verdicts = [is_close(got, expected) for got, expected in pairs]
     assert verdicts == [compare(got, expected).close for got, expected in pairs]
     assert True in verdicts and False in verdicts
+
+
+def test_same_bits_is_the_comparisons_bitwise_verdict():
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    nan = torch.tensor([float("nan"), 1.0])
+    pairs = [
+        (x, x.clone()), (x, x + 1e-7), (x, x.double()), (x, x[:2]), (torch.tensor([0.0]), torch.tensor([-0.0])), (nan, nan.clone()),
+        ({"a": x, "b": (x, 3)}, {"a": x.clone(), "b": (x.clone(), 3)}), ({"a": x, "b": (x, 3)}, {"a": x.clone(), "b": (x.clone(), 4)}),
+        ([x], (x,)), (x.to("meta"), x), (torch.arange(4), torch.arange(4)), (torch.arange(4), torch.arange(4) + 1), (None, None), (2, 2.0),
+    ]
+    verdicts = [same_bits(a, b) for a, b in pairs]
+    assert verdicts == [compare(a, b).bitwise for a, b in pairs]
+    assert True in verdicts and False in verdicts  # both verdicts are exercised

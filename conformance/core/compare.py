@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten
 
 from strategies.base import tensor_tree
 
-__all__ = ["Comparison", "bitwise_equal", "compare", "is_close", "tolerance"]
+__all__ = ["Comparison", "bitwise_equal", "compare", "is_close", "same_bits", "tolerance"]
 
 # (rtol, atol) by dtype; CUDA gets ten times the CPU tolerance for kernel-selection noise.
 _TOLERANCE = {
@@ -98,6 +98,22 @@ def compare(actual: Any, expected: Any, *, scale: float = 1.0) -> Comparison:
             max_abs = max(max_abs, diff.max().item())
         close = close and got.dtype == want.dtype and _all_within(got, want, exact=exact, diff=diff, scale=scale)
     return Comparison(close, bitwise, max_abs, math.sqrt(squares / count) if count else None)
+
+
+def same_bits(actual: Any, expected: Any) -> bool:
+    """``compare(actual, expected).bitwise``, without the error and the scale it also measures."""
+    actual_leaves, actual_spec = tree_flatten(tensor_tree(actual))
+    expected_leaves, expected_spec = tree_flatten(tensor_tree(expected))
+    if actual_spec != expected_spec:
+        return False
+    for got, want in zip(actual_leaves, expected_leaves):
+        if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
+            if not (type(got) is type(want) and got == want):
+                return False
+        elif (got.shape != want.shape or got.device.type == "meta" or type(got).__name__ in _TRACING_TENSORS
+              or got.dtype != want.dtype or not torch.equal(got.detach().to(want.device), want)):
+            return False
+    return True
 
 
 def is_close(actual: Any, expected: Any) -> bool:

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from strategies.base import call_model, map_tensors
 
-from conformance.core.compare import bitwise_equal, compare
+from conformance.core.compare import bitwise_equal, compare, same_bits
 from conformance.core.rng import pass_rng
 from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, nondeterministic
 from conformance.judging.diagnoses import diagnose
@@ -108,8 +108,7 @@ def check_values(ctx: CheckContext) -> list[CheckResult]:
         if layer not in ctx.features:
             results.append(_missing("values", layer, ctx))
             continue
-        value = ctx.features[layer]
-        comparison = compare(value, truth.value)
+        comparison = ctx.against_truth(layer)
         row = CheckResult(
             "values", layer, "pass" if comparison.close else "fail",
             max_abs_err=comparison.max_abs_err, scale=comparison.scale, bitwise=comparison.bitwise,
@@ -308,7 +307,7 @@ def check_stale_results(ctx: CheckContext) -> list[CheckResult]:
     problems, diagnosis = [], ""
     changed = [
         layer for layer, value in ctx.first_features.items()
-        if layer not in ctx.first_after_next or not compare(ctx.first_after_next[layer], value).bitwise
+        if layer not in ctx.first_after_next or not same_bits(ctx.first_after_next[layer], value)
     ]
     added = [layer for layer in ctx.first_after_next if layer not in ctx.first_features]
     if changed or added:
@@ -486,7 +485,7 @@ def check_kwargs_and_tuples(ctx: CheckContext) -> list[CheckResult]:
         if layer not in ctx.features:
             results.append(CheckResult("kwargs_and_tuples", layer, "fail", "silently_dropped", f"{'; '.join(kinds)}: no value returned and no error raised"))
             continue
-        comparison = compare(ctx.features[layer], truth.value)
+        comparison = ctx.against_truth(layer)
         if comparison.close:
             results.append(CheckResult("kwargs_and_tuples", layer, "pass", "", f"{'; '.join(kinds)}: captured exactly"))
         else:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from conformance.core.compare import Comparison, compare
 from conformance.truth.nodes import Node
 from conformance.truth.oracle import OracleCapture
 
@@ -74,6 +75,13 @@ class CheckContext:
     counterfactual: Callable[..., dict[str, Any] | None] = lambda **change: {}  # the layers' values with one change to the model (shapes_only: their shapes, or None)
     locate_nodes: Callable[..., list[str]] = lambda value, exact=False, skip_nodes=(): []  # nodes of the pass whose value is this
     diagnosed: dict[str, tuple[str, str]] = field(default_factory=dict)  # each layer's feature, diagnosed once for every check
+    compared: dict[str, Comparison] = field(default_factory=dict)  # each layer's feature against its truth, compared once for every check
+
+    def against_truth(self, layer: str) -> Comparison:
+        """The layer's feature compared with its truth (the module's last call), once per layer."""
+        if layer not in self.compared:
+            self.compared[layer] = compare(self.features[layer], self.truth.layers[layer].value)
+        return self.compared[layer]
 
     @functools.cached_property
     def model_changes(self) -> list[str]:

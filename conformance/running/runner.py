@@ -33,7 +33,7 @@ from conformance.judging.behaviour import BEHAVIOUR_CHECKS, Probe, reductions
 from conformance.judging.causes import explain, explain_whole, keep_lines_only, non_tensors, request_order, traced_optional_input
 from conformance.judging.checks import CHECKS, model_changes, snapshot, tensor_digest, tensor_digests
 from conformance.judging.context import ALL_LAYERS, CheckContext, CheckResult, StrategyPass
-from conformance.core.compare import bitwise_equal, compare, is_close
+from conformance.core.compare import bitwise_equal, is_close
 from conformance.core.errors import ConformanceError
 from conformance.core.fxtraces import TraceCache, reusing_fx_traces
 from conformance.core.timmbuilds import BuildCache, reusing_timm_builds
@@ -568,7 +568,7 @@ def _untrusted(ctx: CheckContext) -> dict[str, str]:
                 untrusted[layer] = "a value for a module that does not run"
         elif layer not in ctx.features:
             untrusted[layer] = "no value returned"
-        elif not compare(ctx.features[layer], truth.value).close:
+        elif not ctx.against_truth(layer).close:
             untrusted[layer] = "the values check fails"
     return untrusted
 
