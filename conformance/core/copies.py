@@ -197,7 +197,7 @@ class SharedParameters:
         """A memo for :func:`copy_model` of the model: each parameter a new ``nn.Parameter`` over the
         shared tensor (its version counter shared too), with the model's parameter's ``requires_grad``."""
         self._lent = True
-        return {id(parameter): nn.Parameter(tensor.detach(), parameter.requires_grad) for parameter, tensor in self._pairs}
+        return {id(parameter): nn.Parameter(tensor, parameter.requires_grad) for parameter, tensor in self._pairs}  # over a detached alias of it
 
     def state(self, model_state: dict[str, Any]) -> dict[str, Any]:
         """``model_state`` (the model's state dict) with the shared tensor in place of each shared
