@@ -15,6 +15,7 @@ import pitfalls
 from conformance.core import copies
 from conformance.running.runner import evaluate
 from conformance.core.copies import SharedParameters, _copied_generically, copy_model
+from conformance.core.timing import meta_copy
 from conformance.judging.behaviour.copies import _scramble
 from conformance.zoo.specs import build_model, resolve_model
 from faults import corrupted, unchanged
@@ -373,3 +374,23 @@ def test_control_a_unit_that_wrote_into_the_shared_weights_and_was_not_taken_aga
     monkeypatch.setattr(SharedParameters, "intact", lambda self: True)
     got = _rows_after_a_strategy_that_writes_weights(register)
     assert got[("hooks", "values", "first")][:2] == ("fail", "unexplained"), got[("hooks", "values", "first")]
+
+
+@pytest.mark.parametrize("name, build, shape", _models(), ids=[name for name, *_ in _models()])
+def test_a_meta_copy_is_a_deep_copy_moved_to_meta(name, build, shape):
+    """``meta_copy`` skips copying the bytes ``.to("meta")`` would throw away, and keeps tied
+    parameters tied."""
+    model = build().eval()
+    before = {key: (tensor, tensor.device) for key, tensor in model.state_dict(keep_vars=True).items()}
+    expected, got = copy.deepcopy(model).to("meta"), meta_copy(model)
+    layout = lambda m: [(name, type(module).__qualname__, sorted(vars(module)), module.training) for name, module in m.named_modules(remove_duplicate=False)]  # noqa: E731
+    assert layout(got) == layout(expected)
+    described = lambda m: {key: (type(t), t.requires_grad, t.shape, t.stride(), t.dtype, t.device.type)  # noqa: E731
+                           for key, t in m.state_dict(keep_vars=True).items()}
+    assert described(got) == described(expected)
+    tied = lambda m: sorted(sorted(k for k, t in m.state_dict(keep_vars=True).items() if id(t) == i)  # noqa: E731
+                            for i in {id(t) for t in m.state_dict(keep_vars=True).values()})
+    assert tied(got) == tied(model)  # where ``.to("meta")`` gives each module a parameter of its own, unties them
+    assert {key: (tensor, tensor.device) for key, tensor in model.state_dict(keep_vars=True).items()} == before  # the model keeps its own
+    with torch.no_grad():
+        assert got(torch.empty(*shape, device="meta")).shape == expected(torch.empty(*shape, device="meta")).shape

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from strategies.base import call_model, clone_tree, map_tensors
 
-from conformance.core.timing import deep_copy
+from conformance.core.timing import meta_copy
 
 __all__ = ["PASS_SEED", "PinnedExtractor", "RecordDraws", "ReplayDraws", "draws_random_numbers", "pass_rng", "seed_torch"]
 
@@ -116,7 +116,7 @@ def draws_random_numbers(model: Any, x: Any) -> bool:
     a fraction of a real pass); False where the model cannot run there (quantized ops, a branch on
     a value): its strategies' calls then run as they are, and ``rng_shifted`` names nothing there."""
     try:
-        twin = deep_copy(model).to("meta")
+        twin = meta_copy(model)
         with torch.no_grad(), RecordDraws() as recorder:
             call_model(twin, map_tensors(lambda t: t.to("meta"), x))
     except Exception:  # an op without a meta kernel, a branch on a value

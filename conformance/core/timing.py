@@ -12,11 +12,14 @@ import contextlib
 import time
 from collections import defaultdict
 from contextvars import ContextVar
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
+
+import torch
+from torch import nn
 
 from conformance.core.copies import SharedParameters, copy_model
 
-__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "phase", "sharing_parameters", "strategy_copy"]
+__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "meta_copy", "phase", "sharing_parameters", "strategy_copy"]
 
 #: Phases that are the harness's own work rather than the models' and the strategies': the
 #: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
@@ -166,6 +169,23 @@ def deep_copy(model: Copied) -> Copied:
     ``copy`` phase of the run being timed."""
     with phase("copy"):
         return copy_model(model)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """``deep_copy(model).to("meta")``, charged to the ``copy`` phase, without copying the bytes of
+    the parameters and buffers first: each (``nn.Parameter`` itself, a plain tensor) enters the
+    copy as a meta tensor of its shape, strides and dtype. Tied parameters stay tied (``.to("meta")``
+    gives each module a parameter of its own). Raises what ``.to("meta")`` raises (a quantized
+    module's packed weights)."""
+    with phase("copy"):
+        memo: dict[int, Any] = {}
+        for parameter in model.parameters():
+            if type(parameter) is nn.Parameter:
+                memo[id(parameter)] = nn.Parameter(torch.empty_like(parameter, device="meta"), parameter.requires_grad)
+        for buffer in model.buffers():
+            if type(buffer) is torch.Tensor:
+                memo[id(buffer)] = torch.empty_like(buffer, device="meta")
+        return copy_model(model, memo).to("meta")
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from strategies.hf_hidden_states import hidden_state_modules
 from conformance.core.errors import ConformanceError
 from conformance.core.rng import seed_torch
 from conformance.truth.nodes import Node, NodeTable, record_faithfully
-from conformance.core.timing import deep_copy
+from conformance.core.timing import deep_copy, meta_copy
 from conformance.zoo.specs import ModelSpec, name_stem
 
 __all__ = ["LAYER_SETS", "NODE_SET", "SET_NAMES", "example_input", "node_table", "node_tap", "resolve_layers", "runs_in", "stage_layers"]
@@ -107,7 +107,7 @@ def _resolution_ends(model: nn.Module, container: str, input_shape: Sequence[int
     """Last child of ``container`` at each spatial resolution (NCHW), probed on the meta device,
     or on the CPU where the model cannot run there (quantized ops read their scales)."""
     try:
-        shapes = _child_resolutions(deep_copy(model).to("meta"), container, torch.empty(*input_shape, device="meta"))
+        shapes = _child_resolutions(meta_copy(model), container, torch.empty(*input_shape, device="meta"))
     except (NotImplementedError, RuntimeError):
         shapes = _child_resolutions(deep_copy(model).cpu(), container, torch.zeros(*input_shape))
     names = list(shapes)

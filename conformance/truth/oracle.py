@@ -32,7 +32,7 @@ from strategies.base import Arguments, Tap, call_model, clone_tree, input_device
 from conformance.core.compare import bitwise_equal, compare
 from conformance.truth.nodes import record, record_faithfully, unrecorded
 from conformance.core.rng import ReplayDraws, pass_rng
-from conformance.core.timing import deep_copy, phase
+from conformance.core.timing import deep_copy, meta_copy, phase
 
 __all__ = [
     "ChainBreak", "GradientPass", "LayerTruth", "OracleCapture", "capture", "capture_twice", "counterfactual", "gradients", "keep_first_inputs", "locate",
@@ -513,9 +513,8 @@ def counterfactual(model: nn.Module, x: Any, *, layers: Sequence[str], skip_node
     ``after_pass``: the values as the rest of the changed pass left them (a later in-place op
     overwrote them), for a value two mechanisms give together; ``every_call``: a module layer's
     value is the list of every call's output (a reused module)."""
-    copy_ = deep_copy(model)
+    copy_ = meta_copy(model) if shapes_only else deep_copy(model)
     if shapes_only:
-        copy_.to("meta")
         x = map_tensors(lambda t: t.to("meta"), x)
     taps = _taps(layers)
     seen: dict[str, Any] = {}
