@@ -45,6 +45,7 @@ def check_gradients(probe: Probe) -> list[CheckResult]:
 
     def truth_for(layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         chosen = {layer: weights[layer] for layer in layers}
+
         def compute() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             try:
                 shared = _gradient_pass(probe)
