@@ -440,10 +440,7 @@ class GradientPass:
     def __call__(self, *, weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not set(weights) <= set(self.layers):
             return gradients(self.model, self._input, weights=dict(weights), tracer_kwargs=self.tracer_kwargs)
-        with torch.enable_grad():
-            loss = sum((self._taken[layer] * weight).sum() for layer, weight in weights.items())
-            grads = torch.autograd.grad(loss, [self._x, *(p for _, p in self._named)], allow_unused=True, retain_graph=True)
-        return grads[0], {name: grad for (name, _), grad in zip(self._named, grads[1:]) if grad is not None}
+        return _differentiate(self._taken, weights, x=self._x, named=self._named, keep_graph=True)
 
 
 def _taken_in_pass(copy_: nn.Module, x: torch.Tensor, layers: Sequence[str], *, tracer_kwargs: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
@@ -487,10 +484,16 @@ def gradients(model: nn.Module, x: torch.Tensor, *, weights: dict[str, torch.Ten
     copy_ = deep_copy(model)
     x = x.detach().clone().requires_grad_(True)
     taken = _taken_in_pass(copy_, x, list(weights), tracer_kwargs=tracer_kwargs)
+    named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
+    return _differentiate(taken, weights, x=x, named=named, keep_graph=False)
+
+
+def _differentiate(taken: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], *, x: torch.Tensor,
+                   named: list[tuple[str, nn.Parameter]], keep_graph: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The gradients of the weighted sum of the taken outputs, for ``x`` and each parameter by name."""
     with torch.enable_grad():
-        named = [(name, p) for name, p in copy_.named_parameters() if p.requires_grad]
         loss = sum((taken[layer] * weight).sum() for layer, weight in weights.items())
-        grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True)
+        grads = torch.autograd.grad(loss, [x, *(p for _, p in named)], allow_unused=True, retain_graph=keep_graph)
     return grads[0], {name: grad for (name, _), grad in zip(named, grads[1:]) if grad is not None}
 
 
