@@ -3,6 +3,7 @@ and hooks, nothing shared with the original; classes with their own copying go t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Callable
 
@@ -259,6 +260,49 @@ def test_a_quantized_copy_is_what_deepcopy_gives_without_packing_again(copier, d
     model.layer1[0].conv1.register_forward_hook(_hook)
     model.layer1[0].relu.register_forward_hook(_hook)
     assert _quantized_copy_differences(model, copy.deepcopy(model), copier(model), x) == differences
+
+
+@contextlib.contextmanager
+def _unpacking_once_by_module(unpacked: dict) -> Any:
+    """A planted fault: ``unpacking_once`` with the weights cached by the convolution, not by its packed object."""
+    originals = {cls: vars(cls)["_weight_bias"] for cls in copies._subclasses(copies._PackedConv) if "_weight_bias" in vars(cls)}
+
+    def by_module(conv: nn.Module, original: Callable) -> Any:
+        if id(conv) not in unpacked:
+            unpacked[id(conv)] = (conv, original(conv))
+        return unpacked[id(conv)][1]
+
+    for cls, original in originals.items():
+        cls._weight_bias = lambda conv, original=original: by_module(conv, original)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls._weight_bias = original
+
+
+@pytest.mark.parametrize("faulty", [False, True], ids=["unpacking_once", "control: cached by module"])
+def test_unpacking_once_gives_each_packed_objects_weights_unpacked_once(faulty, monkeypatch):
+    """Inside ``unpacking_once``, the copies' state dicts equal the ones outside and each packed
+    object is unpacked once; a convolution given new weights (a new packed object) gives those.
+    Control: a cache by convolution gives the old weights."""
+    model = _quantized_resnet18(0)
+    twins = [copy_model(model) for _ in range(3)]
+    unpacked: dict = {}
+    once = _unpacking_once_by_module if faulty else copies.unpacking_once
+    expected, calls = _quantized_state(model), []
+    unpack = torch.ao.nn.quantized.Conv2d._weight_bias
+    monkeypatch.setattr(torch.ao.nn.quantized.Conv2d, "_weight_bias", lambda conv: calls.append(conv) or unpack(conv))
+    with once(unpacked):
+        states = [_quantized_state(twin) for twin in (model, *twins)]
+    assert torch.ao.nn.quantized.Conv2d._weight_bias is not unpack  # the patch is put back as found
+    assert all(state.keys() == expected.keys() and all(torch.equal(state[key], expected[key]) for key in expected) for state in states)
+    convs = len(_quantized_convs(model))
+    assert len(calls) == (convs * 4 if faulty else convs)
+    twins[0].layer1[0].conv1.set_weight_bias(twins[1].layer1[0].conv2.weight(), None)
+    with once(unpacked):
+        changed = _quantized_state(twins[0])["layer1.0.conv1.weight"]
+    assert torch.equal(changed, expected["layer1.0.conv2.weight"]) is not faulty
 
 
 # -- copies that share one set of parameters ----------------------------------------------

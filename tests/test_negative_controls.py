@@ -330,6 +330,39 @@ def test_weights_hashed_once_per_model_give_the_digests_that_hashing_gives():
     assert once["first.weight"] == digests["first.weight"]
 
 
+def test_quantized_weights_unpacked_anew_take_the_models_digests_unless_they_changed(monkeypatch):
+    """A quantized convolution's state dict unpacks its weight anew each time: an unpacking equal in
+    quantizer and integers takes the model's digest unhashed; one integer or one scale changed is
+    hashed and differs, as hashing it would."""
+    import copy
+
+    from torch.ao.nn import quantized
+
+    from conformance.judging import checks
+    from conformance.judging.checks import tensor_digests
+
+    torch.manual_seed(0)
+    model = quantized.Conv2d(3, 4, 3)
+    weight = torch.quantize_per_channel(torch.randn(4, 3, 3, 3), torch.rand(4, dtype=torch.double) + 0.1, torch.zeros(4, dtype=torch.long), 0, torch.qint8)
+    model.set_weight_bias(weight, torch.randn(4))
+    digests = tensor_digests(model)
+    same, hashed = copy.deepcopy(model), []
+    with monkeypatch.context() as patched:
+        patched.setattr(checks, "tensor_digest", lambda tensor: hashed.append(tensor) or "")
+        assert tensor_digests(same, reference=model.state_dict(), reference_digests=digests) == digests
+    assert hashed == []
+    integers, scales = weight.int_repr().clone(), weight.q_per_channel_scales().clone()
+    integers.view(-1)[0] += 1
+    scales[1] *= 1.0001
+    for changed_weight in (torch._make_per_channel_quantized_tensor(integers, weight.q_per_channel_scales(), weight.q_per_channel_zero_points(), 0),
+                           torch._make_per_channel_quantized_tensor(weight.int_repr(), scales, weight.q_per_channel_zero_points(), 0)):
+        changed = copy.deepcopy(model)
+        changed.set_weight_bias(changed_weight, model.bias())
+        once = tensor_digests(changed, reference=model.state_dict(), reference_digests=digests)
+        assert once == tensor_digests(changed)
+        assert once["weight"] != digests["weight"] and once["bias"] == digests["bias"]
+
+
 def test_a_module_holding_the_references_tensors_takes_their_digests_unread(monkeypatch):
     """The strategy's module that holds the attached copy's own tensors, under any names, is not read again."""
     from conformance.judging import checks

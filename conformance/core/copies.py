@@ -28,15 +28,16 @@ strategies attach to hold instead of each their own (``copy_model(model, shared.
 ``requires_grad``, and copying no longer moves every weight. Nothing a strategy is asked to do
 writes into weights, and what does is seen: :meth:`SharedParameters.intact` says whether the shared
 bytes still equal the model's and whether any in-place op ran on them (the copies share their
-version counters), and the runner takes a unit again on copies of their own where not.
+version counters), and where not the runner takes the model's units again on copies of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import copyreg
 from collections import OrderedDict
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from torch.ao.nn.quantized.modules.conv import _ConvNd as _PackedConv
 
 from conformance.core.compare import bitwise_equal
 
-__all__ = ["SharedParameters", "copy_model"]
+__all__ = ["SharedParameters", "copy_model", "unpacking_once"]
 
 Copied = TypeVar("Copied")
 
@@ -136,6 +137,37 @@ def _copy_packed_conv(conv: _PackedConv, memo: dict[int, Any]) -> _PackedConv:
         del vars(conv)["_weight_bias"], vars(twin)["set_weight_bias"]
     memo[id(conv)] = twin
     return twin
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
+@contextlib.contextmanager
+def unpacking_once(unpacked: dict[tuple[int, Any], tuple[Any, Any]]) -> Iterator[None]:
+    """Inside, a quantized convolution's weight and bias (its ``_weight_bias``, which its state
+    dict calls) come from ``unpacked``, keyed by its packed-weights object and unpacked there on
+    first use. The copies hold the model's packed objects, which nothing changes
+    (:func:`_copy_packed_conv`), so every state dict of a copy would otherwise unpack the same
+    weights again. The same tensors are given each time: for callers that only read them."""
+    originals = {cls: vars(cls)["_weight_bias"] for cls in _subclasses(_PackedConv) if "_weight_bias" in vars(cls)}
+
+    def once(original: Any) -> Any:
+        def _weight_bias(conv: _PackedConv) -> Any:
+            packed = conv._packed_params
+            found = unpacked.get((id(packed), original))
+            if found is None:  # the entry holds the packed object, so its id is not reused while it is there
+                found = unpacked[(id(packed), original)] = (packed, original(conv))
+            return found[1]
+        return _weight_bias
+
+    for cls, original in originals.items():
+        cls._weight_bias = once(original)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls._weight_bias = original
 
 
 def _copy_buffer(tensor: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:

@@ -227,10 +227,23 @@ def tensor_digest(tensor: Any) -> str:
 
 
 def _memory(value: Any) -> tuple | None:
-    """Where a plain tensor's bytes lie: two tensors with the same hold the same bytes."""
-    if not isinstance(value, torch.Tensor) or value.is_quantized:
+    """Where a plain tensor's bytes lie: two tensors with the same hold the same bytes; a quantized
+    tensor, by the object itself (an unpacked weight given again, ``copies.unpacking_once``)."""
+    if not isinstance(value, torch.Tensor):
         return None
+    if value.is_quantized:
+        return ("quantized", id(value))
     return (value.device, value.dtype, value.data_ptr(), tuple(value.shape), value.stride())
+
+
+def _same_entry(value: Any, reference: Any) -> bool:
+    """Whether a state-dict entry has the reference's digest without hashing it: bitwise equal, or
+    for a quantized tensor (a quantized convolution's weight, unpacked anew by each state dict),
+    the same dtype, shape, quantizer and integers."""
+    if isinstance(value, torch.Tensor) and isinstance(reference, torch.Tensor) and value.is_quantized and reference.is_quantized:
+        return (value.dtype == reference.dtype and value.shape == reference.shape and value.device == reference.device
+                and torch.equal(value, reference))
+    return bitwise_equal(value, reference)
 
 
 def tensor_digests(module: nn.Module, *, state: Mapping[str, Any] | None = None, reference: Mapping[str, Any] | None = None,
@@ -241,8 +254,9 @@ def tensor_digests(module: nn.Module, *, state: Mapping[str, Any] | None = None,
 
     With ``reference`` (a state dict) and its ``reference_digests``, an entry that is one of the
     reference's tensors (the same memory, under any name) or bitwise equal to the reference's
-    entry of the same name takes that digest without being hashed again: each weight is hashed
-    once per model, and a strategy's module that holds the attached copy's tensors is not read."""
+    entry of the same name (:func:`_same_entry`) takes that digest without being hashed again:
+    each weight is hashed once per model, and a strategy's module that holds the attached copy's
+    tensors is not read."""
     state = module.state_dict() if state is None else state
     reference, reference_digests = reference or {}, reference_digests or {}
     held = {_memory(tensor): name for name, tensor in reference.items() if name in reference_digests and _memory(tensor) is not None}
@@ -251,7 +265,7 @@ def tensor_digests(module: nn.Module, *, state: Mapping[str, Any] | None = None,
         same = held.get(_memory(value))
         if same is not None:
             known[name] = reference_digests[same]
-        elif name in reference_digests and bitwise_equal(value, reference.get(name)):
+        elif name in reference_digests and _same_entry(value, reference.get(name)):
             known[name] = reference_digests[name]
     unknown = [name for name in state if name not in known]
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:

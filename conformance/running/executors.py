@@ -59,7 +59,7 @@ class Executor(Protocol):
 
 
 class SerialExecutor:
-    """Every model in this process, one after the other; each unit is yielded as it finishes."""
+    """Every model in this process, one after the other; its units are yielded as the model finishes."""
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]:
         from conformance.running.runner import model_units

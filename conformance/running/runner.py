@@ -44,7 +44,7 @@ from conformance.truth.nodes import Node, record
 from conformance.truth.oracle import OracleCapture, capture, capture_twice, counterfactual, keep_first_inputs, locate, locate_nodes, module_inputs, replay_children
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
 from conformance.core.rng import PinnedExtractor, RecordDraws, draws_random_numbers, pass_rng
-from conformance.core.copies import SharedParameters
+from conformance.core.copies import SharedParameters, unpacking_once
 from conformance.core.timing import Timings, deep_copy, sharing_parameters, strategy_copy
 from conformance.zoo.specs import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model, has_lazy_state, materialise
 
@@ -149,9 +149,10 @@ class _ModelRun:
         # a plain chain of children replays without error; only a broken one is replayed
         self.replayed, self.replayed_after, self.replay_error = (
             replay_children(model, self.input, layers=layers) if self.truth.chain_break else ({}, {}, None))
-        with timings.phase("hashing"):
-            self.model_digests = tensor_digests(model)
-        self.model_state = model.state_dict()  # the model's own tensors, not copies
+        self.unpacked: dict = {}  # each quantized convolution's weights, unpacked once for the digests (copies.unpacking_once)
+        with timings.phase("hashing"), unpacking_once(self.unpacked):
+            self.model_state = model.state_dict()  # the model's own tensors, not copies
+            self.model_digests = tensor_digests(model, state=self.model_state)
         self.aliases = _aliases(model, layers)
         self.draws_random = draws_random_numbers(model, self.input)
         self.oracle_memo: dict = {}  # truths under the behaviour checks' conditions, shared by the strategies
@@ -314,7 +315,7 @@ class _ModelRun:
             return failed
         finally:
             extractor.close()
-        with self.timings.phase("hashing"):  # the copy as the strategy left it, then the tensors of the strategy's module
+        with self.timings.phase("hashing"), unpacking_once(self.unpacked):  # the copy as the strategy left it, then the tensors of the strategy's module
             copy_state = model.state_dict()
             copy_digests = tensor_digests(model, state=copy_state, reference=self.copy_reference, reference_digests=self.model_digests)
             strategy_digests = dict(copy_digests) if extractor.module is model else tensor_digests(  # hooks hold the copy itself
@@ -347,20 +348,22 @@ class _ModelRun:
 
     def unit(self, strategy_name: str) -> list[CheckResult]:
         """Every row of one (model, strategy) unit (:meth:`_unit`), the strategy's copies holding the
-        shared parameters; where the unit wrote into them, forgotten and taken again on copies with
-        parameters of their own, as every later unit of the model is."""
-        known = set(self.oracle_memo), set(self.diagnosis_memo)
+        shared parameters while the model shares them (:meth:`stop_sharing_if_written`)."""
         with sharing_parameters(self.shared):
-            rows = self._unit(strategy_name)
+            return self._unit(strategy_name)
+
+    def stop_sharing_if_written(self) -> bool:
+        """Whether the units since the model started sharing wrote into the shared parameters (an
+        in-place op on them, or bytes no longer the model's); if so, what those units measured is
+        forgotten and every later copy holds parameters of its own, so that the caller takes the
+        units again. Measured once per model: the bytes comparison reads every weight twice."""
         with self.timings.phase("copy"):
             written = self.shared is not None and not self.shared.intact()
-        if not written:
-            return rows
-        for memo, kept in zip((self.oracle_memo, self.diagnosis_memo), known):
-            for key in set(memo) - kept:
-                del memo[key]
-        self.shared, self.copy_reference = None, self.model_state
-        return self._unit(strategy_name)
+        if written:
+            self.oracle_memo.clear()
+            self.diagnosis_memo.clear()
+            self.shared, self.copy_reference = None, self.model_state
+        return written
 
     def _unit(self, strategy_name: str) -> list[CheckResult]:
         """Every row of one (model, strategy) unit.
@@ -595,7 +598,9 @@ def crashed_units(strategies: list[str], config: RunConfig, detail: str) -> list
 def model_units(
     spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings, *, strict_layers: bool | None = None
 ) -> Iterator[tuple[str, list[CheckResult]]]:
-    """``(strategy, rows)`` for one model, one unit at a time; a model that cannot run gives rows saying why.
+    """``(strategy, rows)`` for each unit of one model, once all of them have run: the units' copies
+    share the model's parameters, measured once at the end, and where a unit wrote into them every
+    unit is taken again on copies of their own. A model that cannot run gives rows saying why.
 
     A layer the model lacks is bad input (an error) when ``strict_layers`` (default: the run
     has this one model), and ``skipped`` rows otherwise."""
@@ -657,14 +662,21 @@ def model_units(
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
     builds = BuildCache()  # one timm build per architecture and arguments, for timm features_only's checks
-    for strategy_name in strategies:
+
+    def unit(strategy_name: str) -> list[CheckResult]:
         with (timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans),
               reusing_timm_builds(builds)):
             rows = model_run.unit(strategy_name)
-        if materialised:
-            for row in rows:
-                row.detail = "; ".join(filter(None, [row.detail, materialised]))
-        yield strategy_name, rows
+        for row in rows if materialised else ():
+            row.detail = "; ".join(filter(None, [row.detail, materialised]))
+        return rows
+
+    units = [(strategy_name, unit(strategy_name)) for strategy_name in strategies]  # held until the shared parameters are measured
+    with timings.active():
+        written = model_run.stop_sharing_if_written()
+    if written:
+        units = [(strategy_name, unit(strategy_name)) for strategy_name in strategies]
+    yield from units
 
 
 def evaluate(
