@@ -420,6 +420,44 @@ def test_control_a_unit_that_wrote_into_the_shared_weights_and_was_not_taken_aga
     assert got[("hooks", "values", "first")][:2] == ("fail", "unexplained"), got[("hooks", "values", "first")]
 
 
+class HalvesItsWeights(nn.Module):
+    """A model whose every call in train mode writes into its own weights behind autograd's back
+    (through ``.data``): its eval-mode passes are deterministic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(8, 8)
+        self.second = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.first.weight.data.mul_(0.5)
+        return self.second(self.first(x).relu())
+
+
+def _rows_of_a_model_that_writes_its_weights() -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    torch.manual_seed(0)
+    rows = evaluate(HalvesItsWeights(), layers=["first", "second"], strategies=["hooks", "fx"],
+                    checks=["values", "repeatable", "stale_results", "model_output", "train_mode", "gradients", "input_size"], input_shape=(2, 8))
+    return {(r.strategy, r.check, r.layer): (r.status, r.diagnosis, r.detail) for r in rows.itertuples()}
+
+
+def test_a_model_that_writes_its_weights_is_taken_again_with_the_oracles_copies_on_their_own(monkeypatch):
+    """The oracle's copies hold one set of parameters of their own; a model whose passes write into
+    it is taken again with each oracle copy on parameters of its own, and gets those rows. Control:
+    not taken again, the eval-mode truths rest on weights a train-mode pass wrote, and blame hooks."""
+    from conformance.running import runner
+
+    shared = _rows_of_a_model_that_writes_its_weights()
+    assert shared[("hooks", "train_mode", "first")][:2] == ("pass", "") and shared[("hooks", "gradients", "first")][:2] == ("pass", "")
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "oracle_sharing", lambda parameters: contextlib.nullcontext())  # every oracle copy its own, as before sharing
+        assert _rows_of_a_model_that_writes_its_weights() == shared
+    monkeypatch.setattr(runner, "_written", lambda parameters, timings: False)
+    misled = _rows_of_a_model_that_writes_its_weights()
+    assert misled[("hooks", "train_mode", "first")][:2] == ("fail", "unexplained") and misled[("hooks", "gradients", "first")][:2] == ("fail", "unexplained")
+
+
 @pytest.mark.parametrize("name, build, shape", _models(), ids=[name for name, *_ in _models()])
 def test_a_meta_copy_is_a_deep_copy_moved_to_meta(name, build, shape):
     """``meta_copy`` skips copying the bytes ``.to("meta")`` would throw away, and keeps tied

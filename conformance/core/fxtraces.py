@@ -11,7 +11,9 @@ were traced before returns a copy of that graph, with the tracer left as a fresh
 it (``root``, ``graph``, ``node_to_qualname``); everything after the trace (the return nodes,
 dead-code elimination, the ``GraphModule``, the generated code) is still torchvision's own
 code, run on every call. A graph that reads an attribute the new model lacks (a tensor
-constant the first trace set on its root) is traced afresh.
+constant the first trace set on its root) is traced afresh, and a trace that changed the model it
+traced (its code set a flag, as Glow's ActNorm marks itself initialised) is not remembered: a copy
+of its graph would leave that change out.
 
 Each ``GraphModule`` writes its graph's Python source and compiles it six times per extractor
 (each mode, before and after the return nodes are set, and again at each change of mode).
@@ -208,7 +210,8 @@ def reusing_fx_traces(cache: TraceCache | None = None) -> Iterator[TraceCache]:
             return self.graph
         cache.misses += 1
         graph = original(self, root, concrete_args)
-        cache.graphs[key] = _copy(graph, self.node_to_qualname)
+        if structure(root) == key[0]:  # a trace that changed its model (a flag its code sets) cannot be replayed on another
+            cache.graphs[key] = _copy(graph, self.node_to_qualname)
         return graph
 
     NodePathTracer.trace, graph_module._exec_with_source, fx.Graph.python_code = trace, exec_with_source, python_code

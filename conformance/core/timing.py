@@ -19,7 +19,8 @@ from torch import nn
 
 from conformance.core.copies import SharedParameters, copy_model
 
-__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "meta_copy", "phase", "sharing_parameters", "strategy_copy"]
+__all__ = ["HARNESS_PHASES", "Timings", "deep_copy", "harness_share", "heaviest_models", "meta_copy", "oracle_sharing", "own_copy", "phase", "sharing_parameters",
+           "strategy_copy"]
 
 #: Phases that are the harness's own work rather than the models' and the strategies': the
 #: truth (``oracle``: its captures, replays and gradients, wherever they are asked for), the
@@ -30,6 +31,7 @@ HARNESS_PHASES = ("oracle", "copy", "hashing", "checks", "diagnoses", "rest")
 
 _ACTIVE: ContextVar[Timings | None] = ContextVar("conformance_timings", default=None)
 _SHARED: ContextVar[SharedParameters | None] = ContextVar("conformance_shared_parameters", default=None)
+_ORACLE_SHARED: ContextVar[SharedParameters | None] = ContextVar("conformance_oracle_parameters", default=None)
 
 Copied = TypeVar("Copied")
 
@@ -166,7 +168,18 @@ def phase(name: str) -> Iterator[None]:
 
 def deep_copy(model: Copied) -> Copied:
     """``copy.deepcopy(model)`` (by :func:`conformance.core.copies.copy_model`), charged to the
-    ``copy`` phase of the run being timed."""
+    ``copy`` phase of the run being timed: the oracle's copies. Where :func:`oracle_sharing` shares
+    ``model``'s parameters, the copy holds them (the oracle's own set, which no strategy's copy
+    holds); a caller that writes into a copy's weights takes :func:`own_copy`."""
+    with phase("copy"):
+        shared = _ORACLE_SHARED.get()
+        if shared is not None and shared.model is model:
+            return copy_model(model, shared.memo())
+        return copy_model(model)
+
+
+def own_copy(model: Copied) -> Copied:
+    """``copy.deepcopy(model)``, charged to the ``copy`` phase, with parameters of its own always."""
     with phase("copy"):
         return copy_model(model)
 
@@ -189,6 +202,16 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
+def oracle_sharing(shared: SharedParameters | None) -> Iterator[None]:
+    """Inside, :func:`deep_copy` of ``shared.model`` holds the shared parameters (None: its own)."""
+    token = _ORACLE_SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _ORACLE_SHARED.reset(token)
+
+
+@contextlib.contextmanager
 def sharing_parameters(shared: SharedParameters | None) -> Iterator[None]:
     """Inside, :func:`strategy_copy` of ``shared.model`` holds the shared parameters (None: its own)."""
     token = _SHARED.set(shared)
@@ -201,7 +224,7 @@ def sharing_parameters(shared: SharedParameters | None) -> Iterator[None]:
 def strategy_copy(model: Copied) -> Copied:
     """A deep copy of ``model`` for a strategy to attach to, charged to the ``copy`` phase: holding
     the parameters :func:`sharing_parameters` shares where they are ``model``'s, else as
-    :func:`deep_copy`. The oracle's copies are never such: its truth never rests on shared bytes."""
+    :func:`own_copy`. The oracle's copies never hold these: no truth rests on bytes a strategy can reach."""
     with phase("copy"):
         shared = _SHARED.get()
         if shared is not None and shared.model is model:

@@ -32,7 +32,7 @@ from strategies import get_strategy
 
 from conformance.core.compare import compare
 from conformance.core.rng import pass_rng
-from conformance.core.timing import deep_copy
+from conformance.core.timing import own_copy
 
 __all__ = ["BLOCKS", "REGRESSIONS", "Block", "Outcome", "Plan", "judge", "merge_summaries", "plans", "run_fuzz", "true_values", "write_report"]
 
@@ -336,7 +336,7 @@ def _direct(strategy_name: str, model: nn.Module, layers: Sequence[str], x: torc
     called once from the passes' random state; ``None`` where it cannot be had."""
     extractor = None
     try:
-        extractor = get_strategy(strategy_name).attach(deep_copy(model), layers=list(layers))
+        extractor = get_strategy(strategy_name).attach(own_copy(model), layers=list(layers))
         with torch.no_grad(), pass_rng():
             features = extractor(x).features
         return {name: value for name, value in features.items()}

@@ -45,7 +45,7 @@ from conformance.truth.oracle import OracleCapture, capture, capture_twice, coun
 from conformance.judging.profiles import PER_LAYER_CHECKS, PROFILES
 from conformance.core.rng import PinnedExtractor, RecordDraws, draws_random_numbers, pass_rng
 from conformance.core.copies import SharedParameters, unpacking_once
-from conformance.core.timing import Timings, deep_copy, sharing_parameters, strategy_copy
+from conformance.core.timing import Timings, deep_copy, oracle_sharing, sharing_parameters, strategy_copy
 from conformance.zoo.specs import BIG_MODEL_PARAMS, INPUT_KINDS, ModelSpec, build_model, has_lazy_state, materialise
 
 __all__ = ["RunConfig", "crashed_units", "evaluate", "make_deterministic", "model_units"]
@@ -598,9 +598,12 @@ def crashed_units(strategies: list[str], config: RunConfig, detail: str) -> list
 def model_units(
     spec: ModelSpec, strategies: list[str], config: RunConfig, timings: Timings, *, strict_layers: bool | None = None
 ) -> Iterator[tuple[str, list[CheckResult]]]:
-    """``(strategy, rows)`` for each unit of one model, once all of them have run: the units' copies
-    share the model's parameters, measured once at the end, and where a unit wrote into them every
-    unit is taken again on copies of their own. A model that cannot run gives rows saying why.
+    """``(strategy, rows)`` for each unit of one model, once all of them have run. The oracle's copies
+    hold one set of the model's parameters, and the strategies' copies another (``SharedParameters``);
+    both are measured once at the end. Where the oracle's was written (the model writes into its
+    own weights), the model is taken again with the oracle's copies on parameters of their own;
+    where a unit wrote into the strategies', every unit is taken again on copies of their own. A
+    model that cannot run gives rows saying why.
 
     A layer the model lacks is bad input (an error) when ``strict_layers`` (default: the run
     has this one model), and ``skipped`` rows otherwise."""
@@ -653,30 +656,43 @@ def model_units(
     except Exception as exc:  # the layer sets could not be worked out on this model: rows, not the end of the run
         yield from everywhere("error", "layers_failed", f"{type(exc).__name__}: {exc}")
         return
-    try:
-        with timings.active():
-            model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)
-    except Exception as exc:
-        yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
-        return
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
     builds = BuildCache()  # one timm build per architecture and arguments, for timm features_only's checks
-
-    def unit(strategy_name: str) -> list[CheckResult]:
-        with (timings.strategy(strategy_name), timings.active(), reusing_fx_traces(traces), reusing_script_scans(scans),
-              reusing_timm_builds(builds)):
+    def unit(model_run: _ModelRun, oracle_parameters: SharedParameters | None, strategy_name: str) -> list[CheckResult]:
+        with (timings.strategy(strategy_name), timings.active(), oracle_sharing(oracle_parameters), reusing_fx_traces(traces),
+              reusing_script_scans(scans), reusing_timm_builds(builds)):
             rows = model_run.unit(strategy_name)
         for row in rows if materialised else ():
             row.detail = "; ".join(filter(None, [row.detail, materialised]))
         return rows
 
-    units = [(strategy_name, unit(strategy_name)) for strategy_name in strategies]  # held until the shared parameters are measured
-    with timings.active():
-        written = model_run.stop_sharing_if_written()
-    if written:
-        units = [(strategy_name, unit(strategy_name)) for strategy_name in strategies]
-    yield from units
+    for oracle_shares in (True, False):  # the oracle's copies on one set of parameters of their own; where it was written, each its own
+        with timings.active(), timings.phase("copy"):
+            oracle_parameters = SharedParameters(model) if oracle_shares else None
+        try:
+            with timings.active(), oracle_sharing(oracle_parameters):
+                model_run = _ModelRun(spec=spec, model=model, layers=layers, config=config, timings=timings)
+        except Exception as exc:
+            if _written(oracle_parameters, timings):
+                continue
+            yield from everywhere("error", "oracle_failed", f"{type(exc).__name__}: {exc}")
+            return
+        units = [(name, unit(model_run, oracle_parameters, name)) for name in strategies]  # held until the shared parameters are measured
+        if _written(oracle_parameters, timings):
+            continue
+        with timings.active():
+            written = model_run.stop_sharing_if_written()
+        if written:
+            units = [(name, unit(model_run, oracle_parameters, name)) for name in strategies]
+        yield from units
+        return
+
+
+def _written(shared: SharedParameters | None, timings: Timings) -> bool:
+    """Whether something wrote into ``shared`` (None: nothing shared), measured in the ``copy`` phase."""
+    with timings.active(), timings.phase("copy"):
+        return shared is not None and not shared.intact()
 
 
 def evaluate(

@@ -19,14 +19,14 @@ from torch import nn
 from strategies import StrategyUnavailable, Tap, Unsupported, get_strategy, list_strategies
 
 from conformance.truth.layers import example_input, node_table, node_tap
-from conformance.core.timing import deep_copy
+from conformance.core.timing import own_copy
 from conformance.zoo.specs import ModelSpec
 
 __all__ = ["node_listing"]
 
 
 def _attach(name: str, model: nn.Module, spec: ModelSpec, layers: list[Tap]) -> None:
-    get_strategy(name).attach(deep_copy(model), layers=layers, tracer_kwargs=spec.tracer_kwargs).close()
+    get_strategy(name).attach(own_copy(model), layers=layers, tracer_kwargs=spec.tracer_kwargs).close()
 
 
 def _refusals(name: str, model: nn.Module, spec: ModelSpec, taps: list[Tap]) -> dict[str, str]:

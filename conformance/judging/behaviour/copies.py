@@ -10,7 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from conformance.core.timing import deep_copy
+from conformance.core.timing import own_copy
 from conformance.judging.behaviour.probe import _attached, _failure, _on_reduced_input, Probe, _request_verdict
 from conformance.judging.checks import snapshot
 from conformance.judging.context import ALL_LAYERS, CheckResult
@@ -113,7 +113,7 @@ def _scrambled(probe: Probe) -> nn.Module:
     strategy's check attaches to a deep copy of it, which is what a deep copy of the model,
     scrambled, is (scrambling cost three times what copying does)."""
     if "scrambled" not in probe.memo:
-        probe.memo["scrambled"] = _scramble(deep_copy(probe.model))
+        probe.memo["scrambled"] = _scramble(own_copy(probe.model))
     return probe.memo["scrambled"]
 
 
@@ -136,7 +136,7 @@ def check_state_dict(probe: Probe) -> list[CheckResult]:
     else:
         keys_note = "the same keys as the model's state dict"
     try:
-        with _attached(probe, model=deep_copy(_scrambled(probe))) as fresh:  # parameters of its own: the load writes into them
+        with _attached(probe, model=own_copy(_scrambled(probe))) as fresh:  # parameters of its own: the load writes into them
             try:
                 fresh.module.load_state_dict(state)
             except Exception as exc:
