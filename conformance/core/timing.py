@@ -171,11 +171,7 @@ def deep_copy(model: Copied) -> Copied:
     ``copy`` phase of the run being timed: the oracle's copies. Where :func:`oracle_sharing` shares
     ``model``'s parameters, the copy holds them (the oracle's own set, which no strategy's copy
     holds); a caller that writes into a copy's weights takes :func:`own_copy`."""
-    with phase("copy"):
-        shared = _ORACLE_SHARED.get()
-        if shared is not None and shared.model is model:
-            return copy_model(model, shared.memo())
-        return copy_model(model)
+    return _copy_holding(_ORACLE_SHARED, model)
 
 
 def own_copy(model: Copied) -> Copied:
@@ -201,32 +197,37 @@ def meta_copy(model: nn.Module) -> nn.Module:
         return copy_model(model, memo).to("meta")
 
 
-@contextlib.contextmanager
-def oracle_sharing(shared: SharedParameters | None) -> Iterator[None]:
+def oracle_sharing(shared: SharedParameters | None) -> contextlib.AbstractContextManager[None]:
     """Inside, :func:`deep_copy` of ``shared.model`` holds the shared parameters (None: its own)."""
-    token = _ORACLE_SHARED.set(shared)
-    try:
-        yield
-    finally:
-        _ORACLE_SHARED.reset(token)
+    return _setting(_ORACLE_SHARED, shared)
 
 
-@contextlib.contextmanager
-def sharing_parameters(shared: SharedParameters | None) -> Iterator[None]:
+def sharing_parameters(shared: SharedParameters | None) -> contextlib.AbstractContextManager[None]:
     """Inside, :func:`strategy_copy` of ``shared.model`` holds the shared parameters (None: its own)."""
-    token = _SHARED.set(shared)
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
+    return _setting(_SHARED, shared)
 
 
 def strategy_copy(model: Copied) -> Copied:
     """A deep copy of ``model`` for a strategy to attach to, charged to the ``copy`` phase: holding
     the parameters :func:`sharing_parameters` shares where they are ``model``'s, else as
     :func:`own_copy`. The oracle's copies never hold these: no truth rests on bytes a strategy can reach."""
+    return _copy_holding(_SHARED, model)
+
+
+@contextlib.contextmanager
+def _setting(variable: ContextVar[SharedParameters | None], shared: SharedParameters | None) -> Iterator[None]:
+    token = variable.set(shared)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
+def _copy_holding(variable: ContextVar[SharedParameters | None], model: Copied) -> Copied:
+    """A copy of ``model``, charged to the ``copy`` phase, holding the parameters ``variable``'s set
+    shares where they are ``model``'s."""
     with phase("copy"):
-        shared = _SHARED.get()
+        shared = variable.get()
         if shared is not None and shared.model is model:
             return copy_model(model, shared.memo())
         return copy_model(model)
