@@ -659,6 +659,7 @@ def model_units(
     traces = TraceCache()  # one FX trace per structure of this model, shared by fx and timm-fx's checks
     scans = ScanCache()  # TorchScript's scans of each method and class, shared by every strategy's jit_script check
     builds = BuildCache()  # one timm build per architecture and arguments, for timm features_only's checks
+
     def unit(model_run: _ModelRun, oracle_parameters: SharedParameters | None, strategy_name: str) -> list[CheckResult]:
         with (timings.strategy(strategy_name), timings.active(), oracle_sharing(oracle_parameters), reusing_fx_traces(traces),
               reusing_script_scans(scans), reusing_timm_builds(builds)):
@@ -681,9 +682,7 @@ def model_units(
         units = [(name, unit(model_run, oracle_parameters, name)) for name in strategies]  # held until the shared parameters are measured
         if _written(oracle_parameters, timings):
             continue
-        with timings.active():
-            written = model_run.stop_sharing_if_written()
-        if written:
+        if model_run.stop_sharing_if_written():
             units = [(name, unit(model_run, oracle_parameters, name)) for name in strategies]
         yield from units
         return
