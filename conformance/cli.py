@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import secrets
 import sys
@@ -132,6 +133,16 @@ def _parser(run_defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentP
                         help="stop timing once every ratio's 95%% interval is this close to its median (default 0.01)")
     bench_.add_argument("--out", type=Path, default=None, help="directory for bench.csv (default runs/<timestamp>; may hold a conformance run)")
     bench_.add_argument("--overwrite", action="store_true", help="replace the bench results in --out")
+
+    precision = commands.add_parser("precision", help="how far the true features move under repeats, batch splits, channels_last, "
+                                                      "nondeterministic kernels, TF32 and another device, against the checks' tolerance")
+    precision.add_argument("--model", action="append", metavar="REF", help="a model reference (repeatable; default: the quick zoo)")
+    precision.add_argument("--zoo", default=None, help="a zoo, as for run (default quick, at its input sizes)")
+    precision.add_argument("--layers", nargs="+", default=["@stages"], metavar="LAYER", help="module paths or layer sets (default @stages)")
+    precision.add_argument("--device", default="cpu", help="cpu or cuda")
+    precision.add_argument("--seed", type=int, default=0)
+    precision.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    precision.add_argument("--out", type=Path, default=None, help="directory for precision.csv and precision.json (default runs/<timestamp>)")
 
     merge = commands.add_parser("merge", help="combine the results of runs on several machines (the shards of one run)")
     merge.add_argument("results", nargs="+", type=Path, help="directories written by 'conformance run'")
@@ -410,6 +421,24 @@ def _command_bench(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"  {note}")
     print(f"\nrows: {writer.rows_path} ({len(rows)} rows), samples: {writer.samples_path}, {out / 'bench.json'}")
+    return 0
+
+
+def _command_precision(args: argparse.Namespace) -> int:
+    from conformance.evidence.precision import measure_precision, precision_summary
+
+    _check_device(args.device)
+    zoo = None if args.model else args.zoo or "quick"
+    specs = [resolve_model(ref, input_shape=zoo_input_shape(zoo=zoo, reference=ref)) for ref in args.model or list_models(zoo=zoo)]
+    out, metadata = _start(args)
+    frame = measure_precision(specs=specs, device=args.device, seed=args.seed, layers=args.layers, log=lambda message: print(message, file=sys.stderr))
+    frame.insert(0, "run_id", metadata["run_id"])
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "precision.csv", index=False)
+    summary = precision_summary(frame)
+    (out / "precision.json").write_text(json.dumps({**metadata, "summary": summary.to_dict("records")}, indent=1, default=str))
+    print(summary.to_string(index=False))
+    print(f"\nrows: {out / 'precision.csv'} ({len(frame)} rows), {out / 'precision.json'}")
     return 0
 
 
@@ -693,7 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"run": _command_run, "bench": _command_bench, "matrix": _command_matrix, "report": _command_report, "recommend": _command_recommend,
                     "baseline": _command_baseline, "merge": _command_merge, "manifest": _command_manifest, "diff": _command_diff, "list": _command_list,
-                    "fuzz": _command_fuzz, "upgrade": _command_upgrade}
+                    "fuzz": _command_fuzz, "upgrade": _command_upgrade, "precision": _command_precision}
         return commands[args.command](args)
     except ConformanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
