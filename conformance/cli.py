@@ -342,15 +342,18 @@ def _command_run(args: argparse.Namespace) -> int:
     total = len(config.models) * len(config.strategies) - len(writer.done)
     timings = Timings()
     with tqdm(total=total, unit="unit", disable=None, file=sys.stderr) as progress:
+        interrupted = False
         try:
             run(config, writer=writer, timings=timings, progress=progress, executor=executor)
         except KeyboardInterrupt:
-            writer.finish(extra={"interrupted": True, "timings": timings.split(), "strategy_seconds": timings.strategy_split(),
-                                 "model_seconds": timings.model_split()})
-            print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
-            return 130
+            interrupted = True
         finally:
-            executor.close()
+            executor.close(at_once=interrupted)
+    if interrupted:
+        writer.finish(extra={"interrupted": True, "timings": timings.split(), "strategy_seconds": timings.strategy_split(),
+                             "model_seconds": timings.model_split()})
+        print(f"\ninterrupted; finished units are in {out} (carry on with --resume)", file=sys.stderr)
+        return 130
     split, by_strategy, by_model = timings.split(), timings.strategy_split(), timings.model_split()
     frame = writer.finish(extra={"timings": split, "strategy_seconds": by_strategy, "model_seconds": by_model})
     _summarise_run(out, frame, metadata, split, by_strategy, by_model)

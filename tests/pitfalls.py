@@ -784,3 +784,20 @@ def exits_the_process() -> nn.Module:
     import os
 
     os._exit(3)
+
+
+class Sleeps(nn.Module):
+    """A model whose forward takes minutes: for what Ctrl-C does to a run that waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(600)
+        return self.conv(x)
+
+
+sleeps = _factory(Sleeps)

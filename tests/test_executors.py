@@ -1,8 +1,11 @@
 """The executors run the same units as a serial run and write the same rows, in the same order."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -48,6 +51,38 @@ def test_a_worker_that_dies_gives_rows_with_the_cause(tmp_path, strategies, rais
     assert raised in crashed["detail"].iloc[0]
     assert set(rows[rows["model"].str.endswith(":plain")]["status"]) == {"pass"}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["executor"]["fresh_interpreters"] is ("torchlens" in strategies)
+
+
+@pytest.mark.parametrize("strategies", [["hooks"], ["hooks", "torchlens"]], ids=["forked workers", "fresh interpreters"])
+def test_ctrl_c_writes_the_finished_models_and_ends_the_busy_workers_at_once_without_a_traceback(tmp_path, strategies):
+    """Ctrl-C reaches every process of the run (the terminal signals its process group): the
+    workers leave it to the driver, which writes what is done and ends them, busy or not.
+    Planted: a model whose forward sleeps for ten minutes, behind one that finishes."""
+    if "torchlens" in strategies:
+        pytest.importorskip("torchlens")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "conformance", "run", "--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:sleeps",
+               "--strategies", *strategies, "--checks", "values", "--jobs", "2", "--out", str(out)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / "results.csv").exists() and ":plain" in (out / "results.csv").read_text()):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended or never wrote the finished model"
+            time.sleep(0.5)
+        time.sleep(1)  # the sleeping model is in its forward by now
+        os.killpg(run.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr[-3000:]
+    assert time.monotonic() - interrupted < 60  # not the ten minutes of the sleeping forward
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "interrupted; finished units are in" in stderr
+    rows = _rows(out)
+    assert set(rows["model"].str.rpartition(":")[2]) == {"plain"} and set(rows["status"]) == {"pass"}
+    assert json.loads((out / "run.json").read_text())["interrupted"] is True
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -55,7 +56,9 @@ class Executor(Protocol):
 
     def run_models(self, tasks: Sequence[ModelTask], *, config: RunConfig, timings: Timings) -> Iterator[tuple[ModelTask, str, list[CheckResult]]]: ...
 
-    def close(self) -> None: ...
+    def close(self, *, at_once: bool = False) -> None:
+        """End the workers: after their running models (``at_once``: now, on Ctrl-C)."""
+        ...
 
 
 class SerialExecutor:
@@ -72,7 +75,7 @@ class SerialExecutor:
             after = timings.snapshot()
             timings.add_model(task.spec.id, {name: seconds - before.get(name, 0.0) for name, seconds in after.items()})
 
-    def close(self) -> None:
+    def close(self, *, at_once: bool = False) -> None:
         pass
 
 
@@ -211,8 +214,12 @@ class FreshInterpreters:
             self._started.append(worker)
         return worker
 
-    def shutdown(self) -> None:
-        """Cancel the payloads not started, wait for the running ones, then end every worker."""
+    def shutdown(self, *, at_once: bool = False) -> None:
+        """Cancel the payloads not started, wait for the running ones (``at_once``: end them), then
+        end every worker."""
+        if at_once:
+            for worker in self._started:
+                worker.kill()
         self._threads.shutdown(cancel_futures=True)
         for worker in self._started:
             worker.stdin.close()  # the worker's loop ends at the end of its input
@@ -224,6 +231,14 @@ class FreshInterpreters:
             worker.stdout.close()
 
 
+def _start_worker() -> None:
+    """A worker's set-up: Ctrl-C, which the terminal sends to every process of the run, is the
+    driver's to answer (it writes the finished units and ends the workers), and freed memory is
+    kept for the next model copy."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reuse_freed_memory()
+
+
 def serve_payloads() -> None:
     """A :class:`FreshInterpreters` worker: run each payload read from stdin, write its outcome
     to stdout, until stdin ends. Whatever the models and packages print goes to stderr."""
@@ -231,7 +246,7 @@ def serve_payloads() -> None:
     os.dup2(2, 1)
     with open(os.devnull, "rb") as nothing:
         os.dup2(nothing.fileno(), 0)
-    reuse_freed_memory()
+    _start_worker()
     while True:
         try:
             payload = pickle.load(requests)
@@ -273,20 +288,23 @@ class ProcessExecutor(_PoolExecutor):
         finally:
             pool.shutdown()
 
-    def close(self) -> None:
-        self.pool.shutdown()
+    def close(self, *, at_once: bool = False) -> None:
+        self.pool.shutdown(at_once=at_once)
 
 
 class _ForkedPool:
     """Workers forked from the fork server (:func:`worker_context`), payloads run with :func:`run_payload`."""
 
     def __init__(self, *, workers: int) -> None:
-        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=reuse_freed_memory)
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=_start_worker)
 
     def submit(self, payload: _Payload) -> concurrent.futures.Future:
         return self._pool.submit(run_payload, payload)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, at_once: bool = False) -> None:
+        if at_once:  # ProcessPoolExecutor has no public way to end running work before Python 3.14
+            for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                process.kill()
         self._pool.shutdown(cancel_futures=True)
 
 
@@ -312,7 +330,7 @@ class RayExecutor(_PoolExecutor):
         remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_payload)
         super().__init__(threads=threads, submit=remote.remote, outcome=ray.get)
 
-    def close(self) -> None:
+    def close(self, *, at_once: bool = False) -> None:
         if self.started_here:
             self.ray.shutdown()
 
