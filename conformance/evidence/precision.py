@@ -91,8 +91,8 @@ def _measure(got: Any, want: Any, *, device: torch.device) -> dict[str, Any]:
         return {"status": "skipped", "detail": "no floating-point tensor in the feature"}
     bitwise, largest, ratio, squares, count = True, 0.0, 0.0, 0.0, 0
     for g, w in zip(got_leaves, want_leaves):
+        rtol, atol = tolerance(w.dtype, device)
         g, w = g.detach().to("cpu", torch.float64), w.detach().to("cpu", torch.float64)
-        rtol, atol = tolerance(want_leaves[0].dtype, device)
         diff = (g - w).abs()
         both_nan = g.isnan() & w.isnan()
         diff = torch.where(both_nan | (g == w), torch.zeros_like(diff), diff)
@@ -146,9 +146,8 @@ def _conditions(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, dev
         with _harness_settings():
             return taken(copy.deepcopy(model).to("cpu"), x.to("cpu")), unchanged
 
-    found = {"repeat": repeat, "batch_split": batch_split, "channels_last": channels_last,
-             "nondeterministic": nondeterministic, "tf32": tf32, "cpu": cpu}
-    return {name: found[name] for name in CONDITIONS}
+    return {"repeat": repeat, "batch_split": batch_split, "channels_last": channels_last,
+            "nondeterministic": nondeterministic, "tf32": tf32, "cpu": cpu}  # in the order of CONDITIONS
 
 
 class _NotApplicable(Exception):
