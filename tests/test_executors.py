@@ -63,7 +63,10 @@ def test_ctrl_c_writes_the_finished_models_and_ends_the_busy_workers_at_once_wit
     out = tmp_path / "run"
     command = [sys.executable, "-m", "conformance", "run", "--model", f"{PITFALLS}:plain", "--model", f"{PITFALLS}:sleeps",
                "--strategies", *strategies, "--checks", "values", "--jobs", "2", "--out", str(out)]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT as a terminal leaves it: a shell without job control starts background commands, and
+    # so perhaps these tests, with it ignored, and Python then installs no KeyboardInterrupt for it
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not ((out / "results.csv").exists() and ":plain" in (out / "results.csv").read_text()):
