@@ -2,11 +2,13 @@
 checks' tolerance; planted models that depend on the batch or draw noise on every call are caught."""
 
 import itertools
+import json
 
+import pandas as pd
 import torch
 from torch import nn
 
-from conformance.evidence.precision import measure_precision, precision_summary
+from conformance.evidence.precision import CONDITIONS, measure_precision, precision_summary
 from conformance.zoo.specs import ModelSpec
 
 
@@ -84,3 +86,16 @@ def test_a_model_on_another_input_than_four_dimensions_skips_channels_last_with_
     rows = measure_precision(specs=[spec], device="cpu", seed=0, layers=["proj", "head"]).set_index(["condition", "layer"])
     assert rows.loc[("channels_last", "*"), "status"] == "skipped" and "3-D" in rows.loc[("channels_last", "*"), "detail"]
     assert rows.loc[("batch_split", "head"), "tolerance_ratio"] <= 1
+
+
+def test_the_command_writes_the_rows_and_a_summary_and_bad_input_is_a_clear_error(tmp_path):
+    from test_cli import PITFALLS, conformance
+
+    result = conformance("precision", "--model", f"{PITFALLS}:plain", "--out", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "p" / "precision.csv")
+    assert set(frame["condition"]) == set(CONDITIONS) and "repeat" in result.stdout
+    assert json.loads((tmp_path / "p" / "precision.json").read_text())["summary"]
+    bad = conformance("precision", "--model", "torchvision:resnet181", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown model 'torchvision:resnet181'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
