@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_leaves
 
 from strategies.base import tensor_tree
 
-from conformance.core.compare import tolerance
+from conformance.core.compare import compare, tolerance
 from conformance.truth.layers import resolve_layers
 from conformance.truth.oracle import capture
 from conformance.zoo.specs import ModelSpec, build_model
@@ -82,28 +82,28 @@ def _first_sample(value: Any, batch: int) -> Any:
         lambda leaf: leaf[:1] if isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == batch else leaf, tensor_tree(value))
 
 
-def _measure(got: Any, want: Any, *, device: torch.device) -> dict[str, Any]:
-    """The error of ``got`` against ``want``, over their floating-point leaves, at ``device``'s tolerance."""
-    got_leaves, want_leaves = _float_leaves(got), _float_leaves(want)
-    if len(got_leaves) != len(want_leaves) or any(g.shape != w.shape for g, w in zip(got_leaves, want_leaves)):
-        return {"status": "error", "detail": "the condition changed the feature's structure or shape"}
-    if not want_leaves:
+def _tolerance_ratio(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest ``|got - want| / (atol + rtol * |want|)`` at ``want``'s dtype and device
+    tolerance; equal elements (NaN with NaN too) count 0."""
+    rtol, atol = tolerance(want.dtype, want.device)
+    got, want = got.detach().to(want.device, torch.float64), want.detach().to(torch.float64)
+    diff = torch.where((got == want) | (got.isnan() & want.isnan()), 0.0, (got - want).abs())
+    return float((diff / (atol + rtol * want.abs())).max()) if diff.numel() else 0.0
+
+
+def _measure(got: Any, want: Any) -> dict[str, Any]:
+    """The error of ``got`` against ``want`` as the checks measure it (:func:`compare`), and its
+    ratio to their tolerance, over the floating-point leaves."""
+    comparison = compare(got, want)
+    if comparison.mismatch:
+        return {"status": "error", "detail": f"the condition changed the feature: {comparison.detail}"}
+    pairs = list(zip(_float_leaves(got), _float_leaves(want)))
+    if not pairs:
         return {"status": "skipped", "detail": "no floating-point tensor in the feature"}
-    bitwise, largest, ratio, squares, count = True, 0.0, 0.0, 0.0, 0
-    for g, w in zip(got_leaves, want_leaves):
-        rtol, atol = tolerance(w.dtype, device)
-        g, w = g.detach().to("cpu", torch.float64), w.detach().to("cpu", torch.float64)
-        diff = (g - w).abs()
-        both_nan = g.isnan() & w.isnan()
-        diff = torch.where(both_nan | (g == w), torch.zeros_like(diff), diff)
-        bitwise = bitwise and bool(((g == w) | both_nan).all())
-        largest = max(largest, float(diff.max()) if diff.numel() else 0.0)
-        ratio = max(ratio, float((diff / (atol + rtol * w.abs())).max()) if diff.numel() else 0.0)
-        finite = w[w.isfinite()]
-        squares, count = squares + float((finite ** 2).sum()), count + finite.numel()
-    scale = (squares / count) ** 0.5 if count else 0.0
-    return {"status": "ok", "bitwise": bitwise, "max_abs_err": largest, "scale": scale,
-            "relative_err": largest / scale if scale else None, "tolerance_ratio": ratio, "detail": ""}
+    scale = comparison.scale
+    return {"status": "ok", "bitwise": comparison.bitwise, "max_abs_err": comparison.max_abs_err, "scale": scale,
+            "relative_err": comparison.max_abs_err / scale if scale else None,
+            "tolerance_ratio": max(_tolerance_ratio(g, w) for g, w in pairs), "detail": ""}
 
 
 def _conditions(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, device: torch.device) -> dict[str, Callable[[], tuple[Any, Callable[[Any], Any]]]]:
@@ -183,7 +183,7 @@ def _model_rows(spec: ModelSpec, *, device: torch.device, seed: int, layers: Seq
         for tap in taps:
             dtypes = {str(leaf.dtype).removeprefix("torch.") for leaf in _float_leaves(reference[tap])}
             rows.append({**base, "layer": str(tap), "condition": name, "dtype": " ".join(sorted(dtypes)),
-                         **_measure(got[tap], cut(reference[tap]), device=device)})
+                         **_measure(got[tap], cut(reference[tap]))})
     return rows
 
 
@@ -211,4 +211,5 @@ def precision_summary(frame: pd.DataFrame) -> pd.DataFrame:
     missing = [name for name in others.index if name not in table.index]
     if missing:
         table = pd.concat([table, pd.DataFrame({"not_measured": others[missing]})])
-    return table.reindex([name for name in CONDITIONS if name in table.index]).reset_index(names="condition")
+    counts = {"features": "Int64", "bitwise": "Int64", "within_tolerance": "Int64"}  # conditions measured nowhere have none
+    return table.astype(counts).reindex([name for name in CONDITIONS if name in table.index]).reset_index(names="condition")
